@@ -1,0 +1,33 @@
+# he-aero: `make help` lists the targets.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PROMPT  ?= examples/prompt.txt
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-slow lint format train-default ablation bench-approx bench-kernels bench-he
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install he-aero with its dev tools
+
+demo: $(STAMP) ## the main job: private (encrypted) inference on the shipped default model
+	$(BIN)/he-aero encrypt-infer $(PROMPT) --verify
+
+test: $(STAMP) ## the fast test suite (a few minutes on 2 cores)
+	$(BIN)/pytest
+
+test-slow: $(STAMP) ## the slow end-to-end encrypted tests
+	$(BIN)/pytest -m slow
+
+lint: $(STAMP) ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

@@ -1,0 +1,1 @@
+"""Minimax polynomial approximation (numpy/scipy only): fits, plans and coefficient files."""

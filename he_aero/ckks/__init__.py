@@ -1,0 +1,1 @@
+"""CKKS building blocks on tenseal.sealapi: parameters, ciphertexts, packing, linear algebra, polynomials."""
