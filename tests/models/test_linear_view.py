@@ -1,0 +1,66 @@
+"""The linear-algebra view reproduces the torch module to 1e-5."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.decoder import Decoder, DecoderConfig
+from models.errors import ModelError
+from models.linear_view import LinearView, view_forward
+from tests.conftest import assert_close_bits
+
+
+def _perturbed(cfg: DecoderConfig) -> Decoder:
+    """A model whose scalars are away from their init, so every fold (temperature, alpha, beta, sink) matters."""
+    model = Decoder(cfg).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            if block.attn.sink is not None:
+                block.attn.sink.uniform_(-1, 1)
+            if block.attn.temp_raw is not None:
+                block.attn.temp_raw.uniform_(-1, 1)
+            if not block.pruned:
+                block.alpha.fill_(1.3)
+                block.beta.fill_(0.8)
+                block.ffn.bias.uniform_(-0.1, 0.1)
+            for lin in (block.attn.q, block.attn.k, block.attn.v, block.attn.o):
+                lin.bias.uniform_(-0.1, 0.1)
+                lin.weight.mul_(5)  # widen the logits so the softmax is far from uniform
+        model.lm_bias.uniform_(-0.5, 0.5)
+    return model
+
+
+@pytest.mark.parametrize(
+    "extra", [dict(), dict(pruned_ffns=1), dict(attention="softmax"), dict(learn_temperature=False)]
+)
+def test_view_forward_matches_module(extra):
+    cfg = DecoderConfig(n_layer=2, n_head=4, d_model=32, block_size=16, **extra)
+    model = _perturbed(cfg)
+    view = LinearView.from_model(model)
+    tokens = torch.randint(0, 256, (16,))
+    expected = model.logits(tokens[None])[0].detach().double().numpy()
+    got = view_forward(view, tokens.numpy())
+    assert got.shape == (16, 256)
+    assert np.max(np.abs(got - expected)) < 1e-5
+    assert_close_bits(got, expected, 16.6, "view logits")  # 2^-16.6 ~ 1e-5
+    # A prefix is a valid input too (the runtime decodes token by token).
+    np.testing.assert_allclose(view_forward(view, tokens[:5].numpy()), got[:5], atol=1e-9)
+
+
+def test_view_arrays_follow_the_contract():
+    cfg = DecoderConfig(n_layer=2, n_head=4, d_model=32, block_size=16, pruned_ffns=1)
+    view = LinearView.from_model(_perturbed(cfg))
+    arrays = view.arrays()
+    assert arrays["tok_emb"].shape == (256, 32) and arrays["lm_head"].shape == (32, 256)
+    assert arrays["layers.0.w_q"].shape == (32, 32) and arrays["layers.0.sink"].shape == (4,)
+    assert all(a.dtype == np.float64 for a in arrays.values())
+    np.testing.assert_array_equal(view.layers[1].w_mix, np.eye(32))  # pruned: identity and zero
+    np.testing.assert_array_equal(view.layers[1].b_mix, np.zeros(32))
+
+
+def test_view_refuses_layernorm_variants_and_bad_lengths():
+    with pytest.raises(ModelError, match="softmax-only"):
+        LinearView.from_model(Decoder(DecoderConfig(variant="baseline", attention="softmax", n_layer=1)))
+    view = LinearView.from_model(Decoder(DecoderConfig(n_layer=1, n_head=2, d_model=8, block_size=4)))
+    with pytest.raises(ModelError, match="tokens"):
+        view_forward(view, np.zeros(5, dtype=int))
