@@ -1,0 +1,64 @@
+"""Refinement steps an encrypted evaluator can run after a polynomial, in their exact operation order.
+
+Each function takes an `approx.bsgs.Ops` so the same code runs on numpy arrays, on a depth counter and on
+ciphertexts. y is the running value, x the plan input (depth 0).
+"""
+
+from __future__ import annotations
+
+from approx.bsgs import Ops
+
+
+def square(y, times: int, ops: Ops):
+    """`square`: y <- y^(2^times) by `times` squarings (one level and one ct-ct mult each)."""
+    for _ in range(times):
+        y = ops.mul(y, y)
+    return y
+
+
+def newton_recip(y, x, iterations: int, ops: Ops):
+    """`newton_recip`: repeat y <- y (2 - x y). Order: e = x*y; r = 2 - e (as -e + 2); y = y*r.
+
+    With e_i = 1 - x y_i the error squares each time (e_{i+1} = e_i^2): 2 levels, 2 ct-ct mults per step.
+    """
+    for _ in range(iterations):
+        e = ops.mul(x, y)
+        r = ops.add_scalar(ops.sub(e, ops.add(e, e)), 2.0)  # -e + 2 without a scalar multiply
+        y = ops.mul(y, r)
+    return y
+
+
+def newton_inv_sqrt(y, x, iterations: int, ops: Ops):
+    """`newton_inv_sqrt`: repeat y <- y (3 - x y^2) / 2, computed as 1.5 y - (0.5 x y) y^2.
+
+    Order: h = 0.5 * x once (scalar mult); per step: s = y*y; u = h*y; v = u*s; y = 1.5*y - v.
+    The halving rides on x (computed once) so a step costs 2 levels, 3 ct-ct and 1 scalar mult.
+    With e = 1 - x y^2 the error maps to e' = (3 e^2 + e^3) / 4.
+    """
+    if iterations == 0:
+        return y
+    h = ops.mul_scalar(x, 0.5)
+    for _ in range(iterations):
+        s = ops.mul(y, y)
+        u = ops.mul(h, y)
+        v = ops.mul(u, s)
+        y = ops.sub(ops.mul_scalar(y, 1.5), v)
+    return y
+
+
+def goldschmidt_recip(y, x, iterations: int, ops: Ops):
+    """Goldschmidt form of the reciprocal refinement: e = 1 - x y; repeat y <- y (1 + e), e <- e^2.
+
+    Same values as Newton in exact arithmetic but 1 level per step instead of 2 (y and e update in
+    parallel), after one level for e. Not in the plan step vocabulary yet (docs/design.md section 2), so
+    plans do not emit it; the benchmark reports it for comparison.
+    """
+    if iterations == 0:
+        return y
+    xy = ops.mul(x, y)
+    e = ops.add_scalar(ops.sub(xy, ops.add(xy, xy)), 1.0)  # 1 - x y
+    for i in range(iterations):
+        y = ops.mul(y, ops.add_scalar(e, 1.0))
+        if i + 1 < iterations:
+            e = ops.mul(e, e)
+    return y

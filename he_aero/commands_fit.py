@@ -1,0 +1,113 @@
+"""`he-aero fit`: fit a minimax polynomial (or the best plan for an error bound) and report its cost."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from approx.errors import ApproxError
+from approx.functions import FUNCTIONS
+
+
+def _finite(ctx, param, value):
+    """Reject nan/inf early: click's FLOAT accepts them."""
+    if value is None:
+        return value
+    values = value if isinstance(value, tuple) else (value,)
+    if not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"must be finite, got {' '.join(str(v) for v in values)}")
+    return value
+
+
+def _plot(plan, path) -> None:
+    """PNG: function and approximation (top); |error| on a log scale with the equioscillation points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from approx.functions import get_function
+
+    a, b = plan.domain
+    x = np.linspace(a, b, 4001)
+    f = get_function(plan.function)(x)
+    y = plan.evaluate(x)
+    err = np.abs(f - y) / (np.abs(f) if plan.error_kind == "rel" else 1.0)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    top.plot(x, f, label=plan.function)
+    top.plot(x, y, "--", label=f"approximation ({plan.describe()})")
+    top.legend(loc="best", fontsize=8)
+    bottom.semilogy(x, np.maximum(err, 1e-18), label=f"{plan.error_kind} error")
+    if plan.points and len(plan.steps) == 1:
+        px = np.asarray(plan.points)
+        fp = get_function(plan.function)(px)
+        pe = np.abs(fp - plan.evaluate(px)) / (np.abs(fp) if plan.error_kind == "rel" else 1.0)
+        bottom.semilogy(px, np.maximum(pe, 1e-18), "o", ms=4, label="equioscillation points")
+    bottom.axhline(plan.max_error, color="gray", lw=0.8, ls=":", label=f"certified max {plan.max_error:.3g}")
+    bottom.set_xlabel("x")
+    bottom.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@click.command("fit")
+@click.argument("function", required=False)
+@click.option("--domain", nargs=2, type=float, callback=_finite, help="the interval A B (A < B)")
+@click.option("--degree", type=int, help="fit one minimax polynomial of this degree")
+@click.option(
+    "--max-error", type=float, callback=_finite, help="find the least-depth plan meeting this bound"
+)
+@click.option("--relative", is_flag=True, help="bound the relative error (default: absolute)")
+@click.option("--out", type=click.Path(dir_okay=False), help="write the coefficient file (JSON)")
+@click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG of the fit and its error")
+@click.option("--list", "list_", is_flag=True, help="name the supported functions and exit")
+def fit(function, domain, degree, max_error, relative, out, plot, list_):
+    """Fit FUNCTION on [A, B] and print degree, depth, multiplications and certified error."""
+    if list_:
+        for f in FUNCTIONS.values():
+            click.echo(f"{f.name:<11} {f.description}")
+        return
+    if function is None:
+        raise click.UsageError("missing FUNCTION (see --list)")
+    if function not in FUNCTIONS:
+        raise click.BadParameter(
+            f"unknown {function!r}; choose one of {', '.join(FUNCTIONS)}", param_hint="FUNCTION"
+        )
+    if domain is None:
+        raise click.UsageError("missing --domain A B")
+    if (degree is None) == (max_error is None):
+        raise click.UsageError("give exactly one of --degree or --max-error")
+    if plot is not None and not plot.lower().endswith(".png"):
+        raise click.BadParameter(f"expected a .png path, got {plot!r}", param_hint="--plot")
+
+    from approx.coefficients import save_plan
+    from approx.plans import plan_for, plan_poly
+
+    kind = "rel" if relative else "abs"
+    try:
+        if degree is not None:
+            plan = plan_poly(function, domain, degree, kind)
+        else:
+            plan = plan_for(function, domain, max_error, kind)
+    except ApproxError as exc:  # bad input (domain, degree, unreachable bound): a usage error, exit code 2
+        raise click.UsageError(str(exc)) from exc
+
+    click.echo(f"function        {function} on [{plan.domain[0]:g}, {plan.domain[1]:g}]")
+    click.echo(f"plan            {plan.describe()}")
+    click.echo(f"degree          {plan.degree}")
+    click.echo(f"depth           {plan.depth} (affine map to [-1, 1]: {plan.affine_levels} level)")
+    click.echo(f"mults           {plan.nonscalar_mults} ct-ct, {plan.scalar_mults} scalar")
+    bits = -math.log2(plan.max_error) if plan.max_error > 0 else math.inf
+    click.echo(f"certified error {plan.max_error:.3e} ({kind}, {bits:.1f} bits)")
+    if plan.lower_bound is not None and len(plan.steps) == 1:
+        why = f"de la Vallee Poussin: no degree-{plan.degree} polynomial does better"
+        click.echo(f"lower bound     {plan.lower_bound:.3e} ({why})")
+    if out:
+        save_plan(plan, out)
+        click.echo(f"wrote           {out}")
+    if plot:
+        _plot(plan, plot)
+        click.echo(f"plot            {plot}")
