@@ -40,7 +40,7 @@ def sha256_file(path: Path) -> str:
 
 
 def save_checkpoint(model: Decoder, out_dir: Path | str, metadata: dict | None = None) -> Path:
-    """Write `model.safetensors` and `config.json` into `out_dir` (created if needed); returns the directory."""
+    """Write `model.safetensors` and `config.json` into `out_dir` (created if needed); returns it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
@@ -74,7 +74,8 @@ def read_header(ckpt_dir: Path | str) -> dict:
     version = header.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelError(
-            f"checkpoint {path}: format_version {version!r}, this code reads {FORMAT_VERSION} (retrain or upgrade)"
+            f"checkpoint {path}: format_version {version!r}, this code reads {FORMAT_VERSION} "
+            "(retrain, or use the he-aero version that wrote it)"
         )
     for key in ("config", "weights_sha256"):
         if key not in header:
@@ -105,7 +106,9 @@ def load_checkpoint(ckpt_dir: Path | str | None = None) -> tuple[Decoder, dict]:
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise ModelError(f"checkpoint {weights}: tensors do not match the config (missing {missing}, extra {extra})")
+        raise ModelError(
+            f"checkpoint {weights}: tensors do not match the config (missing {missing}, extra {extra})"
+        )
     for name, t in tensors.items():
         if t.shape != expected[name].shape:
             raise ModelError(

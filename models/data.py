@@ -94,10 +94,12 @@ class Batches:
         return t[:, :-1], t[:, 1:]
 
 
-def eval_windows(data: bytes, block_size: int, max_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def eval_windows(
+    data: bytes, block_size: int, max_bytes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-overlapping windows covering `data` (every byte after the first predicted exactly once).
 
-    Returns x, y (n, block) int64 and a (n, block) weight mask is implied by y >= 0 (padding is -1).
+    Returns x, y (n, block) int64; positions past the end are padding with y = -1 (ignored by the loss).
     `max_bytes` keeps an evenly spaced subset of windows (deterministic) when the data is large.
     """
     arr = np.frombuffer(data, dtype=np.uint8).astype(np.int64)

@@ -48,7 +48,7 @@ ATTENTIONS = ("softmax", "sink")
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Everything that determines the architecture and the training-only loss terms; validated on construction."""
+    """The architecture and the training-only loss terms; validated on construction."""
 
     variant: str = "softmax-only"
     attention: str = "sink"
@@ -110,7 +110,7 @@ class DecoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DecoderConfig:
-        """Build from a JSON dict; an unknown key is an error (a typo must not silently fall back to a default)."""
+        """Build from a JSON dict; an unknown key is an error (a typo must not fall back to a default)."""
         if not isinstance(data, dict):
             raise ModelError("config: expected a JSON object")
         known = {f.name for f in fields(cls)}
@@ -131,7 +131,7 @@ class CausalSelfAttention(nn.Module):
         self.k = nn.Linear(d, d)
         self.v = nn.Linear(d, d)
         self.o = nn.Linear(d, d)
-        # Per-head parameters. The sink logit starts at 0 so that at init z ~ 0 and every key gets ~equal weight.
+        # Per-head parameters. The sink logit starts at 0: at init z ~ 0 and every key gets ~equal weight.
         self.sink = nn.Parameter(torch.zeros(h)) if cfg.attention == "sink" else None
         # temperature = t_max ** tanh(temp_raw): bounded in [1/t_max, t_max], 1 at init.
         self.temp_raw = nn.Parameter(torch.zeros(h)) if cfg.learn_temperature else None
@@ -152,7 +152,7 @@ class CausalSelfAttention(nn.Module):
         return 1.0 / (self.temperature() * math.sqrt(self.cfg.d_head))
 
     def forward(self, x: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, dict]:
-        """x (B, T, d) -> (y (B, T, d), aux) with aux holding penalty terms and, if `record`, z and denominators."""
+        """x (B, T, d) -> (y (B, T, d), aux): penalties and, if `record`, z, probabilities, denominators."""
         cfg = self.cfg
         B, T, d = x.shape
         H, dk = cfg.n_head, cfg.d_head
@@ -168,8 +168,8 @@ class CausalSelfAttention(nn.Module):
         mask = self.mask[:, :, :T, :T]
         z_masked = z.masked_fill(~mask, float("-inf"))
         if self.sink is not None:
-            # Softmax over [sink, keys] with the sink logit at 0 (z already has c_h subtracted): identical to
-            # exp(z)/(1 + sum exp(z)) but computed stably; the sink's value vector is zero, so drop its column.
+            # Softmax over [sink, keys] with the sink logit at 0 (z already has c_h subtracted): equal to
+            # exp(z)/(1 + sum exp(z)) but computed stably; the sink's value vector is zero: drop its column.
             full = torch.cat([torch.zeros(B, H, T, 1, dtype=z.dtype, device=z.device), z_masked], dim=-1)
             probs_full = F.softmax(full, dim=-1)  # (B, H, T, 1 + T)
             att = probs_full[..., 1:]
@@ -201,14 +201,18 @@ class CausalSelfAttention(nn.Module):
         return ent.mean(dim=(0, 2))
 
     def entropy_penalty(self, probs: torch.Tensor, T: int) -> torch.Tensor:
-        """Squared deviation of each head's entropy from theta * log T, only outside the margin gamma * log T."""
+        """Squared deviation of each head's entropy from theta log T, only outside the margin gamma log T."""
         e_max = math.log(T) if T > 1 else 1.0
         delta = self.head_entropy(probs) - torch.sigmoid(self.theta_raw) * e_max
         outside = (delta.abs() > self.cfg.entropy_gamma * e_max).to(delta.dtype)
         return (outside * delta.square()).mean()
 
-    def range_penalty(self, z: torch.Tensor, mask: torch.Tensor, log_denom: torch.Tensor | None) -> torch.Tensor:
-        """Mean over rows of the squared overshoot of each row's max z, min z and log-denominator beyond the bounds.
+    def range_penalty(
+        self, z: torch.Tensor, mask: torch.Tensor, log_denom: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Mean over rows of the squared overshoot of the row's max z, min z and log-denominator.
+
+        Bounds: [z_min, z_max] and log(denom_max).
 
         Row extremes (not all pairs) are penalised because a single out-of-range pair breaks the polynomial.
         """
@@ -288,7 +292,7 @@ class Decoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, list[dict], list]:
-        """idx (B, T) int64 -> logits (B, T, V), per-layer aux dicts, residual streams [(B, T, d)] * (L + 1)."""
+        """idx (B, T) int64 -> logits (B, T, V), per-layer aux dicts, residual streams [(B, T, d)] * (L+1)."""
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ModelError(f"input of length {T} exceeds the context length {self.cfg.block_size}")
@@ -310,7 +314,7 @@ class Decoder(nn.Module):
         return self.forward(idx)[0]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total training loss and its parts: cross-entropy (nats), entropy and range penalties (layer means)."""
+        """Total training loss and its parts: cross-entropy (nats), entropy and range penalties."""
         logits, auxes, _ = self.forward(idx)
         ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         total = ce

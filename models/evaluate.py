@@ -26,7 +26,9 @@ def bits_per_byte(model: Decoder, data: bytes, max_bytes: int | None = None, bat
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         logits = model.logits(xb)
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), yb.reshape(-1), ignore_index=-1, reduction="sum")
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), yb.reshape(-1), ignore_index=-1, reduction="sum"
+        )
         total_nats += float(nll)
         count += int((yb >= 0).sum())
     model.train(was_training)
@@ -43,7 +45,7 @@ def generate(
     top_k: int | None = None,
     seed: int = 0,
 ) -> bytes:
-    """Continue `prompt` byte by byte; temperature 0 is greedy. The context is the last T bytes (sliding window)."""
+    """Continue `prompt` byte by byte (temperature 0: greedy); the context is the last T bytes."""
     if not prompt:
         raise ModelError("generate: the prompt is empty")
     if max_new_tokens < 0 or temperature < 0:

@@ -1,9 +1,9 @@
-"""The linear-algebra view of a trained softmax-only decoder: the plain float64 arrays the encrypted runtime uses.
+"""Linear-algebra view of a trained softmax-only decoder: the plain float64 arrays the encrypted runtime uses.
 
 Contract: docs/design.md section 1. Row-vector convention `x @ W`. Per layer the temperature and 1/sqrt(d_k)
 are folded into W_Q (and b_Q), and the scaled fused FFN into one matrix, `w_mix = beta I + W_ffn / alpha`,
-`b_mix = b_ffn / alpha` (identity and zero in a pruned layer). W_O stays separate: folding it into w_mix is not
-exact, because the residual X also passes through w_mix.
+`b_mix = b_ffn / alpha` (identity and zero in a pruned layer). W_O stays separate: folding it into w_mix is
+not exact, because the residual X also passes through w_mix.
 
 `view_forward` is the numpy reference forward pass built only from the view; it matches `Decoder` to 1e-5.
 """
@@ -91,7 +91,12 @@ class LinearView:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Flat name -> array mapping (e.g. for `np.savez`); names like `layers.0.w_q`."""
-        out = {"tok_emb": self.tok_emb, "pos_emb": self.pos_emb, "lm_head": self.lm_head, "lm_bias": self.lm_bias}
+        out = {
+            "tok_emb": self.tok_emb,
+            "pos_emb": self.pos_emb,
+            "lm_head": self.lm_head,
+            "lm_bias": self.lm_bias,
+        }
         for i, lay in enumerate(self.layers):
             for name in ("w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "w_o", "b_o", "w_mix", "b_mix", "sink"):
                 value = getattr(lay, name)

@@ -3,15 +3,15 @@
 `measure_ranges` runs the plaintext model on evenly spaced context windows and returns a JSON-able dict that
 calibration (he_aero) reuses to choose polynomial domains. Per layer and head:
 
-- ``z``:          min / max of z_ij = q_i . k_j - c_h over all causal pairs (j <= i); c_h = 0 for plain softmax;
-- ``row_max``:    min / max over rows of max_j z_ij;  ``row_spread``: max over rows of (max_j z_ij - min_j z_ij);
+- ``z``: min / max of z_ij = q_i . k_j - c_h over all causal pairs (j <= i); c_h = 0 for plain softmax;
+- ``row_max``: min / max over rows of max_j z_ij; ``row_spread``: max over rows of (max_j z_ij - min_j z_ij);
 - ``denominator``: min / max of the softmax denominator: with the sink 1 + sum_j exp(z_ij) (what the encrypted
   runtime inverts); for plain softmax sum_j exp(z_ij - C_h) with C_h the head's overall max (one constant per
   head), and ``ratio`` = max / min;
 - ``entropy``:    mean attention entropy (nats) of the head, against ``entropy_max`` = log T.
 
-Per layer, ``residual`` is the min / max of the residual stream after the layer (``embedding``: before layer 0);
-``logits`` is the min / max of the final logits.
+Per layer, ``residual`` is the min / max of the residual stream after the layer (``embedding``: before
+layer 0); ``logits`` is the min / max of the final logits.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def measure_ranges(model: Decoder, data: bytes, max_bytes: int = 65536, batch_si
                 fold(f"dmin{layer}", denom.amin(dim=(0, 2)), "minimum")
                 fold(f"dmax{layer}", denom.amax(dim=(0, 2)), "maximum")
             else:
-                # log sum_j exp(z_ij) per row; the head-wide constant C_h is subtracted after all batches are seen.
+                # log sum_j exp(z_ij) per row; the head-wide constant C_h is subtracted at the end.
                 lse = torch.logsumexp(hi, dim=-1)
                 fold(f"lsemin{layer}", lse.amin(dim=(0, 2)), "minimum")
                 fold(f"lsemax{layer}", lse.amax(dim=(0, 2)), "maximum")
@@ -94,7 +94,10 @@ def measure_ranges(model: Decoder, data: bytes, max_bytes: int = 65536, batch_si
         layers.append(
             {
                 "heads": heads,
-                "residual": {"min": float(acc[f"resmin{layer + 1}"]), "max": float(acc[f"resmax{layer + 1}"])},
+                "residual": {
+                    "min": float(acc[f"resmin{layer + 1}"]),
+                    "max": float(acc[f"resmax{layer + 1}"]),
+                },
             }
         )
     z_all = [hd["z"] for lay in layers for hd in lay["heads"]]

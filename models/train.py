@@ -91,8 +91,8 @@ def train(
             group["lr"] = lr
         x, y = batches.sample(gen)
         loss, parts = model.loss(x, y)
-        if not math.isfinite(float(loss)):
-            raise ModelError(f"training diverged at step {step} (loss {float(loss)}); lower --lr")
+        if not math.isfinite(loss.item()):
+            raise ModelError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
@@ -134,5 +134,7 @@ def train(
         "ranges": measure_ranges(model, val_data),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    save_checkpoint(model, out, {**meta, "steps_done": tcfg.steps, "test_bits_per_byte": test["bits_per_byte"]})
+    save_checkpoint(
+        model, out, {**meta, "steps_done": tcfg.steps, "test_bits_per_byte": test["bits_per_byte"]}
+    )
     return metrics

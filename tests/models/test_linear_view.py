@@ -11,7 +11,7 @@ from tests.conftest import assert_close_bits
 
 
 def _perturbed(cfg: DecoderConfig) -> Decoder:
-    """A model whose scalars are away from their init, so every fold (temperature, alpha, beta, sink) matters."""
+    """A model with scalars away from their init, so every fold (temperature, alpha, beta, sink) matters."""
     model = Decoder(cfg).eval()
     with torch.no_grad():
         for block in model.blocks:
