@@ -31,3 +31,12 @@ test-slow: $(STAMP) ## the slow end-to-end encrypted tests
 lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+ABLATION_STEPS ?= 6000
+train-default: $(STAMP) ## train the shipped default model into models/checkpoints/default (~1 h on one core)
+	OMP_NUM_THREADS=1 $(BIN)/he-aero train --variant softmax-only --attention sink --layers 3 --d-model 128 \
+		--heads 4 --context 64 --entropy-reg --temperature --range-weight 1.0 --steps 24000 --batch-size 32 \
+		--lr 6e-3 --warmup 300 --eval-every 500 --seed 0 --threads 1 --out models/checkpoints/default
+
+ablation: $(STAMP) ## the AERO ablation at equal size/steps/seed -> docs/ablation.{md,json} (ABLATION_STEPS=6000)
+	OMP_NUM_THREADS=1 $(BIN)/python -m models.ablation --steps $(ABLATION_STEPS) --runs runs/ablation --docs docs
