@@ -6,11 +6,13 @@ w = 1/|f| (relative error) or any positive weight (plans use weights that antici
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.polynomial import chebyshev as C
+from scipy.linalg import LinAlgWarning, lu_factor, lu_solve
 
 from approx.chebyshev import (
     alternating_extrema,
@@ -80,8 +82,36 @@ def _levelled_solve(tref, g, w, n):
     a = np.empty((n + 2, n + 2))
     a[:, : n + 1] = C.chebvander(tref, n)
     a[:, n + 1] = (-1.0) ** np.arange(n + 2) / w
-    sol = np.linalg.solve(a, g)
+    # scipy's LU: numpy's threaded solve stalls on a busy machine (100x slower at n ~ 128)
+    with warnings.catch_warnings():  # a singular system shows up as non-finite values, handled by the caller
+        warnings.simplefilter("ignore", LinAlgWarning)
+        sol = lu_solve(lu_factor(a, check_finite=False), g, check_finite=False)
     return sol[: n + 1], sol[n + 1]
+
+
+def _exchange(f, w_x, dom, n, tref, grid, g_grid, w_grid, max_iter, tol):
+    """Remez exchange from reference tref: (best coefficients or None, their error, levelled, iterations)."""
+    best_c, best_err, levelled, iters = None, np.inf, False, 0
+    for iters in range(1, max_iter + 1):  # noqa: B007 - the count is reported
+        xref = from_unit(tref, dom)
+        c, _ = _levelled_solve(tref, f(xref), w_x(xref), n)
+        if not np.all(np.isfinite(c)):
+            break
+        e = w_grid * (g_grid - C.chebval(grid, c))
+        emax = float(np.max(np.abs(e)))
+        if emax < best_err:
+            best_c, best_err = c, emax
+        idx = alternating_extrema(grid, e, n + 2)
+        if idx is None:
+            break
+        emin = float(np.min(np.abs(e[idx])))
+        if emax == 0.0 or (emax - emin) / emax < tol:
+            levelled = True
+            break
+        if np.array_equal(grid[idx], tref):
+            break
+        tref = grid[idx]
+    return best_c, best_err, levelled, iters
 
 
 def remez(
@@ -131,30 +161,12 @@ def remez(
 
     c_interp = interpolate(f, dom, n)
     e_interp = w_grid * (g_grid - C.chebval(grid, c_interp))
-    best_c, best_err = c_interp, float(np.max(np.abs(e_interp)))
-    method, iters = "chebyshev", 0
-    tref = -np.cos(np.pi * np.arange(n + 2) / (n + 1))
-    for iters in range(1, max_iter + 1):  # noqa: B007 - the count is reported
-        xref = from_unit(tref, dom)
-        try:
-            c, _ = _levelled_solve(tref, f(xref), w_x(xref), n)
-        except np.linalg.LinAlgError:
-            break
-        e = w_grid * (g_grid - C.chebval(grid, c))
-        emax = float(np.max(np.abs(e)))
-        if emax < best_err:
-            best_c, best_err, method = c, emax, "remez"
-        idx = alternating_extrema(grid, e, n + 2)
-        if idx is None:
-            break
-        emin = float(np.min(np.abs(e[idx])))
-        if emax == 0.0 or (emax - emin) / emax < tol:
-            break
-        new = grid[idx]
-        if np.array_equal(new, tref):
-            break
-        tref = new
-
+    best = (c_interp, float(np.max(np.abs(e_interp))), "chebyshev", 0)
+    start = -np.cos(np.pi * np.arange(n + 2) / (n + 1))  # extrema of T_{n+1}
+    c, err, _, iters = _exchange(f, w_x, dom, n, start, grid, g_grid, w_grid, max_iter, tol)
+    if c is not None and err < best[1]:
+        best = (c, err, "remez", iters)
+    best_c, _, method, iters = best
     return _finish(f, dom, best_c, kind, err_t, method, iters, certify, grid, w_grid, g_grid)
 
 
