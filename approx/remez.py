@@ -92,6 +92,8 @@ def _levelled_solve(tref, g, w, n):
 def _exchange(f, w_x, dom, n, tref, grid, g_grid, w_grid, max_iter, tol):
     """Remez exchange from reference tref: (best coefficients or None, their error, levelled, iterations)."""
     best_c, best_err, levelled, iters = None, np.inf, False, 0
+    # below this the error is float64 rounding, not approximation: exchanging further only chases noise
+    noise = 64 * np.finfo(float).eps * float(np.max(np.abs(w_grid * g_grid)))
     for iters in range(1, max_iter + 1):  # noqa: B007 - the count is reported
         xref = from_unit(tref, dom)
         c, _ = _levelled_solve(tref, f(xref), w_x(xref), n)
@@ -101,6 +103,9 @@ def _exchange(f, w_x, dom, n, tref, grid, g_grid, w_grid, max_iter, tol):
         emax = float(np.max(np.abs(e)))
         if emax < best_err:
             best_c, best_err = c, emax
+        if emax <= noise:
+            levelled = True
+            break
         idx = alternating_extrema(grid, e, n + 2)
         if idx is None:
             break

@@ -1,0 +1,126 @@
+"""Plans: least depth for a bound, a certified error the plaintext evaluator reproduces, step order."""
+
+import numpy as np
+import pytest
+
+from approx import bsgs, refine
+from approx.errors import ApproxError
+from approx.functions import get_function
+from approx.plans import Plan, Step, plan_exp, plan_fit, plan_inv_sqrt, plan_poly, plan_reciprocal
+
+
+def _observed(plan, n=50_001, seed=0):
+    """Max error of plan.evaluate at a uniform grid plus random points (independent of the certification)."""
+    a, b = plan.domain
+    x = np.concatenate([np.linspace(a, b, n), np.random.default_rng(seed).uniform(a, b, 5000)])
+    f = get_function(plan.function)(x)
+    e = f - plan.evaluate(x)
+    return float(np.max(np.abs(e / f if plan.error_kind == "rel" else e)))
+
+
+def test_exp_single_poly_reference_point():
+    plan = plan_exp((-16, 0), max_abs_error=4e-7)
+    assert plan.max_error <= 4e-7
+    assert plan.depth == 5  # degree 15 (4 levels) + the affine map
+    assert _observed(plan) <= plan.max_error * (1 + 1e-9)
+
+
+def test_exp_calibrated_window_relative():
+    # a real calibrated window: values up to e^5, so the bound is relative
+    plan = plan_exp((-26, 5), max_rel_error=1e-5)
+    assert plan.max_error <= 1e-5
+    assert _observed(plan) <= plan.max_error * (1 + 1e-9)
+    assert plan.depth <= plan_fit("exp", (-26, 5), 1e-2, "rel").depth + 3
+
+
+def test_exp_range_reduction_saves_depth_on_wide_windows():
+    plan = plan_exp((-64, 0), max_abs_error=1e-6)
+    single = plan_fit("exp", (-64, 0), 1e-6, "abs")
+    assert plan.depth <= single.depth
+    assert plan.max_error <= 1e-6 and single.max_error <= 1e-6
+    squared = plan_exp((-64, 0), max_abs_error=1e-6, squarings=2)
+    assert [s.op for s in squared.steps] == ["poly", "square"] and squared.steps[1].times == 2
+    assert _observed(squared) <= squared.max_error * (1 + 1e-9)
+
+
+def test_reciprocal_with_newton_reference_point():
+    plan = plan_reciprocal((1, 100), 1e-6, newton=2)
+    assert [s.op for s in plan.steps] == ["poly", "newton_recip"]
+    assert plan.max_error <= 1e-6
+    assert plan.depth <= 10
+    assert _observed(plan) <= plan.max_error * (1 + 1e-9)
+    best = plan_reciprocal((1, 100), 1e-6)  # free search: never deeper than the Newton plan
+    assert best.depth <= plan.depth and best.max_error <= 1e-6
+
+
+def test_reciprocal_calibrated_window_and_inv_sqrt():
+    plan = plan_reciprocal((1, 130), 1e-4)
+    assert plan.max_error <= 1e-4 and _observed(plan) <= plan.max_error * (1 + 1e-9)
+    isq = plan_inv_sqrt((0.5, 64), 1e-3, newton=1)
+    assert isq.max_error <= 1e-3 and _observed(isq) <= isq.max_error * (1 + 1e-9)
+
+
+def test_single_poly_cost_is_bsgs_plus_affine():
+    plan = plan_poly("gelu", (-8, 8), 15)
+    depth, nonscalar, scalar = bsgs.bsgs_cost(15)
+    assert (plan.depth, plan.nonscalar_mults, plan.scalar_mults) == (depth + 1, nonscalar, scalar + 1)
+    assert plan.affine_levels == 1
+    unit = Plan("gelu", (-1, 1), "abs", 0.0, (Step("poly", (-1, 1), (0.0, 0.5, 0.25)),))
+    assert unit.affine_levels == 0 and unit.depth == 2
+
+
+def test_refinement_step_orders():
+    x = np.linspace(1, 100, 101)
+    y0 = 0.9 / x
+    ops = bsgs.Ops()
+    y = refine.newton_recip(y0, x, 2, ops)
+    np.testing.assert_allclose(1 - x * y, (1 - x * y0) ** 4, atol=1e-15)
+    g = refine.goldschmidt_recip(y0, x, 2, ops)
+    np.testing.assert_allclose(g, y, rtol=1e-14)
+    z0 = 0.95 / np.sqrt(x)
+    z = refine.newton_inv_sqrt(z0, x, 1, ops)
+    e0 = 1 - x * z0**2
+    np.testing.assert_allclose(1 - x * z**2, (3 * e0**2 + e0**3) / 4, atol=1e-15)
+    # 3 steps from a guess at depth 4 (x at depth 0): Newton 2 levels a step, Goldschmidt 1 + 1 each
+    for fn, depth, mults in (
+        (refine.newton_recip, 10, 6),
+        (refine.newton_inv_sqrt, 10, 9),
+        (refine.goldschmidt_recip, 8, 6),
+    ):
+        counter = bsgs.CountingOps()
+        assert (fn(4, 0, 3, counter), counter.nonscalar) == (depth, mults)
+
+
+def test_evaluate_refuses_inputs_outside_the_domain():
+    plan = plan_poly("exp", (-4, 0), 7)
+    with pytest.raises(ApproxError, match="^x: .*leave the plan domain"):
+        plan.evaluate(np.array([-5.0, 0.0]))
+
+
+def test_unreachable_bound_and_bad_bounds():
+    with pytest.raises(ApproxError, match="^max_error: .*unreachable"):
+        plan_exp((-30, 0), max_abs_error=1e-30)
+    with pytest.raises(ApproxError, match="^max_error"):
+        plan_exp((-30, 0))
+    with pytest.raises(ApproxError, match="^max_error"):
+        plan_reciprocal((1, 10), -1.0)
+    with pytest.raises(ApproxError, match="^domain"):
+        plan_reciprocal((0, 10), 1e-3)
+    with pytest.raises(ApproxError, match="^newton"):
+        plan_reciprocal((1, 10), 1e-3, newton=-1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(op="cube"), "steps.op"),
+        (dict(op="poly", domain=(0, 1), coefficients=()), "steps.coefficients"),
+        (dict(op="poly", domain=(0, 1), coefficients=(1.0, float("nan"))), "steps.coefficients"),
+        (dict(op="poly", domain=(1, 0), coefficients=(1.0,)), "steps.domain"),
+        (dict(op="square", times=-1), "steps.times"),
+        (dict(op="newton_recip", iterations=1.5), "steps.iterations"),
+    ],
+)
+def test_bad_steps_name_the_field(kwargs, field):
+    with pytest.raises(ApproxError, match=f"^{field}"):
+        Step(**kwargs)

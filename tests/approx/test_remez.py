@@ -1,0 +1,124 @@
+"""Minimax fits: error certified from both sides, equioscillation, reference points, exactness."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.polynomial import chebyshev as C
+
+from approx.chebyshev import to_unit
+from approx.errors import ApproxError
+from approx.functions import check_function_domain, get_function
+from approx.remez import chebyshev_fit, remez
+
+# Committed upper bounds on the certified error (measured values rounded up by <= 10%).
+BOUNDS = [
+    ("exp", (-8, 0), "abs", 7, 4.0e-4),
+    ("exp", (-8, 0), "abs", 15, 1.6e-10),
+    ("exp", (-16, 0), "abs", 7, 7.0e-3),
+    ("exp", (-32, 0), "abs", 15, 1.2e-4),
+    ("reciprocal", (1, 10), "rel", 7, 1.1e-2),
+    ("reciprocal", (1, 130), "rel", 15, 0.125),
+    ("reciprocal", (1, 130), "rel", 31, 7.5e-3),
+    ("inv_sqrt", (0.5, 64), "rel", 7, 0.16),
+    ("inv_sqrt", (0.5, 64), "rel", 15, 2.9e-2),
+    ("gelu", (-8, 8), "abs", 7, 0.16),
+    ("gelu", (-8, 8), "abs", 15, 2.0e-2),
+    ("relu", (-1, 1), "abs", 7, 2.4e-2),
+    ("relu", (-1, 1), "abs", 15, 1.05e-2),
+]
+
+
+def _independent_error(name, fit, kind, n=200_001):
+    """Max error on a uniform x-grid, evaluated with numpy's chebval (not the fit's own code path)."""
+    x = np.linspace(*fit.domain, n)
+    f = get_function(name)(x)
+    e = f - C.chebval(to_unit(x, fit.domain), fit.coefficients)
+    return float(np.max(np.abs(e / f if kind == "rel" else e)))
+
+
+@pytest.mark.parametrize("name, domain, kind, degree, bound", BOUNDS)
+def test_certified_error_within_committed_bound(name, domain, kind, degree, bound):
+    fit = remez(get_function(name), domain, degree, kind)
+    assert fit.degree == degree
+    assert _independent_error(name, fit, kind) <= fit.max_error * (1 + 1e-9)
+    assert fit.max_error <= bound
+    assert 0.0 < fit.lower_bound <= fit.max_error
+
+
+@pytest.mark.parametrize("name, domain, kind, degree, bound", BOUNDS)
+def test_equioscillation_and_beats_interpolation(name, domain, kind, degree, bound):
+    fit = remez(get_function(name), domain, degree, kind)
+    e = fit.point_errors
+    assert len(fit.points) == degree + 2
+    assert np.all(np.diff(fit.points) > 0)
+    assert np.all(np.sign(e[1:]) == -np.sign(e[:-1])), "errors must alternate in sign"
+    assert np.abs(e).max() <= 1.01 * np.abs(e).min(), "extrema must be level within 1%"
+    assert fit.lower_bound >= 0.99 * fit.max_error
+    interp = chebyshev_fit(get_function(name), domain, degree, kind)
+    assert fit.max_error <= interp.max_error * (1 + 1e-9)
+
+
+@pytest.mark.parametrize(
+    "domain, degree, kind, bound, func",
+    [
+        ((-16, 0), 15, "abs", 4e-7, "exp"),
+        ((-32, 0), 15, "abs", 1.2e-4, "exp"),
+        ((-32, 0), 31, "abs", 1e-12, "exp"),
+        ((1, 10), 15, "rel", 6e-5, "reciprocal"),
+    ],
+)
+def test_reference_points_of_the_issue(domain, degree, kind, bound, func):
+    fit = remez(get_function(func), domain, degree, kind)
+    assert fit.max_error <= bound
+    assert _independent_error(func, fit, kind) <= fit.max_error * (1 + 1e-9)
+
+
+def test_machine_precision_falls_back_without_losing_accuracy():
+    fit = remez(np.exp, (-8, 0), 40)
+    assert fit.max_error < 1e-14
+    assert fit.method in ("remez", "chebyshev")
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    a=st.floats(-50, 50),
+    width=st.floats(0.1, 100),
+    degree=st.integers(0, 10),
+    data=st.data(),
+)
+def test_reproduces_polynomials_of_lower_degree(a, width, degree, data):
+    k = data.draw(st.integers(0, degree))
+    coeffs = np.array(data.draw(st.lists(st.floats(-2, 2), min_size=k + 1, max_size=k + 1)))
+    dom = (a, a + width)
+
+    def poly(x):
+        return C.chebval(to_unit(x, dom), coeffs)
+
+    fit = remez(poly, dom, degree, certify=False)
+    padded = np.zeros(degree + 1)
+    padded[: k + 1] = coeffs
+    scale = 1.0 + np.abs(coeffs).sum()
+    assert np.max(np.abs(fit.coefficients - padded)) <= 1e-10 * scale
+    assert fit.max_error <= 1e-10 * scale
+
+
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda: remez(np.exp, (1, 0), 3), "domain"),
+        (lambda: remez(np.exp, (0, 0), 3), "domain"),
+        (lambda: remez(np.exp, (0, float("nan")), 3), "domain"),
+        (lambda: remez(np.exp, (0, float("inf")), 3), "domain"),
+        (lambda: remez(np.exp, (0, 1), -1), "degree"),
+        (lambda: remez(np.exp, (0, 1), 1000), "degree"),
+        (lambda: remez(np.exp, (0, 1), 3, "max"), "error_kind"),
+        (lambda: check_function_domain("reciprocal", (0, 1)), "domain"),
+        (lambda: check_function_domain("inv_sqrt", (-1, 1)), "domain"),
+        (lambda: check_function_domain("gelu", (-1, 1), "rel"), "error_kind"),
+        (lambda: get_function("tanh"), "function"),
+    ],
+)
+def test_bad_input_names_the_field(call, field):
+    with pytest.raises(ApproxError, match=f"^{field}"):
+        call()
