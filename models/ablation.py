@@ -103,10 +103,14 @@ def run(
             entropy_reg=row.entropy_reg,
             learn_temperature=row.temperature,
             pruned_ffns=row.pruned,
-            range_weight=1.0 if row.range_penalty else 0.0,
+            range_weight=DecoderConfig.range_weight if row.range_penalty else 0.0,
         )
         tcfg = TrainConfig(
-            steps=steps, warmup=min(300, steps // 10), eval_every=max(1, steps // 4), test_bytes=test_bytes
+            steps=steps,
+            warmup=min(300, steps // 10),
+            eval_every=max(1, steps // 4),
+            test_bytes=test_bytes,
+            final_val_bytes=131072,  # the test split is the ablation's figure; validation is only a check
         )
         metrics = train(cfg, tcfg, out_dir / row.name.replace(" ", "_").replace("+", "_"))
         results.append(

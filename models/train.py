@@ -38,6 +38,7 @@ class TrainConfig:
     eval_every: int = 500
     eval_bytes: int = 131072  # validation bytes per evaluation during training (evenly spaced windows)
     test_bytes: int | None = None  # test bytes for the final metrics (None: the whole test split)
+    final_val_bytes: int | None = None  # validation bytes for the final metrics (None: the whole split)
     threads: int = 1  # one thread was much faster than two on a shared machine in the probe
 
     def __post_init__(self) -> None:
@@ -113,7 +114,7 @@ def train(
             bar.set_postfix(val_bpb=f"{val['bits_per_byte']:.3f}")
             save_checkpoint(model, out, {**meta, "steps_done": step + 1})
     test = bits_per_byte(model, test_data, tcfg.test_bytes)
-    val = bits_per_byte(model, val_data, None)
+    val = bits_per_byte(model, val_data, tcfg.final_val_bytes)
     metrics = {
         "variant": cfg.variant,
         "attention": cfg.attention,

@@ -64,3 +64,17 @@ def test_view_refuses_layernorm_variants_and_bad_lengths():
     view = LinearView.from_model(Decoder(DecoderConfig(n_layer=1, n_head=2, d_model=8, block_size=4)))
     with pytest.raises(ModelError, match="tokens"):
         view_forward(view, np.zeros(5, dtype=int))
+
+
+def test_view_matches_the_shipped_default_model():
+    """Real trained weights (wider ranges than a random init) still match to 1e-5."""
+    from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+    if not (DEFAULT_CHECKPOINT / "config.json").is_file():
+        pytest.skip("no shipped default checkpoint yet")
+    model, _ = load_checkpoint(DEFAULT_CHECKPOINT)
+    view = LinearView.from_model(model)
+    prompt = b"def read_config(path):\n    with open(path) as f:\n        return json.load(f)\n"
+    tokens = np.frombuffer(prompt[: model.cfg.block_size], dtype=np.uint8).astype(np.int64)
+    expected = model.logits(torch.from_numpy(tokens)[None])[0].detach().double().numpy()
+    assert np.max(np.abs(view_forward(view, tokens) - expected)) < 1e-5
