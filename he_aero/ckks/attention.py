@@ -1,0 +1,204 @@
+"""Encrypted sink attention (docs/design.md section 1) for all heads of one layer, on the "features" layout.
+
+    z_ij = q_i . k_j - c_h ;  out_i = sum_{j<=i} exp(z_ij) v_j / (1 + sum_{j<=i} exp(z_ij))
+
+Prefill (T tokens, causal). Scores are computed by lag r = i - j, which turns the causal mask into "rows
+i >= r" and makes the key shift one slot rotation: rot(K, -r) puts k_{i-r} in row i of every feature block.
+    SLOT-LAYOUT "lags" (scores and exp): ciphertext (a, g) holds, for the heads h of feature ciphertext a,
+        block (h_local * d_k + rho), row i  =  z_h[i, i - r]  with r = g * d_k + rho,
+        and exactly 0 where i < r or i >= T (and at padding).
+    - per lag r: P = rot(Q, -rho B) * rot(K, -(r + rho B)); a head's d_k blocks are summed by log2(d_k)
+      rotations, which leaves the lag-r scores of head h in block h d_k + rho; a masked plaintext product
+      (one rescale per group, the exp polynomial's affine map folded into it) keeps only valid rows.
+    - exp runs on the lag ciphertexts with constants added only on valid slots, so invalid slots stay 0.
+    - per lag r: the lag's block is extracted (masked product), moved to the head's first block and spread to
+      all d_k blocks (log2(d_k) rotations): W_r = exp-weights broadcast over the head's features. Then
+      numerator = sum_r W_r * rot(V, -r) (one relinearisation for the whole sum) and
+      denominator = 1 + sum_r W_r (already broadcast: no extra rotations), out = numerator * recip(den).
+Decode (one new token at row 0 against a K/V cache holding rows 0..n-1 of the same layout): q is spread to all
+rows, scores for all cached keys come from one product and a head sum; the exp weights are spread over the
+head's blocks, numerator and denominator are row sums (log2(B) rotations each) landing in row 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from approx.plans import Plan
+from he_aero.ckks.ciphertext import Ct, Evaluator
+from he_aero.ckks.linalg import block_spread, block_sum
+from he_aero.ckks.packing import FeatureLayout
+from he_aero.ckks.poly import affine, run_plan, step_depth
+from he_aero.ckks.refresh import Refresher
+from he_aero.errors import HeAeroError
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Per-layer attention constants: head count, sink logits c_h, and the exp / reciprocal plans.
+
+    exp_plan approximates exp on the z window (its first poly's domain); recip_plan approximates 1/x on
+    [1, 1 + T_max] (the sink keeps the denominator >= 1)."""
+
+    name: str
+    n_head: int
+    sink: tuple[float, ...]
+    exp_plan: Plan
+    recip_plan: Plan
+
+    def __post_init__(self):
+        if len(self.sink) != self.n_head:
+            raise HeAeroError(f"{self.name}: {len(self.sink)} sink logits for {self.n_head} heads")
+        if self.exp_plan.steps[0].op != "poly" or self.recip_plan.steps[0].op != "poly":
+            raise HeAeroError(f"{self.name}: plans must start with a poly step")
+
+    def head_dim(self, layout: FeatureLayout) -> int:
+        d = layout.n_features
+        if d % self.n_head:
+            raise HeAeroError(f"{self.name}: d={d} is not a multiple of {self.n_head} heads")
+        dk = d // self.n_head
+        if dk & (dk - 1) or layout.per_ct % dk:
+            raise HeAeroError(
+                f"{self.name}: head size {dk} must be a power of two dividing the {layout.per_ct} blocks "
+                "per ciphertext"
+            )
+        return dk
+
+
+def _head_const(spec: AttentionSpec, a: int, hpc: int, dk: int, block: int, valid: np.ndarray) -> np.ndarray:
+    """beta - alpha c_h on the valid slots of each head's blocks (the folded affine map of the exp poly)."""
+    alpha, beta = affine(spec.exp_plan.steps[0])
+    sinks = [spec.sink[a * hpc + h] if a * hpc + h < spec.n_head else 0.0 for h in range(hpc)]
+    per_block = np.repeat([beta - alpha * c for c in sinks], dk)
+    return np.repeat(per_block, block) * valid
+
+
+class KVCache:
+    """Encrypted keys and values of the tokens seen so far, in the features layout (row t = token t)."""
+
+    def __init__(self, k: list[Ct], v: list[Ct], length: int):
+        self.k, self.v, self.length = k, v, length
+
+    def append(self, ev: Evaluator, k_new: list[Ct], v_new: list[Ct]):
+        """Add one token's k, v (row 0 of their ciphertexts, other rows 0) as row `length`."""
+        p = self.length
+        self.k = [ev.add(c, ev.rotate(n, -p)) for c, n in zip(self.k, k_new, strict=True)]
+        self.v = [ev.add(c, ev.rotate(n, -p)) for c, n in zip(self.v, v_new, strict=True)]
+        self.length += 1
+
+
+def attention_prefill(
+    ev: Evaluator,
+    ref: Refresher,
+    spec: AttentionSpec,
+    q: list[Ct],
+    k: list[Ct],
+    v: list[Ct],
+    layout: FeatureLayout,
+) -> list[Ct]:
+    """Causal sink attention of T = layout.n_tokens tokens; q, k, v in the features layout (heads in
+    consecutive d_k-block groups). Returns the heads' outputs concatenated, features layout."""
+    dk = spec.head_dim(layout)
+    blk, f, T = layout.block, layout.per_ct, layout.n_tokens
+    hpc, groups = f // dk, -(-T // dk)
+    rows = np.arange(blk)
+    alpha, _ = affine(spec.exp_plan.steps[0])
+    outs = []
+    for a in range(layout.n_ct):
+        real = min(hpc, spec.n_head - a * hpc)  # heads present in this ciphertext (the rest is padding)
+        # --- scores by lag (SLOT-LAYOUT "lags") ---------------------------------------------------------
+        qa, ka = ref.ensure([q[a], k[a]], 2, f"{spec.name} scores")
+        qrot = [ev.rotate(qa, -rho * blk) for rho in range(min(dk, T))]
+        lag_cts, valids = [], []
+        for g in range(groups):
+            valid = np.zeros((hpc, dk, blk))
+            terms = []
+            for rho in range(dk):
+                r = g * dk + rho
+                if r >= T:
+                    break
+                valid[:real, rho, :] = (rows >= r) & (rows < T)
+                p = ev.mul(qrot[rho], ev.rotate(ka, -(r + rho * blk)))
+                hs = block_sum(ev, p, dk, blk)
+                mask = np.zeros((hpc, dk, blk))
+                mask[:, rho, :] = alpha * valid[:, rho, :]
+                terms.append((hs, (spec.name, "lagmask", T, a, r), lambda m=mask: m.ravel()))
+            z = ev.dot_plain(terms)
+            vflat = valid.ravel()
+            z = ev.add_plain(
+                z,
+                (spec.name, "zconst", T, a, g),
+                lambda vf=vflat, a=a: _head_const(spec, a, hpc, dk, blk, vf),
+            )
+            lag_cts.append(z)
+            valids.append(vflat)
+        # --- exp on valid slots only --------------------------------------------------------------------
+        lag_cts = ref.ensure(lag_cts, step_depth(spec.exp_plan.steps[0], True), f"{spec.name} exp")
+        weights = [
+            run_plan(
+                ev,
+                spec.exp_plan,
+                None,
+                mapped=z,
+                valid=((spec.name, "valid", T, a, g), valids[g]),
+                refresher=ref,
+            )
+            for g, z in enumerate(lag_cts)
+        ]
+        # --- broadcast each lag over its head's features; numerator and denominator ---------------------
+        stage = ref.ensure(weights + [v[a]], 2, f"{spec.name} A.V")
+        weights, va = stage[:-1], stage[-1]
+        pairs, spread = [], []
+        for r in range(T):
+            g, rho = divmod(r, dk)
+            sel = np.zeros((hpc, dk, blk))
+            sel[:, rho, :] = 1.0
+            w = ev.mul_plain(weights[g], (spec.name, "lagsel", rho), lambda s=sel: s.ravel())
+            w = block_spread(ev, ev.rotate(w, rho * blk), dk, blk)
+            spread.append(w)
+            pairs.append((w, ev.rotate(va, -r)))
+        num = ev.dot(pairs, layout)
+        den = ev.add_scalar(ev.add_many(spread), 1.0)
+        recip = run_plan(ev, spec.recip_plan, den, refresher=ref)
+        num, recip = ref.ensure([num, recip], 1, f"{spec.name} normalise")
+        outs.append(ev.mul(num, recip, layout))
+    return outs
+
+
+def attention_decode(
+    ev: Evaluator, ref: Refresher, spec: AttentionSpec, q: list[Ct], cache: KVCache, layout: FeatureLayout
+) -> list[Ct]:
+    """One query (row 0 of q) against all `cache.length` cached keys/values (the new token included).
+    Returns the output in row 0 (other rows hold bounded garbage; the next plaintext product masks them)."""
+    dk = spec.head_dim(layout)
+    blk, f, n = layout.block, layout.per_ct, cache.length
+    if n > blk:
+        raise HeAeroError(f"{spec.name}: the cache holds {n} tokens, blocks hold {blk}")
+    hpc = f // dk
+    alpha, _ = affine(spec.exp_plan.steps[0])
+    outs = []
+    for a in range(layout.n_ct):
+        valid = np.zeros((hpc, dk, blk))
+        valid[: min(hpc, spec.n_head - a * hpc), 0, :n] = 1.0  # head starts, cached rows, real heads only
+        vflat = valid.ravel()
+        qa, ka = ref.ensure([q[a], cache.k[a]], 2, f"{spec.name} decode scores")
+        qs = block_spread(ev, qa, blk, 1)  # row 0 copied to every row (rows >= 1 are 0)
+        hs = block_sum(ev, ev.mul(qs, ka), dk, blk)
+        z = ev.mul_plain(hs, (spec.name, "dmask", n, a), lambda vf=vflat: alpha * vf)
+        z = ev.add_plain(
+            z, (spec.name, "dconst", n, a), lambda vf=vflat, a=a: _head_const(spec, a, hpc, dk, blk, vf)
+        )
+        (z,) = ref.ensure([z], step_depth(spec.exp_plan.steps[0], True), f"{spec.name} decode exp")
+        w = run_plan(
+            ev, spec.exp_plan, None, mapped=z, valid=((spec.name, "dvalid", n, a), vflat), refresher=ref
+        )
+        w = block_spread(ev, w, dk, blk)  # exp weights broadcast over the head's features
+        w, va = ref.ensure([w, cache.v[a]], 1, f"{spec.name} decode A.V")
+        num = block_sum(ev, ev.mul(w, va), blk, 1)  # row 0 = sum over cached rows
+        den = ev.add_scalar(block_sum(ev, w, blk, 1), 1.0)
+        recip = run_plan(ev, spec.recip_plan, den, refresher=ref)
+        num, recip = ref.ensure([num, recip], 1, f"{spec.name} decode normalise")
+        outs.append(ev.mul(num, recip, layout))
+    return outs

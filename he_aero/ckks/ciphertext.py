@@ -1,0 +1,384 @@
+"""Ciphertexts with an exact level and scale, and the server's evaluator on `tenseal.sealapi`.
+
+Scale discipline (why): SEAL's primes are only close to 2^s, and TenSEAL's reset to the nominal scale after
+each rescale costs precision. Here every ciphertext at level l has scale exactly S_l, a per-level constant:
+S_top = 2^scale_bits and S_{l-1} = S_l^2 / q_l (q_l: the prime a rescale from level l drops). Then
+- ct x ct at level l, rescaled, lands exactly on S_{l-1};
+- ct x plaintext encodes the plaintext at scale q_l * S_{l-1} / S_l, so the product also lands on S_{l-1};
+- a ciphertext moved down from level l to m < l is mod-switched to m + 1 and multiplied by 1 encoded at
+  scale q_{m+1} * S_m / S_l (one cheap plaintext product), landing exactly on S_m.
+Additions therefore never see mismatched scales, and no value is rescaled by an approximate factor.
+
+The same `Evaluator` runs symbolically (no SEAL objects, `Ct.data is None`) when built without a server
+context: the planner runs the real kernels that way to count levels, operations and rotation keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from he_aero.ckks.keys import ServerContext, _seal_context
+from he_aero.ckks.params import CkksParams
+from he_aero.errors import HeAeroError
+
+
+@dataclass
+class Ct:
+    """One ciphertext: the SEAL object (None when symbolic), its level and what its slots hold (`layout`)."""
+
+    data: seal.Ciphertext | None
+    level: int
+    layout: object = None
+
+
+@dataclass
+class OpStats:
+    """Operation counts (by level where latency depends on it) and the wall time spent inside SEAL calls."""
+
+    rotations: Counter = field(default_factory=Counter)  # level -> count
+    ctct_mults: Counter = field(default_factory=Counter)
+    pt_mults: Counter = field(default_factory=Counter)
+    adds: int = 0
+    encodes: int = 0
+    refresh_rounds: int = 0
+    refresh_cts: Counter = field(default_factory=Counter)  # level at which ciphertexts were refreshed
+    steps_used: set = field(default_factory=set)
+    seal_seconds: float = 0.0
+
+    @property
+    def n_rotations(self) -> int:
+        return sum(self.rotations.values())
+
+    @property
+    def n_ctct(self) -> int:
+        return sum(self.ctct_mults.values())
+
+    @property
+    def n_pt(self) -> int:
+        return sum(self.pt_mults.values())
+
+    relins: int = 0
+
+    @property
+    def key_switches(self) -> int:
+        """Rotations plus relinearisations (`dot` relinearises a whole sum of products once)."""
+        return self.n_rotations + self.relins
+
+    def summary(self) -> dict:
+        return {
+            "rotations": self.n_rotations,
+            "ctct_mults": self.n_ctct,
+            "pt_mults": self.n_pt,
+            "key_switches": self.key_switches,
+            "adds": self.adds,
+            "refresh_rounds": self.refresh_rounds,
+            "refreshed_ciphertexts": sum(self.refresh_cts.values()),
+            "seal_seconds": round(self.seal_seconds, 4),
+        }
+
+
+class _Timer:
+    def __init__(self, owner: Evaluator):
+        self.owner = owner
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.owner.stats.seal_seconds += time.perf_counter() - self.t0
+
+
+class Evaluator:
+    """Server-side CKKS arithmetic on `Ct` with exact levels and scales, cached plaintexts and op counts.
+
+    Parameters
+    ----------
+    params : the CKKS parameters (their chain fixes the levels and exact scales).
+    server : the public context; None runs symbolically (levels and counts only, no SEAL objects).
+    """
+
+    def __init__(self, params: CkksParams, server: ServerContext | None = None):
+        self.params = params
+        self.server = server
+        self.symbolic = server is None
+        ctx = server.seal_context if server is not None else _seal_context(params)
+        self.top = params.levels
+        self.slots = params.slots
+        data = ctx.first_context_data()
+        self.parms_ids: dict[int, list] = {}
+        self.primes: dict[int, int] = {}
+        while data is not None:
+            lvl = data.chain_index()
+            self.parms_ids[lvl] = data.parms_id()
+            self.primes[lvl] = data.parms().coeff_modulus()[-1].value()
+            data = data.next_context_data()
+        self.scales = {self.top: float(2**params.scale_bits)}
+        for lvl in range(self.top, 0, -1):
+            self.scales[lvl - 1] = self.scales[lvl] ** 2 / self.primes[lvl]
+        nominal = 2.0**params.scale_bits
+        if any(not 0.5 < s / nominal < 2.0 for s in self.scales.values()):
+            raise HeAeroError(
+                f"exact scales drift beyond a factor 2 of 2^{params.scale_bits} on {params.describe()}"
+            )
+        self.stats = OpStats()
+        self._cache: dict = {}
+        if not self.symbolic:
+            self._ev = seal.Evaluator(ctx)
+            self._enc = seal.CKKSEncoder(ctx)
+            self._timer = _Timer(self)
+
+    # --- plaintexts ----------------------------------------------------------------------------------------
+    def _encode(self, values, level: int, scale: float) -> seal.Plaintext | None:
+        if self.symbolic:
+            return None
+        pt = seal.Plaintext()
+        self.stats.encodes += 1
+        with self._timer:
+            if np.isscalar(values):
+                self._enc.encode(float(values), self.parms_ids[level], scale, pt)
+            else:
+                v = np.zeros(self.slots)
+                arr = np.asarray(values, dtype=float).ravel()
+                v[: arr.size] = arr
+                self._enc.encode(v.tolist(), self.parms_ids[level], scale, pt)
+        return pt
+
+    def _mul_scale(self, level: int) -> float:
+        """Scale of a plaintext factor at `level` so the rescaled product lands exactly on S_{level-1}."""
+        return self.primes[level] * self.scales[level - 1] / self.scales[level]
+
+    def plaintext(self, key, make, level: int, for_mul: bool):
+        """A cached encoded plaintext: `make()` gives the slot vector, encoded once per (key, level, use)."""
+        if self.symbolic:
+            return None
+        ck = (key, level, for_mul)
+        pt = self._cache.get(ck) if key is not None else None
+        if pt is None:
+            scale = self._mul_scale(level) if for_mul else self.scales[level]
+            pt = self._encode(make(), level, scale)
+            if key is not None:
+                self._cache[ck] = pt
+        return pt
+
+    def reset_stats(self) -> OpStats:
+        """Start counting afresh; returns the previous counts."""
+        old, self.stats = self.stats, OpStats()
+        return old
+
+    def clear_cache(self):
+        self._cache.clear()
+
+    # --- level management ----------------------------------------------------------------------------------
+    def _need(self, a: Ct, what: str):
+        if a.level < 1:
+            raise HeAeroError(
+                f"depth budget exhausted: {what} needs a level but the ciphertext is at level 0 "
+                f"(chain of {self.top} levels); a refresh must come before this operation"
+            )
+
+    def _new(self, level: int, layout=None) -> Ct:
+        return Ct(None if self.symbolic else seal.Ciphertext(), level, layout)
+
+    def _rescaled(self, out: Ct) -> Ct:
+        if not self.symbolic:
+            with self._timer:
+                self._ev.rescale_to_next_inplace(out.data)
+        return out
+
+    def align(self, a: Ct, level: int) -> Ct:
+        """Move `a` down to `level` with the exact scale S_level (no-op if already there)."""
+        if a.level == level:
+            return a
+        if a.level < level:
+            raise HeAeroError(f"align: cannot raise a ciphertext from level {a.level} to {level}")
+        out = Ct(a.data, a.level, a.layout)
+        if not self.symbolic:
+            src = a.data
+            if a.level > level + 1:
+                tmp = seal.Ciphertext()
+                with self._timer:
+                    self._ev.mod_switch_to(a.data, self.parms_ids[level + 1], tmp)
+                src = tmp
+            pt = self._encode(
+                1.0, level + 1, self.primes[level + 1] * self.scales[level] / self.scales[a.level]
+            )
+            out = self._new(level + 1, a.layout)
+            with self._timer:
+                self._ev.multiply_plain(src, pt, out.data)
+            self._rescaled(out)
+        self.stats.pt_mults[level + 1] += 1
+        out.level = level
+        return out
+
+    def _pair(self, a: Ct, b: Ct) -> tuple[Ct, Ct]:
+        lvl = min(a.level, b.level)
+        return self.align(a, lvl), self.align(b, lvl)
+
+    # --- arithmetic ----------------------------------------------------------------------------------------
+    def mul(self, a: Ct, b: Ct, layout=None) -> Ct:
+        """ct x ct: multiply, relinearise, rescale (one level)."""
+        a, b = self._pair(a, b)
+        self._need(a, "a ciphertext product")
+        out = self._new(a.level, layout or a.layout)
+        if not self.symbolic:
+            with self._timer:
+                if a is b:
+                    self._ev.square(a.data, out.data)
+                else:
+                    self._ev.multiply(a.data, b.data, out.data)
+                self._ev.relinearize_inplace(out.data, self.server.relin_keys)
+        self.stats.ctct_mults[a.level] += 1
+        self.stats.relins += 1
+        self._rescaled(out)
+        out.level -= 1
+        return out
+
+    def dot(self, pairs: list[tuple[Ct, Ct]], layout=None) -> Ct:
+        """sum_i a_i x b_i with ONE relinearisation and ONE rescale: the size-3 products share a level and a
+        scale, so they add exactly before the (costly) key switch. Counts one ct-ct product per pair."""
+        if not pairs:
+            raise HeAeroError("dot: no terms")
+        level = min(min(a.level, b.level) for a, b in pairs)
+        self._need(Ct(None, level), "a ciphertext product")
+        out = self._new(level, layout or pairs[0][0].layout)
+        for i, (a, b) in enumerate(pairs):
+            a, b = self.align(a, level), self.align(b, level)
+            self.stats.ctct_mults[level] += 1
+            if self.symbolic:
+                continue
+            with self._timer:
+                if i == 0:
+                    self._ev.multiply(a.data, b.data, out.data)
+                else:
+                    tmp = seal.Ciphertext()
+                    self._ev.multiply(a.data, b.data, tmp)
+                    self._ev.add_inplace(out.data, tmp)
+            self.stats.adds += i > 0
+        if not self.symbolic:
+            with self._timer:
+                self._ev.relinearize_inplace(out.data, self.server.relin_keys)
+        self.stats.relins += 1
+        self._rescaled(out)
+        out.level -= 1
+        return out
+
+    def mul_plain(self, a: Ct, key, make, layout=None) -> Ct:
+        """ct x plaintext slot vector `make()` (cached under `key`), rescaled (one level)."""
+        self._need(a, "a plaintext product")
+        pt = self.plaintext(key, make, a.level, True)
+        return self._mul_pt(a, pt, layout)
+
+    def mul_scalar(self, a: Ct, c: float, layout=None) -> Ct:
+        """ct x real constant, rescaled (one level)."""
+        self._need(a, "a scalar product")
+        if c == 0.0:
+            raise HeAeroError(
+                "mul_scalar: a product by exactly 0 gives a transparent ciphertext (SEAL refuses it)"
+            )
+        pt = self._encode(float(c), a.level, self._mul_scale(a.level))
+        return self._mul_pt(a, pt, layout)
+
+    def dot_plain(self, terms: list[tuple[Ct, object, object]], layout=None) -> Ct:
+        """sum_i ct_i x plaintext_i (each `(ct, key, make)` as in `mul_plain`) with ONE rescale at the end:
+        the products share a level and a scale, so summing before rescaling is exact and saves a rescale
+        (the costliest part of a plaintext product) per term."""
+        if not terms:
+            raise HeAeroError("dot_plain: no terms")
+        level = min(c.level for c, _, _ in terms)
+        self._need(Ct(None, level), "a plaintext product")
+        out = self._new(level, layout or terms[0][0].layout)
+        for i, (c, key, make) in enumerate(terms):
+            c = self.align(c, level)
+            pt = self.plaintext(key, make, level, True)
+            self.stats.pt_mults[level] += 1
+            if self.symbolic:
+                continue
+            with self._timer:
+                if i == 0:
+                    self._ev.multiply_plain(c.data, pt, out.data)
+                else:
+                    tmp = seal.Ciphertext()
+                    self._ev.multiply_plain(c.data, pt, tmp)
+                    self._ev.add_inplace(out.data, tmp)
+            self.stats.adds += i > 0
+        self._rescaled(out)
+        out.level -= 1
+        return out
+
+    def _mul_pt(self, a: Ct, pt, layout) -> Ct:
+        out = self._new(a.level, layout or a.layout)
+        if not self.symbolic:
+            with self._timer:
+                self._ev.multiply_plain(a.data, pt, out.data)
+        self.stats.pt_mults[a.level] += 1
+        self._rescaled(out)
+        out.level -= 1
+        return out
+
+    def add(self, a: Ct, b: Ct, layout=None) -> Ct:
+        a, b = self._pair(a, b)
+        out = self._new(a.level, layout or a.layout)
+        if not self.symbolic:
+            with self._timer:
+                self._ev.add(a.data, b.data, out.data)
+        self.stats.adds += 1
+        return out
+
+    def sub(self, a: Ct, b: Ct, layout=None) -> Ct:
+        a, b = self._pair(a, b)
+        out = self._new(a.level, layout or a.layout)
+        if not self.symbolic:
+            with self._timer:
+                self._ev.sub(a.data, b.data, out.data)
+        self.stats.adds += 1
+        return out
+
+    def add_many(self, cts: list[Ct], layout=None) -> Ct:
+        """Sum of ciphertexts (aligned to the lowest level)."""
+        if not cts:
+            raise HeAeroError("add_many: nothing to add")
+        acc = cts[0]
+        for c in cts[1:]:
+            acc = self.add(acc, c, layout)
+        return acc
+
+    def add_plain(self, a: Ct, key, make, layout=None) -> Ct:
+        """ct + plaintext slot vector `make()` (cached under `key`), no level."""
+        pt = self.plaintext(key, make, a.level, False)
+        return self._add_pt(a, pt, layout)
+
+    def add_scalar(self, a: Ct, c: float, layout=None) -> Ct:
+        if c == 0.0:
+            return a
+        return self._add_pt(a, self._encode(float(c), a.level, self.scales[a.level]), layout)
+
+    def _add_pt(self, a: Ct, pt, layout) -> Ct:
+        out = self._new(a.level, layout or a.layout)
+        if not self.symbolic:
+            with self._timer:
+                self._ev.add_plain(a.data, pt, out.data)
+        self.stats.adds += 1
+        return out
+
+    def rotate(self, a: Ct, step: int, layout=None) -> Ct:
+        """Left rotation by `step` slots (negative: right); the key must be in the server's set."""
+        k = step % self.slots
+        if k == 0:
+            return Ct(a.data, a.level, layout or a.layout)
+        self.stats.steps_used.add(k)
+        out = self._new(a.level, layout or a.layout)
+        if not self.symbolic:
+            if not self.server.has_rotation(k):
+                raise HeAeroError(f"rotate: no rotation key for step {step} (the plan's key list lacks it)")
+            with self._timer:
+                self._ev.rotate_vector(a.data, k, self.server.galois_keys, out.data)
+        self.stats.rotations[a.level] += 1
+        return out
+
+    def lowest(self, cts) -> int:
+        return min(c.level for c in cts)

@@ -1,0 +1,110 @@
+"""One encrypted decoder layer (server side): the API issue 5's server builds on.
+
+    X_SA = X + concat_h(A_h V_h) @ w_o + b_o ;  X_out = X_SA @ w_mix + b_mix      (docs/design.md section 1)
+
+`EncryptedLayer.prefill` runs the layer on T encrypted tokens and returns the output plus the layer's K/V
+cache; `EncryptedLayer.decode` runs one new token (row 0 of its ciphertexts) against the cache and appends
+to it. Refreshes happen inside, through the `Refresher` (a callback to the client), whenever the next stage
+lacks levels; Q, K and V come from one fused plaintext product (the baby-step rotations of X are shared).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from approx.plans import Plan
+from he_aero.ckks.attention import AttentionSpec, KVCache, attention_decode, attention_prefill
+from he_aero.ckks.ciphertext import Ct, Evaluator
+from he_aero.ckks.linalg import PlainLinear
+from he_aero.ckks.packing import FeatureLayout
+from he_aero.ckks.refresh import Refresher
+from he_aero.errors import HeAeroError
+
+
+class EncryptedLayer:
+    """A decoder layer's plaintext weights (a `models.linear_view.LayerView` or anything with its fields)
+    prepared for the encrypted runtime; linear maps are built per token count and cached.
+
+    Parameters
+    ----------
+    index : layer number (names cache keys and error messages).
+    view : the layer's arrays: w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, w_mix, b_mix, sink (H,), n_head.
+    exp_plan, recip_plan : approximation plans for exp on the z window and 1/x on [1, 1 + T_max].
+    """
+
+    def __init__(self, index: int, view, exp_plan: Plan, recip_plan: Plan):
+        if view.sink is None:
+            raise HeAeroError(
+                f"layer {index}: plain softmax (no sink) is not supported by the encrypted runtime"
+            )
+        self.index, self.view = index, view
+        self.name = f"l{index}"
+        self.d = view.w_q.shape[0]
+        self.spec = AttentionSpec(
+            self.name, int(view.n_head), tuple(float(c) for c in np.asarray(view.sink)), exp_plan, recip_plan
+        )
+        self._linears: dict = {}
+
+    def _linear(self, which: str, layout: FeatureLayout) -> PlainLinear:
+        key = (which, layout)
+        if key not in self._linears:
+            w, b = {
+                "qkv": self._fused_qkv(layout),
+                "o": (self.view.w_o, self.view.b_o),
+                "mix": (self.view.w_mix, self.view.b_mix),
+            }[which]
+            self._linears[key] = PlainLinear(f"{self.name}.{which}", w, b, layout)
+        return self._linears[key]
+
+    def _fused_qkv(self, layout: FeatureLayout) -> tuple[np.ndarray, np.ndarray]:
+        """[W_q | W_k | W_v], each padded to whole ciphertexts so Q, K and V land in separate ciphertexts."""
+        width = layout.n_ct * layout.per_ct
+        w = np.zeros((self.d, 3 * width))
+        b = np.zeros(3 * width)
+        v = self.view
+        for i, (wi, bi) in enumerate(((v.w_q, v.b_q), (v.w_k, v.b_k), (v.w_v, v.b_v))):
+            w[:, i * width : i * width + self.d] = wi
+            b[i * width : i * width + self.d] = bi
+        return w, b
+
+    def _check(self, xs: list[Ct], layout: FeatureLayout):
+        if layout.n_features != self.d:
+            raise HeAeroError(f"{self.name}: layout has {layout.n_features} features, the layer {self.d}")
+        if len(xs) != layout.n_ct:
+            raise HeAeroError(f"{self.name}: expected {layout.n_ct} ciphertexts, got {len(xs)}")
+
+    def _qkv(self, ev, ref, xs, layout):
+        xs = ref.ensure(xs, 1, f"{self.name} qkv")
+        qkv = self._linear("qkv", layout)(ev, xs)
+        n = layout.n_ct
+        for c in qkv:
+            c.layout = layout
+        return xs, qkv[:n], qkv[n : 2 * n], qkv[2 * n :]
+
+    def _finish(self, ev, ref, xs, heads, layout):
+        heads = ref.ensure(heads, 1, f"{self.name} w_o")
+        o = self._linear("o", layout)(ev, heads)
+        x_sa = [ev.add(x, y, layout) for x, y in zip(xs, o, strict=True)]
+        x_sa = ref.ensure(x_sa, 1, f"{self.name} w_mix")
+        return self._linear("mix", layout)(ev, x_sa)
+
+    def prefill(
+        self, ev: Evaluator, ref: Refresher, xs: list[Ct], layout: FeatureLayout
+    ) -> tuple[list[Ct], KVCache]:
+        """The layer on T = layout.n_tokens encrypted tokens; returns (X_out, this layer's K/V cache)."""
+        self._check(xs, layout)
+        xs, q, k, v = self._qkv(ev, ref, xs, layout)
+        heads = attention_prefill(ev, ref, self.spec, q, k, v, layout)
+        return self._finish(ev, ref, xs, heads, layout), KVCache(k, v, layout.n_tokens)
+
+    def decode(
+        self, ev: Evaluator, ref: Refresher, xs: list[Ct], cache: KVCache, layout: FeatureLayout
+    ) -> list[Ct]:
+        """One new token (row 0; layout.n_tokens == 1) against the cache, which grows by this token."""
+        if layout.n_tokens != 1:
+            raise HeAeroError(f"{self.name}: decode takes one token, the layout has {layout.n_tokens}")
+        self._check(xs, layout)
+        xs, q, k, v = self._qkv(ev, ref, xs, layout)
+        cache.append(ev, k, v)
+        heads = attention_decode(ev, ref, self.spec, q, cache, layout)
+        return self._finish(ev, ref, xs, heads, layout)

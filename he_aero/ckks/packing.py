@@ -1,0 +1,82 @@
+"""Slot layouts: how a (tokens x features) matrix sits in CKKS slots.
+
+SLOT-LAYOUT "features" (the runtime's activation layout, chosen in docs/kernels.md):
+    ciphertext c, slot j * B + t  holds  X[t, c * F + j]      (0 <= j < F, 0 <= t < B)
+    B = block = a power of two >= the token count, F = slots / B features per ciphertext,
+    rows t >= n_tokens are exactly 0 (kernels keep them 0: padding must not leak into sums).
+Why: a rotation by s * B moves whole feature columns cyclically (F * B = slots), so X W is a block-diagonal
+BSGS with O(sqrt(F)) rotations; a rotation by r < B shifts every column down r tokens at once (the causal
+lag of attention), and a head's d_k consecutive blocks are summed by log2(d_k) rotations.
+At N=8192, B=64: F=64, X (64 x 128) is two ciphertexts; at N=16384: one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from he_aero.errors import HeAeroError
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """The "features" slot layout (module docstring) for n_tokens x n_features at a given slot count."""
+
+    slots: int
+    block: int
+    n_features: int
+    n_tokens: int
+
+    def __post_init__(self):
+        b = self.block
+        if b < 1 or b & (b - 1) or b > self.slots:
+            raise HeAeroError(f"layout: block must be a power of two <= {self.slots}, got {b}")
+        if not 1 <= self.n_tokens <= b:
+            raise HeAeroError(f"layout: {self.n_tokens} tokens do not fit blocks of {b} slots")
+        if self.n_features < 1:
+            raise HeAeroError(f"layout: need at least one feature, got {self.n_features}")
+
+    @property
+    def per_ct(self) -> int:
+        """F: feature columns per ciphertext."""
+        return self.slots // self.block
+
+    @property
+    def n_ct(self) -> int:
+        return -(-self.n_features // self.per_ct)
+
+    def with_tokens(self, n_tokens: int) -> FeatureLayout:
+        return FeatureLayout(self.slots, self.block, self.n_features, n_tokens)
+
+    def with_features(self, n_features: int) -> FeatureLayout:
+        return FeatureLayout(self.slots, self.block, n_features, self.n_tokens)
+
+    def row_mask(self) -> np.ndarray:
+        """(slots,) 1 on rows t < n_tokens of every block."""
+        return np.tile((np.arange(self.block) < self.n_tokens).astype(float), self.per_ct)
+
+
+def feature_layout(slots: int, n_tokens: int, n_features: int, block: int | None = None) -> FeatureLayout:
+    """Layout with the smallest power-of-two block holding n_tokens (or the given block)."""
+    if block is None:
+        block = 1 << max(0, (int(n_tokens) - 1).bit_length())
+    return FeatureLayout(slots, block, n_features, n_tokens)
+
+
+def pack(x: np.ndarray, layout: FeatureLayout) -> list[np.ndarray]:
+    """(n_tokens, n_features) matrix -> one (slots,) vector per ciphertext."""
+    x = np.asarray(x, dtype=float)
+    if x.shape != (layout.n_tokens, layout.n_features):
+        raise HeAeroError(f"pack: expected shape {(layout.n_tokens, layout.n_features)}, got {x.shape}")
+    f, b = layout.per_ct, layout.block
+    full = np.zeros((layout.n_ct * f, b))  # (features padded, block) = column-major with padded rows
+    full[: layout.n_features, : layout.n_tokens] = x.T
+    return [full[c * f : (c + 1) * f].ravel() for c in range(layout.n_ct)]
+
+
+def unpack(vectors, layout: FeatureLayout) -> np.ndarray:
+    """Inverse of `pack`: slot vectors -> (n_tokens, n_features)."""
+    f, b = layout.per_ct, layout.block
+    full = np.concatenate([np.asarray(v, dtype=float)[: f * b].reshape(f, b) for v in vectors])
+    return full[: layout.n_features, : layout.n_tokens].T.copy()

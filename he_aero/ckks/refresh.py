@@ -1,0 +1,167 @@
+"""Interactive refresh: the stand-in for bootstrapping (which neither SEAL nor TenSEAL has).
+
+Protocol, one round for a batch of ciphertexts (security argument in docs/security.md, section "Refresh"):
+1. server: y = x + r, r uniform in [-W, W] per slot, fresh for every ciphertext and every round,
+   W = bound * 2^hiding_bits (bound: the plan's bound on |x|); serialise y.
+2. client: decrypt y, re-encrypt the decoded values at the top level (scale 2^scale_bits); serialise.
+3. server: subtract r (encoded at the top level), giving x at the top level again.
+The client sees only x + r, whose distribution is within statistical distance |x| / (2W) <= 2^-(hiding_bits+1)
+of r's per slot. Rounds and bytes (both directions, serialised sizes) are counted.
+
+The mask must fit the ciphertext's headroom: |x + r| < 2^(headroom_bits(level)), so a refresh needs the
+ciphertext at or above `min_level()`; kernels call `ensure` with the levels their next stage consumes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from he_aero.ckks.ciphertext import Ct, Evaluator
+from he_aero.ckks.keys import ClientKeys, _from_bytes, _to_bytes
+from he_aero.errors import HeAeroError
+
+ClientCallback = Callable[[list[bytes]], list[bytes]]
+"""The client's half of a round: serialised masked ciphertexts in, serialised fresh ciphertexts out."""
+
+
+def client_refresh_handler(keys: ClientKeys) -> ClientCallback:
+    """The client side of the protocol: decrypt each masked ciphertext and re-encrypt it at the top level."""
+
+    def handle(blobs: list[bytes]) -> list[bytes]:
+        out = []
+        for blob in blobs:
+            ct = _from_bytes(seal.Ciphertext, keys.seal_context, blob)
+            out.append(_to_bytes(keys.encrypt(keys.decrypt(ct))))
+        return out
+
+    return handle
+
+
+@dataclass
+class RefreshLog:
+    rounds: int = 0
+    ciphertexts: int = 0
+    bytes_to_client: int = 0
+    bytes_to_server: int = 0
+    masks_seen: list = field(
+        default_factory=list, repr=False
+    )  # first mask values per ct (tests: fresh masks)
+
+    def summary(self) -> dict:
+        return {
+            "rounds": self.rounds,
+            "ciphertexts": self.ciphertexts,
+            "bytes_to_client": self.bytes_to_client,
+            "bytes_to_server": self.bytes_to_server,
+        }
+
+
+class Refresher:
+    """Server side of the refresh protocol.
+
+    Parameters
+    ----------
+    ev : the evaluator (symbolic evaluators count rounds and estimate bytes without a client).
+    client : the client's callback (None: refresh disabled; a stage that runs out of levels raises).
+    bound : bound on |x| of any refreshed value (from calibration; the plan's activation bound).
+    hiding_bits : statistical hiding per slot (mask width W = bound * 2^hiding_bits).
+    seed : None draws masks from the OS entropy source (production); an int only for reproducible tests.
+    """
+
+    def __init__(
+        self,
+        ev: Evaluator,
+        client: ClientCallback | None,
+        bound: float = 64.0,
+        hiding_bits: int = 20,
+        seed: int | None = None,
+    ):
+        if not bound > 0 or not math.isfinite(bound):
+            raise HeAeroError(f"refresh: bound must be a positive number, got {bound}")
+        if not 1 <= hiding_bits <= 40:
+            raise HeAeroError(f"refresh: hiding_bits must be in [1, 40], got {hiding_bits}")
+        self.ev, self.client, self.bound, self.hiding_bits = ev, client, float(bound), int(hiding_bits)
+        self.width = self.bound * 2.0**self.hiding_bits
+        self.rng = np.random.default_rng(seed)
+        self.log = RefreshLog()
+        if self.min_level() is None:
+            raise HeAeroError(
+                f"refresh: a mask of width 2^{math.log2(self.width):.1f} does not fit any level of "
+                f"{ev.params.describe()}; lower hiding_bits or the bound"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None or self.ev.symbolic
+
+    def min_level(self) -> int | None:
+        """Lowest level whose headroom holds x + r (with one spare bit)."""
+        need = math.log2(self.width + self.bound) + 1
+        for lvl in range(self.ev.top + 1):
+            if self.ev.params.headroom_bits(lvl) >= need:
+                return lvl
+        return None
+
+    def usable_levels(self) -> int:
+        """Levels a stage may consume between two refreshes."""
+        return self.ev.top - self.min_level()
+
+    def ensure(self, cts: list[Ct], need: int, what: str = "stage") -> list[Ct]:
+        """cts with at least `need` levels above `min_level()`, refreshing (one round) those without."""
+        floor = self.min_level()
+        if need > self.usable_levels():
+            raise HeAeroError(
+                f"depth budget: {what} needs {need} levels between refreshes but {self.ev.params.describe()} "
+                f"leaves {self.usable_levels()} (top {self.ev.top}, refresh needs level >= {floor})"
+            )
+        low = [i for i, c in enumerate(cts) if c.level < floor + need]
+        if not low:
+            return cts
+        if not self.enabled:
+            raise HeAeroError(
+                f"depth budget: {what} needs {need} levels, a ciphertext is at level "
+                f"{min(cts[i].level for i in low)} and refresh is disabled"
+            )
+        if any(cts[i].level < floor for i in low):
+            raise HeAeroError(
+                f"refresh: {what}: a ciphertext fell below level {floor}, its mask would overflow"
+            )
+        fresh = self.refresh([cts[i] for i in low])
+        out = list(cts)
+        for i, c in zip(low, fresh, strict=True):
+            out[i] = c
+        return out
+
+    def refresh(self, cts: list[Ct]) -> list[Ct]:
+        """One round: mask, send, receive at the top level, unmask."""
+        ev = self.ev
+        self.log.rounds += 1
+        self.log.ciphertexts += len(cts)
+        ev.stats.refresh_rounds += 1
+        for c in cts:
+            ev.stats.refresh_cts[c.level] += 1
+        if ev.symbolic:
+            n = ev.params.poly_modulus_degree
+            for c in cts:  # uncompressed size estimate: 2 polynomials x (level + 1) primes x N words
+                self.log.bytes_to_client += 16 * n * (c.level + 1)
+                self.log.bytes_to_server += 16 * n * (ev.top + 1)
+            return [Ct(None, ev.top, c.layout) for c in cts]
+        masks = [self.rng.uniform(-self.width, self.width, ev.slots) for _ in cts]
+        self.log.masks_seen.append([float(m[0]) for m in masks])
+        blobs = []
+        for c, r in zip(cts, masks, strict=True):
+            masked = ev.add_plain(c, None, lambda r=r: r)
+            blobs.append(_to_bytes(masked.data))
+        self.log.bytes_to_client += sum(len(b) for b in blobs)
+        replies = self.client(blobs)
+        self.log.bytes_to_server += sum(len(b) for b in replies)
+        out = []
+        for blob, r, c in zip(replies, masks, cts, strict=True):
+            fresh = Ct(_from_bytes(seal.Ciphertext, ev.server.seal_context, blob), ev.top, c.layout)
+            out.append(ev.add_plain(fresh, None, lambda r=r: -r))
+        return out
