@@ -32,6 +32,9 @@ lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+bench-approx: $(STAMP) ## max error vs depth: our plans vs (1+x/2^k)^(2^k) and constant-guess 1/x -> docs/approx.md
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m approx.bench --write docs/approx.md
+
 ABLATION_STEPS ?= 6000
 ABLATION_LAYERS ?= 3
 train-default: $(STAMP) ## train the shipped default model into models/checkpoints/default (~1 h on one core)
