@@ -139,13 +139,13 @@ def run() -> str:
             ["scalar mults", *(str(bsgs.bsgs_cost(d)[2]) for d in degs)],
         ],
     )
-    lines.append("")
-    lines.append("### exp on [-B, 0]: max abs. error vs depth (depth includes the affine map)")
-    lines.append(
-        "ours: certified error of the best minimax p(x/2^k)^(2^k) at that depth (dD,kK: degree, squarings);"
-    )
-    lines.append("(1+x/2^k)^(2^k): the NEXUS / MOAI / CrypTen method at the same depth (k = depth - 1).")
-    lines.append("")
+    lines += [
+        "",
+        "### exp on [-B, 0]: max abs. error vs depth (depth includes the affine map)",
+        "ours: certified error of the best minimax p(x/2^k)^(2^k) at that depth (dD,kK: degree, squarings);",
+        "(1+x/2^k)^(2^k): the NEXUS / MOAI / CrypTen method at the same depth (k = depth - 1).",
+        "",
+    ]
     rows = []
     for depth in EXP_DEPTHS:
         for b in EXP_BOUNDS:
@@ -153,14 +153,14 @@ def run() -> str:
             base = exp_baseline(b, depth)
             rows.append([str(depth), str(b), _fmt(ours), how, _fmt(base), f"{base / ours:.1e}x"])
     lines += _table(["depth", "B", "ours", "plan", "(1+x/2^k)^(2^k)", "ratio"], rows)
-    lines.append("")
-    lines.append("### 1/x on [1, R]: max rel. error vs depth")
-    lines.append(
-        "ours: certified, minimax relative guess + Newton steps (plan vocabulary; dD,nN: degree, steps);"
-    )
-    lines.append("poly+Goldschmidt: same guess, Goldschmidt steps (1 level each; not a plan step yet);")
-    lines.append("constant+Goldschmidt: the NEXUS-style product from the best constant guess 2/(1+R).")
-    lines.append("")
+    lines += [
+        "",
+        "### 1/x on [1, R]: max rel. error vs depth",
+        "ours: certified, minimax relative guess + Newton steps (plan vocabulary; dD,nN: degree, steps);",
+        "poly+Goldschmidt: same guess, Goldschmidt steps (1 level each; not a plan step yet);",
+        "constant+Goldschmidt: the NEXUS-style product from the best constant guess 2/(1+R).",
+        "",
+    ]
     rows = []
     for depth in RECIP_DEPTHS:
         for r in RECIP_RANGES:

@@ -122,3 +122,14 @@ def test_reproduces_polynomials_of_lower_degree(a, width, degree, data):
 def test_bad_input_names_the_field(call, field):
     with pytest.raises(ApproxError, match=f"^{field}"):
         call()
+
+
+@settings(max_examples=10, deadline=None)
+@given(a=st.floats(-40, 2), width=st.floats(0.5, 40), degree=st.integers(3, 15))
+def test_exp_fits_are_certified_from_both_sides_on_random_domains(a, width, degree):
+    fit = remez(np.exp, (a, a + width), degree, "rel")
+    interp = chebyshev_fit(np.exp, (a, a + width), degree, "rel")
+    assert _independent_error("exp", fit, "rel", n=20_001) <= fit.max_error * (1 + 1e-9)
+    assert fit.lower_bound <= fit.max_error <= interp.max_error * (1 + 1e-9)
+    # the lower bound holds for every degree-n polynomial, the interpolant included
+    assert fit.lower_bound <= interp.max_error
