@@ -7,14 +7,16 @@ i >= r" and makes the key shift one slot rotation: rot(K, -r) puts k_{i-r} in ro
     SLOT-LAYOUT "lags" (scores and exp): ciphertext (a, g) holds, for the heads h of feature ciphertext a,
         block (h_local * d_k + rho), row i  =  z_h[i, i - r]  with r = g * d_k + rho,
         and exactly 0 where i < r or i >= T (and at padding).
-    - per lag r: P = rot(Q, -rho B) * rot(K, -(r + rho B)); a head's d_k blocks are summed by log2(d_k)
-      rotations, which leaves the lag-r scores of head h in block h d_k + rho; a masked plaintext product
-      (one rescale per group, the exp polynomial's affine map folded into it) keeps only valid rows.
+    - per lag r: P = rot(Q, -rho B) * rot(K, -(r + rho B)) (both rotation chains: one key each); a head's
+      d_k blocks are summed by log2(d_k) rotations, which leaves the lag-r scores of head h in block
+      h d_k + rho; a masked plaintext product (one rescale per group, the exp polynomial's affine map folded
+      into it) keeps only valid rows.
     - exp runs on the lag ciphertexts with constants added only on valid slots, so invalid slots stay 0.
-    - per lag r: the lag's block is extracted (masked product), moved to the head's first block and spread to
-      all d_k blocks (log2(d_k) rotations): W_r = exp-weights broadcast over the head's features. Then
-      numerator = sum_r W_r * rot(V, -r) (one relinearisation for the whole sum) and
-      denominator = 1 + sum_r W_r (already broadcast: no extra rotations), out = numerator * recip(den).
+    - per lag r: the lag's block is extracted (masked product) and spread over d_k blocks (log2(d_k)
+      rotations): W_r = exp-weights broadcast over the head's features, in a window shifted by rho blocks.
+      numerator = sum_r W_r * rot(V, -(r + rho B)) (one relinearisation per rho) and
+      denominator = 1 + sum_r W_r (already broadcast), both shifted back per rho by a Horner scheme;
+      out = numerator * recip(denominator).
 Decode (one new token at row 0 against a K/V cache holding rows 0..n-1 of the same layout): q is spread to all
 rows, scores for all cached keys come from one product and a head sum; the exp weights are spread over the
 head's blocks, numerator and denominator are row sums (log2(B) rotations each) landing in row 0.
@@ -28,7 +30,7 @@ import numpy as np
 
 from approx.plans import Plan
 from he_aero.ckks.ciphertext import Ct, Evaluator
-from he_aero.ckks.linalg import block_spread, block_sum
+from he_aero.ckks.linalg import block_spread, block_sum, horner, rotate_binary
 from he_aero.ckks.packing import FeatureLayout
 from he_aero.ckks.poly import affine, run_plan, step_depth
 from he_aero.ckks.refresh import Refresher
@@ -83,9 +85,9 @@ class KVCache:
 
     def append(self, ev: Evaluator, k_new: list[Ct], v_new: list[Ct]):
         """Add one token's k, v (row 0 of their ciphertexts, other rows 0) as row `length`."""
-        p = self.length
-        self.k = [ev.add(c, ev.rotate(n, -p)) for c, n in zip(self.k, k_new, strict=True)]
-        self.v = [ev.add(c, ev.rotate(n, -p)) for c, n in zip(self.v, v_new, strict=True)]
+        p = self.length  # row 0 -> row p: power-of-two rotations (keys shared with the row spreads)
+        self.k = [ev.add(c, rotate_binary(ev, n, -p)) for c, n in zip(self.k, k_new, strict=True)]
+        self.v = [ev.add(c, rotate_binary(ev, n, -p)) for c, n in zip(self.v, v_new, strict=True)]
         self.length += 1
 
 
@@ -110,57 +112,61 @@ def attention_prefill(
         real = min(hpc, spec.n_head - a * hpc)  # heads present in this ciphertext (the rest is padding)
         # --- scores by lag (SLOT-LAYOUT "lags") ---------------------------------------------------------
         qa, ka = ref.ensure([q[a], k[a]], 2, f"{spec.name} scores")
-        qrot = [ev.rotate(qa, -rho * blk) for rho in range(min(dk, T))]
+        qrot = [qa]  # qrot[rho] = rot(Q, -rho B): a chain of rotations by -B
+        while len(qrot) < min(dk, T):
+            qrot.append(ev.rotate(qrot[-1], -blk))
         lag_cts, valids = [], []
+        kstart = ka
         for g in range(groups):
+            if g:
+                kstart = ev.rotate(kstart, -dk)  # rot(K, -g d_k)
+            kcur = kstart
             valid = np.zeros((hpc, dk, blk))
             terms = []
-            for rho in range(dk):
+            for rho in range(min(dk, T - g * dk)):
                 r = g * dk + rho
-                if r >= T:
-                    break
+                if rho:
+                    kcur = ev.rotate(kcur, -(blk + 1))  # now rot(K, -(r + rho B))
                 valid[:real, rho, :] = (rows >= r) & (rows < T)
-                p = ev.mul(qrot[rho], ev.rotate(ka, -(r + rho * blk)))
-                hs = block_sum(ev, p, dk, blk)
+                hs = block_sum(ev, ev.mul(qrot[rho], kcur), dk, blk)
                 mask = np.zeros((hpc, dk, blk))
                 mask[:, rho, :] = alpha * valid[:, rho, :]
                 terms.append((hs, (spec.name, "lagmask", T, a, r), lambda m=mask: m.ravel()))
             z = ev.dot_plain(terms)
             vflat = valid.ravel()
-            z = ev.add_plain(
-                z,
-                (spec.name, "zconst", T, a, g),
-                lambda vf=vflat, a=a: _head_const(spec, a, hpc, dk, blk, vf),
-            )
-            lag_cts.append(z)
+            const = lambda vf=vflat, a=a: _head_const(spec, a, hpc, dk, blk, vf)  # noqa: E731
+            lag_cts.append(ev.add_plain(z, (spec.name, "zconst", T, a, g), const))
             valids.append(vflat)
         # --- exp on valid slots only --------------------------------------------------------------------
         lag_cts = ref.ensure(lag_cts, step_depth(spec.exp_plan.steps[0], True), f"{spec.name} exp")
-        weights = [
-            run_plan(
-                ev,
-                spec.exp_plan,
-                None,
-                mapped=z,
-                valid=((spec.name, "valid", T, a, g), valids[g]),
-                refresher=ref,
-            )
-            for g, z in enumerate(lag_cts)
-        ]
-        # --- broadcast each lag over its head's features; numerator and denominator ---------------------
+        weights = []
+        for g, z in enumerate(lag_cts):
+            valid = ((spec.name, "valid", T, a, g), valids[g])
+            weights.append(run_plan(ev, spec.exp_plan, None, mapped=z, valid=valid, refresher=ref))
+        # --- weights x values -----------------------------------------------------------------------------
+        # Lag r's weights stay in block h d_k + rho and are spread over the d_k blocks that follow (a window
+        # shifted by rho); V is shifted by rho blocks to match (the same rotation chain as K). The per-rho
+        # numerators and denominators are rotated back by a Horner scheme in rotations by B: 2 keys in all.
         stage = ref.ensure(weights + [v[a]], 2, f"{spec.name} A.V")
         weights, va = stage[:-1], stage[-1]
-        pairs, spread = [], []
-        for r in range(T):
-            g, rho = divmod(r, dk)
-            sel = np.zeros((hpc, dk, blk))
-            sel[:, rho, :] = 1.0
-            w = ev.mul_plain(weights[g], (spec.name, "lagsel", rho), lambda s=sel: s.ravel())
-            w = block_spread(ev, ev.rotate(w, rho * blk), dk, blk)
-            spread.append(w)
-            pairs.append((w, ev.rotate(va, -r)))
-        num = ev.dot(pairs, layout)
-        den = ev.add_scalar(ev.add_many(spread), 1.0)
+        pairs: list[list] = [[] for _ in range(min(dk, T))]
+        dens: list[list] = [[] for _ in range(min(dk, T))]
+        vstart = va
+        for g in range(groups):
+            if g:
+                vstart = ev.rotate(vstart, -dk)
+            vcur = vstart
+            for rho in range(min(dk, T - g * dk)):
+                if rho:
+                    vcur = ev.rotate(vcur, -(blk + 1))  # rot(V, -(r + rho B))
+                sel = np.zeros((hpc, dk, blk))
+                sel[:, rho, :] = 1.0
+                w = ev.mul_plain(weights[g], (spec.name, "lagsel", rho), lambda s=sel: s.ravel())
+                w = block_spread(ev, w, dk, blk)
+                pairs[rho].append((w, vcur))
+                dens[rho].append(w)
+        num = horner(ev, [ev.dot(p) for p in pairs], blk)
+        den = ev.add_scalar(horner(ev, [ev.add_many(d) for d in dens], blk), 1.0)
         recip = run_plan(ev, spec.recip_plan, den, refresher=ref)
         num, recip = ref.ensure([num, recip], 1, f"{spec.name} normalise")
         outs.append(ev.mul(num, recip, layout))

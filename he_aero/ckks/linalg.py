@@ -11,9 +11,10 @@ and writing s = g u + v (v < g baby steps, u giant steps)
     out_b = sum_u rot( sum_{a, v} rot(X_a, v B) * roll(D[a, b, g u + v], g u B), g u B ).
 
 Cost per product: (g - 1) rotations per input ciphertext, (F/g - 1) per output ciphertext, n_in * n_out * F
-plaintext products (all-zero diagonals skipped), one level. Diagonals are encoded once per (layer, level,
-token count) and cached by the evaluator. Rows t >= n_tokens of every diagonal and of the bias are 0, so
-padding rows stay exactly 0.
+plaintext products (all-zero diagonals skipped, one rescale per giant step), one level. Only two rotation
+keys: the baby steps are a chain of rotations by B, the giant steps a Horner scheme in rotations by g B.
+Diagonals are encoded once per (layer, level, token count) and cached by the evaluator. Rows t >= n_tokens
+of every diagonal and of the bias are 0, so padding rows stay exactly 0.
 """
 
 from __future__ import annotations
@@ -79,10 +80,6 @@ class PlainLinear:
         vals[: part.size] = part
         return np.repeat(vals, self.layout.block) * self.row_mask
 
-    def rotation_steps(self) -> set[int]:
-        blk = self.layout.block
-        return {v * blk for v in range(1, self.g)} | {self.g * u * blk for u in range(1, self.giants)}
-
     def __call__(self, ev: Evaluator, xs: list[Ct]) -> list[Ct]:
         if len(xs) != self.layout.n_ct:
             raise HeAeroError(f"{self.name}: expected {self.layout.n_ct} ciphertexts, got {len(xs)}")
@@ -90,7 +87,7 @@ class PlainLinear:
         xs = [ev.align(x, level) for x in xs]
         f, blk, g = self.layout.per_ct, self.layout.block, self.g
         nz = np.abs(self.diag).max(axis=3) > 0  # (n_in, n_out, F): skip all-zero diagonals
-        baby: dict[tuple[int, int], Ct] = {}
+        baby = [[x] for x in xs]  # baby[a][v] = rot(X_a, v B), built as a chain of rotations by B (one key)
         outs = []
         tok = self.layout.n_tokens
         for b in range(self.out_layout.n_ct):
@@ -102,22 +99,43 @@ class PlainLinear:
                         s = g * u + v
                         if s >= f or not nz[a, b, s]:
                             continue
-                        if (a, v) not in baby:
-                            baby[(a, v)] = ev.rotate(xs[a], v * blk)
+                        while len(baby[a]) <= v:
+                            baby[a].append(ev.rotate(baby[a][-1], blk))
                         key = (self.name, tok, a, b, s)
-                        terms.append(
-                            (baby[(a, v)], key, lambda a=a, b=b, s=s, u=u: self._diag_vector(a, b, s, u))
-                        )
-                if terms:
-                    partials.append(ev.rotate(ev.dot_plain(terms), g * u * blk))
-            if not partials:
+                        make = lambda a=a, b=b, s=s, u=u: self._diag_vector(a, b, s, u)  # noqa: E731
+                        terms.append((baby[a][v], key, make))
+                partials.append(ev.dot_plain(terms) if terms else None)
+            if all(p is None for p in partials):
                 raise HeAeroError(f"{self.name}: output ciphertext {b} has an all-zero weight block")
-            out = ev.add_many(partials, self.out_layout)
+            out = horner(ev, partials, g * blk)
             if self.b is not None and np.any(self.b[b * f : (b + 1) * f]):
                 out = ev.add_plain(out, (self.name, "bias", tok, b), lambda b=b: self._bias_vector(b))
             out.layout = self.out_layout
             outs.append(out)
         return outs
+
+
+def horner(ev: Evaluator, parts: list[Ct | None], step: int) -> Ct:
+    """sum_u rot(parts[u], u * step) with len - 1 rotations by the one step `step` (None parts are 0)."""
+    acc = None
+    for part in reversed(parts):
+        if acc is not None:
+            acc = ev.rotate(acc, step)
+        if part is not None:
+            acc = part if acc is None else ev.add(acc, part)
+    return acc
+
+
+def rotate_binary(ev: Evaluator, ct: Ct, step: int) -> Ct:
+    """Rotation by any `step` as a product of power-of-two rotations of the same sign (keys +-2^k only)."""
+    sign, k = (1 if step >= 0 else -1), abs(step)
+    bit = 1
+    while k:
+        if k & 1:
+            ct = ev.rotate(ct, sign * bit)
+        k >>= 1
+        bit <<= 1
+    return ct
 
 
 def block_sum(ev: Evaluator, ct: Ct, group: int, block: int) -> Ct:
