@@ -29,13 +29,23 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import metadata
 from pathlib import Path
 
 from approx.errors import ApproxError
 
 FORMAT_VERSION = 1
-PRODUCER_VERSION = "0.1.0"
-PRODUCER = f"he-aero approx {PRODUCER_VERSION}"
+
+
+def _producer() -> str:
+    """'he-aero approx <installed package version>' (the distribution name, not an import of he_aero)."""
+    try:
+        return f"he-aero approx {metadata.version('he-aero')}"
+    except metadata.PackageNotFoundError:  # running from a bare source tree
+        return "he-aero approx (uninstalled)"
+
+
+PRODUCER = _producer()
 REQUIRED = (
     "format_version",
     "function",

@@ -62,3 +62,23 @@ def goldschmidt_recip(y, x, iterations: int, ops: Ops):
         if i + 1 < iterations:
             e = ops.mul(e, e)
     return y
+
+
+def goldschmidt_inv_sqrt(y, x, iterations: int, ops: Ops):
+    """Goldschmidt form of the 1/sqrt(x) refinement from a guess y ~ 1/sqrt(x).
+
+    g = x y (-> sqrt(x)), h = y / 2 (-> 1/(2 sqrt(x))); repeat r = 1/2 - g h; g <- g + g r; h <- h + h r;
+    return 2 h (as h + h). With e = 1 - x y^2 = 1 - 4 g h the error maps to (3 e^2 + e^3) / 4 like Newton's,
+    at 2 levels and 3 ct-ct mults a step, but g and h update in parallel and sqrt(x) comes for free.
+    Not in the plan step vocabulary (docs/design.md section 2); kept for comparison and future use.
+    """
+    if iterations == 0:
+        return y
+    g = ops.mul(x, y)
+    h = ops.mul_scalar(y, 0.5)
+    for _ in range(iterations):
+        gh = ops.mul(g, h)
+        r = ops.add_scalar(ops.sub(gh, ops.add(gh, gh)), 0.5)  # 1/2 - g h
+        g = ops.add(g, ops.mul(g, r))
+        h = ops.add(h, ops.mul(h, r))
+    return ops.add(h, h)

@@ -81,11 +81,14 @@ def test_refinement_step_orders():
     z = refine.newton_inv_sqrt(z0, x, 1, ops)
     e0 = 1 - x * z0**2
     np.testing.assert_allclose(1 - x * z**2, (3 * e0**2 + e0**3) / 4, atol=1e-15)
+    np.testing.assert_allclose(refine.goldschmidt_inv_sqrt(z0, x, 1, ops), z, rtol=1e-14)
+    np.testing.assert_allclose(refine.goldschmidt_inv_sqrt(z0, x, 3, ops) * np.sqrt(x), 1.0, atol=1e-15)
     # 3 steps from a guess at depth 4 (x at depth 0): Newton 2 levels a step, Goldschmidt 1 + 1 each
     for fn, depth, mults in (
         (refine.newton_recip, 10, 6),
         (refine.newton_inv_sqrt, 10, 9),
         (refine.goldschmidt_recip, 8, 6),
+        (refine.goldschmidt_inv_sqrt, 11, 10),
     ):
         counter = bsgs.CountingOps()
         assert (fn(4, 0, 3, counter), counter.nonscalar) == (depth, mults)
