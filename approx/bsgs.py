@@ -57,6 +57,9 @@ class Ops:
     def add_scalar(self, a, c: float):
         return a + c
 
+    def constant(self, like, c: float):  # a plaintext constant shaped like `like` (no level)
+        return np.full(np.shape(like), float(c))
+
 
 @dataclass
 class CountingOps(Ops):
@@ -81,6 +84,9 @@ class CountingOps(Ops):
 
     def add_scalar(self, a, c):
         return a
+
+    def constant(self, like, c):
+        return 0
 
 
 @dataclass(frozen=True)

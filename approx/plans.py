@@ -119,7 +119,9 @@ class Plan:
         """Apply the steps to x with `ops`, in the exact order the encrypted evaluator uses."""
         y = x
         for step in self.steps:
-            if step.op == "poly":
+            if step.op == "poly" and step.degree == 0:  # a constant: no ciphertext work at all
+                y = ops.constant(y, step.coefficients[0])
+            elif step.op == "poly":
                 alpha, beta = affine_coefficients(step.domain)
                 t = y
                 if step.domain != (-1.0, 1.0):
@@ -127,8 +129,8 @@ class Plan:
                     if beta != 0.0:
                         t = ops.add_scalar(t, beta)
                 y = bsgs.evaluate(step.coefficients, t, ops)
-                if isinstance(y, float):  # a constant polynomial: broadcast it like the input
-                    y = ops.add_scalar(ops.mul_scalar(t, 0.0), y)
+                if isinstance(y, float):  # zero coefficients left a constant: broadcast it like the input
+                    y = ops.constant(t, y)
             elif step.op == "square":
                 y = refine.square(y, step.times, ops)
             elif step.op == "newton_recip":
@@ -172,7 +174,8 @@ class Plan:
     @property
     def affine_levels(self) -> int:
         """1 if the first poly maps its domain to [-1, 1] (foldable into a preceding plaintext multiply)."""
-        return 0 if self.steps[0].domain == (-1.0, 1.0) else 1
+        first = self.steps[0]
+        return 0 if first.domain == (-1.0, 1.0) or first.degree == 0 else 1
 
     @property
     def degree(self) -> int:
@@ -188,7 +191,7 @@ class Plan:
         parts = []
         for s in self.steps:
             if s.op == "poly":
-                parts.append(f"poly deg {s.degree} on [{s.domain[0]:g}, {s.domain[1]:g}]")
+                parts.append(f"poly deg {s.degree} on [{s.domain[0]:.10g}, {s.domain[1]:.10g}]")
             elif s.op == "square":
                 parts.append(f"square x{s.times}")
             else:

@@ -157,7 +157,8 @@ def remez(
         return w_x(x) * (f(x) - C.chebval(t, c))
 
     grid = dense_grid(WORK_POINTS)
-    g_grid = f(from_unit(grid, dom))
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # reported below as one clear line
+        g_grid = f(from_unit(grid, dom))
     if not np.all(np.isfinite(g_grid)):
         raise ApproxError(f"domain: the function is not finite on [{dom[0]}, {dom[1]}]")
     w_grid = w_x(from_unit(grid, dom))

@@ -95,10 +95,10 @@ def fit(function, domain, degree, max_error, relative, out, plot, list_):
     except ApproxError as exc:  # bad input (domain, degree, unreachable bound): a usage error, exit code 2
         raise click.UsageError(str(exc)) from exc
 
-    click.echo(f"function        {function} on [{plan.domain[0]:g}, {plan.domain[1]:g}]")
+    click.echo(f"function        {function} on [{plan.domain[0]:.10g}, {plan.domain[1]:.10g}]")
     click.echo(f"plan            {plan.describe()}")
     click.echo(f"degree          {plan.degree}")
-    click.echo(f"depth           {plan.depth} (affine map to [-1, 1]: {plan.affine_levels} level)")
+    click.echo(f"depth           {plan.depth} (of which the affine map to [-1, 1]: {plan.affine_levels})")
     click.echo(f"mults           {plan.nonscalar_mults} ct-ct, {plan.scalar_mults} scalar")
     bits = -math.log2(plan.max_error) if plan.max_error > 0 else math.inf
     click.echo(f"certified error {plan.max_error:.3e} ({kind}, {bits:.1f} bits)")

@@ -69,6 +69,13 @@ def test_single_poly_cost_is_bsgs_plus_affine():
     assert unit.affine_levels == 0 and unit.depth == 2
 
 
+def test_constant_plan_costs_nothing():
+    plan = plan_poly("gelu", (-8, 8), 0)
+    assert (plan.depth, plan.nonscalar_mults, plan.scalar_mults, plan.affine_levels) == (0, 0, 0, 0)
+    x = np.linspace(-8, 8, 9)
+    np.testing.assert_array_equal(plan.evaluate(x), np.full(9, plan.coefficients[0]))
+
+
 def test_refinement_step_orders():
     x = np.linspace(1, 100, 101)
     y0 = 0.9 / x
