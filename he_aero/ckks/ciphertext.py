@@ -2,7 +2,8 @@
 
 Scale discipline (why): SEAL's primes are only close to 2^s, and TenSEAL's reset to the nominal scale after
 each rescale costs precision. Here every ciphertext at level l has scale exactly S_l, a per-level constant:
-S_top = 2^scale_bits and S_{l-1} = S_l^2 / q_l (q_l: the prime a rescale from level l drops). Then
+S_{l-1} = S_l^2 / q_l (q_l: the prime a rescale from level l drops; S_0 = 2^scale_bits, see
+`keys.chain_tables`). Then
 - ct x ct at level l, rescaled, lands exactly on S_{l-1};
 - ct x plaintext encodes the plaintext at scale q_l * S_{l-1} / S_l, so the product also lands on S_{l-1};
 - a ciphertext moved down from level l to m < l is mod-switched to m + 1 and multiplied by 1 encoded at
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tenseal.sealapi as seal
 
-from he_aero.ckks.keys import ServerContext, _seal_context
+from he_aero.ckks.keys import ServerContext, _seal_context, chain_tables
 from he_aero.ckks.params import CkksParams
 from he_aero.errors import HeAeroError
 
@@ -109,17 +110,7 @@ class Evaluator:
         ctx = server.seal_context if server is not None else _seal_context(params)
         self.top = params.levels
         self.slots = params.slots
-        data = ctx.first_context_data()
-        self.parms_ids: dict[int, list] = {}
-        self.primes: dict[int, int] = {}
-        while data is not None:
-            lvl = data.chain_index()
-            self.parms_ids[lvl] = data.parms_id()
-            self.primes[lvl] = data.parms().coeff_modulus()[-1].value()
-            data = data.next_context_data()
-        self.scales = {self.top: float(2**params.scale_bits)}
-        for lvl in range(self.top, 0, -1):
-            self.scales[lvl - 1] = self.scales[lvl] ** 2 / self.primes[lvl]
+        self.parms_ids, self.primes, self.scales = chain_tables(ctx, params.scale_bits)
         nominal = 2.0**params.scale_bits
         if any(not 0.5 < s / nominal < 2.0 for s in self.scales.values()):
             raise HeAeroError(

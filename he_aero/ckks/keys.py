@@ -43,6 +43,30 @@ def _seal_context(params: CkksParams) -> seal.SEALContext:
     return ctx
 
 
+def chain_tables(ctx: seal.SEALContext, scale_bits: int) -> tuple[dict, dict, dict]:
+    """(parms_id, dropped prime, exact scale) per level.
+
+    Scales: S_{l-1} = S_l^2 / q_l keeps every ct x ct product on the table, but iterated forward from 2^s it
+    doubles any relative drift per level (22 levels at N=32768 blow up). So S_0 = 2^s is fixed first and
+    S_l = sqrt(S_{l-1} q_l) is run upwards (a contraction), then the table is recomputed downwards from that
+    S_top with SEAL's own double arithmetic (S * S / q), so products land bit-for-bit on it."""
+    parms_ids, primes = {}, {}
+    data = ctx.first_context_data()
+    while data is not None:
+        lvl = data.chain_index()
+        parms_ids[lvl] = data.parms_id()
+        primes[lvl] = data.parms().coeff_modulus()[-1].value()
+        data = data.next_context_data()
+    top = max(parms_ids)
+    s = float(2**scale_bits)
+    for lvl in range(1, top + 1):
+        s = (s * primes[lvl]) ** 0.5
+    scales = {top: s}
+    for lvl in range(top, 0, -1):
+        scales[lvl - 1] = scales[lvl] * scales[lvl] / primes[lvl]
+    return parms_ids, primes, scales
+
+
 def _to_bytes(obj) -> bytes:
     """Serialise a SEAL object (the binding only saves to files)."""
     fd, path = tempfile.mkstemp(prefix="he_aero_")
@@ -130,8 +154,8 @@ class ServerContext:
 
 @dataclass
 class ClientKeys:
-    """Client side: the only object that ever holds a secret key. Encrypts at the top level with scale
-    exactly 2^scale_bits, decrypts, and makes rotation keys for the steps a plan lists."""
+    """Client side: the only object that ever holds a secret key. Encrypts at the top level with the chain's
+    exact top scale (`chain_tables`), decrypts, and makes rotation keys for the steps a plan lists."""
 
     params: CkksParams
     rotation_steps: tuple[int, ...] = ()
@@ -156,12 +180,10 @@ class ClientKeys:
         self._encryptor = seal.Encryptor(self.seal_context, self.public_key)
         self._decryptor = seal.Decryptor(self.seal_context, self._secret_key)
 
-    @property
-    def scale(self) -> float:
-        return float(2**self.params.scale_bits)
+        self.scale = chain_tables(self.seal_context, self.params.scale_bits)[2][self.params.levels]
 
     def encrypt(self, values) -> seal.Ciphertext:
-        """Encrypt a slot vector (zero-padded to N/2) at the top level and scale 2^scale_bits."""
+        """Encrypt a slot vector (zero-padded to N/2) at the top level and its exact scale (~2^scale_bits)."""
         v = np.zeros(self.params.slots)
         values = np.asarray(values, dtype=float).ravel()
         if values.size > v.size:

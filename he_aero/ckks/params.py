@@ -4,7 +4,7 @@ A chain is `[q0, q1, ..., qL, P]`: q0 is the base prime (it bounds the magnitude
 q1..qL are the rescale primes (one per level, ~2^scale_bits each) and P is the special prime used only by
 key switching (relinearisation and rotations). Measured on this machine (tests/he_aero/ckks/test_params.py
 keeps the rule): P must be at least as large as q0, otherwise key-switching noise swamps the message
-(N=8192, [60, 35, 35, 35, 53]: a rotation keeps 9 bits; [50, 35, 35, 35, 60]: 22 bits).
+(N=8192, scale 2^35, |x| <= 1: [60, 35, 35, 35, 53] keeps 9 bits after one rotation, [50, 35, 35, 35, 60] 22).
 """
 
 from __future__ import annotations
@@ -106,10 +106,15 @@ class CkksParams:
 
 
 def default_params(poly_modulus_degree: int) -> CkksParams:
-    """The chain this project uses for each ring: 35-bit rescale primes with exact scale tracking, q0 = 50
-    bits (2^14 of headroom at level 0) and a 60-bit special prime, filled up to SEAL's 128-bit limit."""
+    """The chain this project uses for each ring: q0 = P = 60 bits and as many 32-bit rescale primes as
+    SEAL's 128-bit limit allows (N=8192: 3, 16384: 9, 32768: 23 levels).
+
+    Why 60-bit q0: a refresh masks values with r of width bound * 2^hiding_bits, and q0 / 2^32 leaves 27
+    bits of headroom at level 0, so the last level is usable before a refresh (with 35-bit primes and q0 = 50
+    only 14 bits: a refresh would have to happen one level early). Why 32-bit primes: with exact scale
+    tracking they lose no precision to prime drift, and at N=8192 they buy a third level."""
     if poly_modulus_degree not in (8192, 16384, 32768):
         raise HeAeroError(f"ring degree: expected 8192, 16384 or 32768, got {poly_modulus_degree}")
-    q0, mid, special = 50, 35, 60
+    q0, mid, special = 60, 32, 60
     n_mid = (SEAL_MAX_BITS[poly_modulus_degree] - q0 - special) // mid
     return CkksParams(poly_modulus_degree, (q0,) + (mid,) * n_mid + (special,), mid)

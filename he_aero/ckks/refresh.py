@@ -100,10 +100,10 @@ class Refresher:
         return self.client is not None or self.ev.symbolic
 
     def min_level(self) -> int | None:
-        """Lowest level whose headroom holds x + r (with one spare bit)."""
-        need = math.log2(self.width + self.bound) + 1
+        """Lowest level whose headroom holds |x + r| <= bound + W (headroom_bits already keeps a sign bit)."""
+        need = math.log2(self.width + self.bound)
         for lvl in range(self.ev.top + 1):
-            if self.ev.params.headroom_bits(lvl) >= need:
+            if self.ev.params.headroom_bits(lvl) > need:
                 return lvl
         return None
 
