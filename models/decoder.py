@@ -64,7 +64,7 @@ class DecoderConfig:
     entropy_lambda: float = 1e-5
     entropy_gamma: float = 0.2
     entropy_theta_init: float = 0.5
-    range_weight: float = 10.0  # 0 disables the range penalty; 1.0 left rare rows at 10x denom_max
+    range_weight: float = 1000.0  # 0: off. A row mean: rare out-of-range rows need a large weight
     z_min: float = -24.0  # bound on z = q.k - c_h (every causal pair)
     z_max: float = 4.0
     denom_max: float = 64.0  # sink only: bound on 1 + sum exp(z) per row
