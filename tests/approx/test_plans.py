@@ -18,18 +18,24 @@ def _observed(plan, n=50_001, seed=0):
     return float(np.max(np.abs(e / f if plan.error_kind == "rel" else e)))
 
 
+def _agrees(plan) -> bool:
+    """The plaintext evaluator's observed error matches the certified one (never above, at most 2% below)."""
+    observed = _observed(plan)
+    return 0.98 * plan.max_error <= observed <= plan.max_error * (1 + 1e-9)
+
+
 def test_exp_single_poly_reference_point():
     plan = plan_exp((-16, 0), max_abs_error=4e-7)
     assert plan.max_error <= 4e-7
     assert plan.depth == 5  # degree 15 (4 levels) + the affine map
-    assert _observed(plan) <= plan.max_error * (1 + 1e-9)
+    assert _agrees(plan)
 
 
 def test_exp_calibrated_window_relative():
     # a real calibrated window: values up to e^5, so the bound is relative
     plan = plan_exp((-26, 5), max_rel_error=1e-5)
     assert plan.max_error <= 1e-5
-    assert _observed(plan) <= plan.max_error * (1 + 1e-9)
+    assert _agrees(plan)
     assert plan.depth <= plan_fit("exp", (-26, 5), 1e-2, "rel").depth + 3
 
 
@@ -40,7 +46,7 @@ def test_exp_range_reduction_saves_depth_on_wide_windows():
     assert plan.max_error <= 1e-6 and single.max_error <= 1e-6
     squared = plan_exp((-64, 0), max_abs_error=1e-6, squarings=2)
     assert [s.op for s in squared.steps] == ["poly", "square"] and squared.steps[1].times == 2
-    assert _observed(squared) <= squared.max_error * (1 + 1e-9)
+    assert _agrees(squared)
 
 
 def test_reciprocal_with_newton_reference_point():
@@ -48,16 +54,16 @@ def test_reciprocal_with_newton_reference_point():
     assert [s.op for s in plan.steps] == ["poly", "newton_recip"]
     assert plan.max_error <= 1e-6
     assert plan.depth <= 10
-    assert _observed(plan) <= plan.max_error * (1 + 1e-9)
+    assert _agrees(plan)
     best = plan_reciprocal((1, 100), 1e-6)  # free search: never deeper than the Newton plan
     assert best.depth <= plan.depth and best.max_error <= 1e-6
 
 
 def test_reciprocal_calibrated_window_and_inv_sqrt():
     plan = plan_reciprocal((1, 130), 1e-4)
-    assert plan.max_error <= 1e-4 and _observed(plan) <= plan.max_error * (1 + 1e-9)
+    assert plan.max_error <= 1e-4 and _agrees(plan)
     isq = plan_inv_sqrt((0.5, 64), 1e-3, newton=1)
-    assert isq.max_error <= 1e-3 and _observed(isq) <= isq.max_error * (1 + 1e-9)
+    assert isq.max_error <= 1e-3 and _agrees(isq)
 
 
 def test_single_poly_cost_is_bsgs_plus_affine():
