@@ -32,7 +32,7 @@ from approx.plans import Plan
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.linalg import block_spread, block_sum, horner, rotate_binary
 from he_aero.ckks.packing import FeatureLayout
-from he_aero.ckks.poly import affine, run_plan, step_depth
+from he_aero.ckks.poly import affine, run_plan_batch
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 
@@ -107,15 +107,16 @@ def attention_prefill(
     hpc, groups = f // dk, -(-T // dk)
     rows = np.arange(blk)
     alpha, _ = affine(spec.exp_plan.steps[0])
-    outs = []
-    for a in range(layout.n_ct):
+    n_ct = layout.n_ct
+    # --- scores by lag (SLOT-LAYOUT "lags"): lag_cts[a * groups + g] --------------------------------------
+    both = ref.ensure(list(q) + list(k), 2, f"{spec.name} scores")
+    lag_cts, valids = [], []
+    for a in range(n_ct):
+        qa, ka = both[a], both[n_ct + a]
         real = min(hpc, spec.n_head - a * hpc)  # heads present in this ciphertext (the rest is padding)
-        # --- scores by lag (SLOT-LAYOUT "lags") ---------------------------------------------------------
-        qa, ka = ref.ensure([q[a], k[a]], 2, f"{spec.name} scores")
         qrot = [qa]  # qrot[rho] = rot(Q, -rho B): a chain of rotations by -B
         while len(qrot) < min(dk, T):
             qrot.append(ev.rotate(qrot[-1], -blk))
-        lag_cts, valids = [], []
         kstart = ka
         for g in range(groups):
             if g:
@@ -136,22 +137,20 @@ def attention_prefill(
             vflat = valid.ravel()
             const = lambda vf=vflat, a=a: _head_const(spec, a, hpc, dk, blk, vf)  # noqa: E731
             lag_cts.append(ev.add_plain(z, (spec.name, "zconst", T, a, g), const))
-            valids.append(vflat)
-        # --- exp on valid slots only --------------------------------------------------------------------
-        lag_cts = ref.ensure(lag_cts, step_depth(spec.exp_plan.steps[0], True), f"{spec.name} exp")
-        weights = []
-        for g, z in enumerate(lag_cts):
-            valid = ((spec.name, "valid", T, a, g), valids[g])
-            weights.append(run_plan(ev, spec.exp_plan, None, mapped=z, valid=valid, refresher=ref))
-        # --- weights x values -----------------------------------------------------------------------------
-        # Lag r's weights stay in block h d_k + rho and are spread over the d_k blocks that follow (a window
-        # shifted by rho); V is shifted by rho blocks to match (the same rotation chain as K). The per-rho
-        # numerators and denominators are rotated back by a Horner scheme in rotations by B: 2 keys in all.
-        stage = ref.ensure(weights + [v[a]], 2, f"{spec.name} A.V")
-        weights, va = stage[:-1], stage[-1]
+            valids.append(((spec.name, "valid", T, a, g), vflat))
+    # --- exp on valid slots only, all lag ciphertexts in lockstep -------------------------------------------
+    weights = run_plan_batch(ev, spec.exp_plan, None, lag_cts, valids, ref, f"{spec.name} exp")
+    # --- weights x values ---------------------------------------------------------------------------------
+    # Lag r's weights stay in block h d_k + rho and are spread over the d_k blocks that follow (a window
+    # shifted by rho); V is shifted by rho blocks to match (the same rotation chain as K). The per-rho
+    # numerators and denominators are rotated back by a Horner scheme in rotations by B: 2 keys in all.
+    stage = ref.ensure(weights + list(v), 2, f"{spec.name} A.V")
+    weights, vs = stage[: len(weights)], stage[len(weights) :]
+    nums, dens_all = [], []
+    for a in range(n_ct):
         pairs: list[list] = [[] for _ in range(min(dk, T))]
         dens: list[list] = [[] for _ in range(min(dk, T))]
-        vstart = va
+        vstart = vs[a]
         for g in range(groups):
             if g:
                 vstart = ev.rotate(vstart, -dk)
@@ -161,16 +160,21 @@ def attention_prefill(
                     vcur = ev.rotate(vcur, -(blk + 1))  # rot(V, -(r + rho B))
                 sel = np.zeros((hpc, dk, blk))
                 sel[:, rho, :] = 1.0
-                w = ev.mul_plain(weights[g], (spec.name, "lagsel", rho), lambda s=sel: s.ravel())
+                w = ev.mul_plain(weights[a * groups + g], (spec.name, "lagsel", rho), lambda s=sel: s.ravel())
                 w = block_spread(ev, w, dk, blk)
                 pairs[rho].append((w, vcur))
                 dens[rho].append(w)
-        num = horner(ev, [ev.dot(p) for p in pairs], blk)
-        den = ev.add_scalar(horner(ev, [ev.add_many(d) for d in dens], blk), 1.0)
-        recip = run_plan(ev, spec.recip_plan, den, refresher=ref)
-        num, recip = ref.ensure([num, recip], 1, f"{spec.name} normalise")
-        outs.append(ev.mul(num, recip, layout))
-    return outs
+        nums.append(horner(ev, [ev.dot(p) for p in pairs], blk))
+        dens_all.append(ev.add_scalar(horner(ev, [ev.add_many(d) for d in dens], blk), 1.0))
+    return _normalise(ev, ref, spec, nums, dens_all, layout)
+
+
+def _normalise(ev, ref, spec, nums, dens, layout) -> list[Ct]:
+    """out = numerator * (1 / denominator), all ciphertexts in lockstep."""
+    recips = run_plan_batch(ev, spec.recip_plan, dens, refresher=ref, name=f"{spec.name} 1/x")
+    stage = ref.ensure(nums + recips, 1, f"{spec.name} normalise")
+    n = len(nums)
+    return [ev.mul(a, b, layout) for a, b in zip(stage[:n], stage[n:], strict=True)]
 
 
 def attention_decode(
@@ -184,27 +188,22 @@ def attention_decode(
         raise HeAeroError(f"{spec.name}: the cache holds {n} tokens, blocks hold {blk}")
     hpc = f // dk
     alpha, _ = affine(spec.exp_plan.steps[0])
-    outs = []
-    for a in range(layout.n_ct):
+    n_ct = layout.n_ct
+    both = ref.ensure(list(q) + list(cache.k), 2, f"{spec.name} decode scores")
+    zs, valids = [], []
+    for a in range(n_ct):
         valid = np.zeros((hpc, dk, blk))
         valid[: min(hpc, spec.n_head - a * hpc), 0, :n] = 1.0  # head starts, cached rows, real heads only
         vflat = valid.ravel()
-        qa, ka = ref.ensure([q[a], cache.k[a]], 2, f"{spec.name} decode scores")
-        qs = block_spread(ev, qa, blk, 1)  # row 0 copied to every row (rows >= 1 are 0)
-        hs = block_sum(ev, ev.mul(qs, ka), dk, blk)
+        qs = block_spread(ev, both[a], blk, 1)  # row 0 copied to every row (rows >= 1 are 0)
+        hs = block_sum(ev, ev.mul(qs, both[n_ct + a]), dk, blk)
         z = ev.mul_plain(hs, (spec.name, "dmask", n, a), lambda vf=vflat: alpha * vf)
-        z = ev.add_plain(
-            z, (spec.name, "dconst", n, a), lambda vf=vflat, a=a: _head_const(spec, a, hpc, dk, blk, vf)
-        )
-        (z,) = ref.ensure([z], step_depth(spec.exp_plan.steps[0], True), f"{spec.name} decode exp")
-        w = run_plan(
-            ev, spec.exp_plan, None, mapped=z, valid=((spec.name, "dvalid", n, a), vflat), refresher=ref
-        )
-        w = block_spread(ev, w, dk, blk)  # exp weights broadcast over the head's features
-        w, va = ref.ensure([w, cache.v[a]], 1, f"{spec.name} decode A.V")
-        num = block_sum(ev, ev.mul(w, va), blk, 1)  # row 0 = sum over cached rows
-        den = ev.add_scalar(block_sum(ev, w, blk, 1), 1.0)
-        recip = run_plan(ev, spec.recip_plan, den, refresher=ref)
-        num, recip = ref.ensure([num, recip], 1, f"{spec.name} decode normalise")
-        outs.append(ev.mul(num, recip, layout))
-    return outs
+        const = lambda vf=vflat, a=a: _head_const(spec, a, hpc, dk, blk, vf)  # noqa: E731
+        zs.append(ev.add_plain(z, (spec.name, "dconst", n, a), const))
+        valids.append(((spec.name, "dvalid", n, a), vflat))
+    ws = run_plan_batch(ev, spec.exp_plan, None, zs, valids, ref, f"{spec.name} decode exp")
+    ws = [block_spread(ev, w, dk, blk) for w in ws]  # exp weights broadcast over the head's features
+    stage = ref.ensure(ws + list(cache.v), 1, f"{spec.name} decode A.V")
+    nums = [block_sum(ev, ev.mul(w, va), blk, 1) for w, va in zip(stage[:n_ct], stage[n_ct:], strict=True)]
+    dens = [ev.add_scalar(block_sum(ev, w, blk, 1), 1.0) for w in stage[:n_ct]]  # row 0 = sum over rows
+    return _normalise(ev, ref, spec, nums, dens, layout)

@@ -76,6 +76,16 @@ def step_depth(step, mapped: bool = False) -> int:
     return 2 * step.iterations + (1 if step.iterations else 0)
 
 
+def atomic_depth(step, mapped: bool = False) -> int:
+    """Levels of the largest piece of a step that cannot be split by a refresh (`run_plan` refreshes between
+    squarings and between Newton-reciprocal iterations)."""
+    if step.op == "square":
+        return min(step.times, 1)
+    if step.op == "newton_recip":
+        return min(step.iterations, 1) * 2
+    return step_depth(step, mapped)
+
+
 def run_plan(
     ev: Evaluator,
     plan: Plan,
@@ -83,6 +93,7 @@ def run_plan(
     mapped: Ct | None = None,
     valid: tuple | None = None,
     refresher=None,
+    name: str = "plan",
 ) -> Ct:
     """Run an approximation plan (docs/design.md section 2) on ciphertext x, in `Plan.run`'s exact order.
 
@@ -96,39 +107,68 @@ def run_plan(
     refresher : a `Refresher`; when given, the running value (and x) are refreshed between steps (squarings
         and Newton iterations one at a time) whenever the next one lacks levels. Without it the whole plan
         must fit the ciphertext's level.
+    name : prefix of the stage names reported to the refresher (the planner's stage list).
     """
-    ops = CkksOps(ev, valid)
+    return run_plan_batch(
+        ev,
+        plan,
+        [x],
+        None if mapped is None else [mapped],
+        None if valid is None else [valid],
+        refresher,
+        name,
+    )[0]
+
+
+def run_plan_batch(
+    ev: Evaluator,
+    plan: Plan,
+    xs: list,
+    mapped: list | None = None,
+    valids: list | None = None,
+    refresher=None,
+    name: str = "plan",
+) -> list[Ct]:
+    """`run_plan` on several ciphertexts in lockstep, so each refresh is one round for all of them."""
+    n = len(xs) if mapped is None else len(mapped)
+    xs = list(xs) if xs is not None else [None] * n
+    ops = [CkksOps(ev, None if valids is None else valids[i]) for i in range(n)]
     if refresher is None:
         need = plan_depth(plan, mapped is not None)
-        start = (mapped if mapped is not None else x).level
+        start = min(c.level for c in (mapped if mapped is not None else xs))
         if start < need:
             raise HeAeroError(
                 f"depth budget: plan '{plan.describe()}' needs {need} levels, the ciphertext has {start} "
                 "(refresh before this stage)"
             )
-    y = None
+    ys: list = [None] * n
     for i, step in enumerate(plan.steps):
         if step.op == "poly":
             if i == 0 and mapped is not None:
-                (t,) = _ensure(refresher, [mapped], step_depth(step, True), "poly")
+                ts = _ensure(refresher, list(mapped), step_depth(step, True), f"{name} poly")
             else:
-                src = x if i == 0 else y
-                (src,) = _ensure(refresher, [src], step_depth(step), "poly")
+                src = _ensure(refresher, xs if i == 0 else ys, step_depth(step), f"{name} poly")
                 alpha, beta = affine(step)
-                t = src if step.domain == (-1.0, 1.0) else ops.add_scalar(ops.mul_scalar(src, alpha), beta)
-            y = evaluate_chebyshev(ev, step.coefficients, t, valid)
+                if step.domain == (-1.0, 1.0):
+                    ts = src
+                else:
+                    ts = [o.add_scalar(o.mul_scalar(c, alpha), beta) for o, c in zip(ops, src, strict=True)]
+            ys = [evaluate_chebyshev(ev, step.coefficients, t, o.valid) for o, t in zip(ops, ts, strict=True)]
         elif step.op == "square":
             for _ in range(step.times):
-                (y,) = _ensure(refresher, [y], 1, "square")
-                y = refine.square(y, 1, ops)
-        elif step.op == "newton_recip":
-            for _ in range(step.iterations):
-                y, x = _ensure(refresher, [y, _need_x(x, step.op)], 2, "newton_recip")
-                y = refine.newton_recip(y, x, 1, ops)
+                ys = _ensure(refresher, ys, 1, f"{name} square")
+                ys = [refine.square(y, 1, o) for o, y in zip(ops, ys, strict=True)]
         else:
-            y, x = _ensure(refresher, [y, _need_x(x, step.op)], step_depth(step), "newton_inv_sqrt")
-            y = refine.newton_inv_sqrt(y, x, step.iterations, ops)
-    return y
+            xs = [_need_x(x, step.op) for x in xs]
+            per_round = 2 if step.op == "newton_recip" else step_depth(step)
+            rounds = step.iterations if step.op == "newton_recip" else 1
+            iters = 1 if step.op == "newton_recip" else step.iterations
+            fn = refine.newton_recip if step.op == "newton_recip" else refine.newton_inv_sqrt
+            for _ in range(rounds):
+                both = _ensure(refresher, ys + xs, per_round, f"{name} newton")
+                ys, xs = both[:n], both[n:]
+                ys = [fn(y, x, iters, o) for o, y, x in zip(ops, ys, xs, strict=True)]
+    return ys
 
 
 def _ensure(refresher, cts, need, what):

@@ -71,6 +71,7 @@ class Refresher:
     bound : bound on |x| of any refreshed value (from calibration; the plan's activation bound).
     hiding_bits : statistical hiding per slot (mask width W = bound * 2^hiding_bits).
     seed : None draws masks from the OS entropy source (production); an int only for reproducible tests.
+    allow : False forbids refreshes (a stage short of levels raises instead; the planner's depth count).
     """
 
     def __init__(
@@ -80,15 +81,18 @@ class Refresher:
         bound: float = 64.0,
         hiding_bits: int = 20,
         seed: int | None = None,
+        allow: bool = True,
     ):
         if not bound > 0 or not math.isfinite(bound):
             raise HeAeroError(f"refresh: bound must be a positive number, got {bound}")
         if not 1 <= hiding_bits <= 40:
             raise HeAeroError(f"refresh: hiding_bits must be in [1, 40], got {hiding_bits}")
         self.ev, self.client, self.bound, self.hiding_bits = ev, client, float(bound), int(hiding_bits)
+        self.allow = allow
         self.width = self.bound * 2.0**self.hiding_bits
         self.rng = np.random.default_rng(seed)
         self.log = RefreshLog()
+        self.trace: list[dict] = []  # one entry per stage: the planner's level assignment
         if self.min_level() is None:
             raise HeAeroError(
                 f"refresh: a mask of width 2^{math.log2(self.width):.1f} does not fit any level of "
@@ -97,7 +101,7 @@ class Refresher:
 
     @property
     def enabled(self) -> bool:
-        return self.client is not None or self.ev.symbolic
+        return self.allow and (self.client is not None or self.ev.symbolic)
 
     def min_level(self) -> int | None:
         """Lowest level whose headroom holds |x + r| <= bound + W (headroom_bits already keeps a sign bit)."""
@@ -120,6 +124,9 @@ class Refresher:
                 f"leaves {self.usable_levels()} (top {self.ev.top}, refresh needs level >= {floor})"
             )
         low = [i for i, c in enumerate(cts) if c.level < floor + need]
+        self.trace.append(
+            {"stage": what, "need": need, "level_in": min(c.level for c in cts), "refreshed": len(low)}
+        )
         if not low:
             return cts
         if not self.enabled:
