@@ -91,7 +91,7 @@ def _levelled_solve(tref, g, w, n):
 
 def _exchange(f, w_x, dom, n, tref, grid, g_grid, w_grid, max_iter, tol):
     """Remez exchange from reference tref: (best coefficients or None, their error, levelled, iterations)."""
-    best_c, best_err, levelled, iters = None, np.inf, False, 0
+    best_c, best_err, levelled, iters, stalled = None, np.inf, False, 0, 0
     # below this the error is float64 rounding, not approximation: exchanging further only chases noise
     noise = 64 * np.finfo(float).eps * float(np.max(np.abs(w_grid * g_grid)))
     for iters in range(1, max_iter + 1):  # noqa: B007 - the count is reported
@@ -101,8 +101,12 @@ def _exchange(f, w_x, dom, n, tref, grid, g_grid, w_grid, max_iter, tol):
             break
         e = w_grid * (g_grid - C.chebval(grid, c))
         emax = float(np.max(np.abs(e)))
-        if emax < best_err:
-            best_c, best_err = c, emax
+        if emax < best_err * (1 - 1e-6):
+            best_c, best_err, stalled = c, emax, 0
+        else:  # rounding noise (e.g. a narrow domain far from 0) can stop progress before levelling
+            stalled += 1
+            if stalled >= 4:
+                break
         if emax <= noise:
             levelled = True
             break

@@ -29,6 +29,9 @@ BOUNDS = [
 ]
 
 
+ROUNDING = 1e-14  # float64 evaluation noise: two grids may see errors that differ by ~1e-16
+
+
 def _independent_error(name, fit, kind, n=200_001):
     """Max error on a uniform x-grid, evaluated with numpy's chebval (not the fit's own code path)."""
     x = np.linspace(*fit.domain, n)
@@ -41,7 +44,7 @@ def _independent_error(name, fit, kind, n=200_001):
 def test_certified_error_within_committed_bound(name, domain, kind, degree, bound):
     fit = remez(get_function(name), domain, degree, kind)
     assert fit.degree == degree
-    assert _independent_error(name, fit, kind) <= fit.max_error * (1 + 1e-9)
+    assert _independent_error(name, fit, kind) <= fit.max_error * (1 + 1e-9) + ROUNDING
     assert fit.max_error <= bound
     assert 0.0 < fit.lower_bound <= fit.max_error
 
@@ -71,7 +74,7 @@ def test_equioscillation_and_beats_interpolation(name, domain, kind, degree, bou
 def test_reference_points_of_the_issue(domain, degree, kind, bound, func):
     fit = remez(get_function(func), domain, degree, kind)
     assert fit.max_error <= bound
-    assert _independent_error(func, fit, kind) <= fit.max_error * (1 + 1e-9)
+    assert _independent_error(func, fit, kind) <= fit.max_error * (1 + 1e-9) + ROUNDING
 
 
 def test_machine_precision_falls_back_without_losing_accuracy():
@@ -129,7 +132,7 @@ def test_bad_input_names_the_field(call, field):
 def test_exp_fits_are_certified_from_both_sides_on_random_domains(a, width, degree):
     fit = remez(np.exp, (a, a + width), degree, "rel")
     interp = chebyshev_fit(np.exp, (a, a + width), degree, "rel")
-    assert _independent_error("exp", fit, "rel", n=20_001) <= fit.max_error * (1 + 1e-9)
+    assert _independent_error("exp", fit, "rel", n=20_001) <= fit.max_error * (1 + 1e-9) + ROUNDING
     assert fit.lower_bound <= fit.max_error <= interp.max_error * (1 + 1e-9)
     # the lower bound holds for every degree-n polynomial, the interpolant included
     assert fit.lower_bound <= interp.max_error
