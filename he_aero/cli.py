@@ -47,3 +47,6 @@ def main() -> None:
 from he_aero.commands_fit import fit  # noqa: E402
 
 cli.add_command(fit)
+from he_aero.commands_infer import calibrate, encrypt_infer  # noqa: E402
+
+cli.add_command(calibrate), cli.add_command(encrypt_infer)

@@ -1,0 +1,147 @@
+"""The client role: the ONLY place a secret key exists.
+
+Lifecycle (each stage refuses to run before the one it needs, naming it):
+    Client(offer bytes) -> keygen() -> SETUP bytes -> encrypt_tokens() -> TOKENS bytes
+    -> [handle_refresh(REFRESH_REQUEST bytes) -> REFRESH_RESPONSE bytes]* -> decrypt_logits(LOGITS bytes)
+
+The client never sees the weights: it learns the runtime's public description from the server's OFFER, makes
+exactly the rotation keys listed there, and sends tokens as encrypted one-hot rows (SLOT-LAYOUT "features",
+he_aero/ckks/packing.py, with vocab features: slot j * block + t of ciphertext c is 1 iff token t is byte
+c * F + j). Decrypted logits are checked before anyone uses them: non-finite values, padding slots that
+should be ~0 but are not (a wrong key, a broken ciphertext), or logits outside the calibrated range (the
+activations left the domain the polynomials were fitted on) flag the token instead of printing garbage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from he_aero.ckks.keys import ClientKeys, _from_bytes, _to_bytes
+from he_aero.ckks.packing import FeatureLayout, pack, unpack
+from he_aero.errors import HeAeroError
+from he_aero.protocol import Kind, Message, RuntimeOffer, decode, encode, meta_field
+
+PADDING_TOLERANCE = 1e-2
+"""Slots the server leaves exactly 0 decrypt to CKKS noise (~1e-6 here); anything above this means the
+ciphertext was not made under this key or is broken (a foreign key decrypts to values ~1e9)."""
+
+
+@dataclass(frozen=True)
+class DecryptedLogits:
+    """Logits of `n_tokens` positions starting at `position`, and why they are implausible (None: fine)."""
+
+    logits: np.ndarray  # (n_tokens, vocab)
+    position: int
+    flag: str | None
+
+
+class Client:
+    """The data owner: keys, encryption of tokens, decryption of logits, the client half of refreshes."""
+
+    def __init__(self, offer: bytes):
+        self.offer = RuntimeOffer.from_message(decode(offer, Kind.OFFER))
+        self.params = self.offer.params
+        self._keys: ClientKeys | None = None
+        self.session: bytes | None = None
+        self.decryptions: Counter = Counter()  # purpose ("logits", "refresh") -> ciphertexts decrypted
+
+    # --- stages -------------------------------------------------------------------------------------------
+    def keygen(self) -> bytes:
+        """Generate the session's keys (exactly the offered rotation steps); return the SETUP message."""
+        if not self.offer.insecure_for_tests:
+            self.params.require_secure()  # production offers must be 128-bit secure
+        self._keys = ClientKeys(self.params, self.offer.rotation_steps)
+        self.session = os.urandom(16)  # binds every later ciphertext to these keys
+        bundle = self._keys.public_bundle()
+        meta = {
+            "rotation_steps": list(bundle.rotation_steps),
+            "params": list(self.params.coeff_mod_bit_sizes),
+        }
+        parts = (bundle.public_key, bundle.relin_keys, bundle.galois_keys)
+        return encode(Message(Kind.SETUP, self.session, meta, parts))
+
+    def _require_keys(self, stage: str) -> ClientKeys:
+        if self._keys is None:
+            raise HeAeroError(f"client: {stage} needs keys; run keygen() first")
+        return self._keys
+
+    def token_layout(self, n_tokens: int) -> FeatureLayout:
+        return FeatureLayout(self.params.slots, self.offer.block, self.offer.vocab, n_tokens)
+
+    def encrypt_tokens(self, tokens, position: int) -> bytes:
+        """Encrypt tokens (ints in [0, vocab)) occupying positions position .. position + n - 1."""
+        keys = self._require_keys("encrypt_tokens")
+        tokens = np.asarray(list(tokens), dtype=np.int64)
+        n = tokens.size
+        if n == 0:
+            raise HeAeroError("client: nothing to encrypt (empty token list)")
+        if tokens.min() < 0 or tokens.max() >= self.offer.vocab:
+            raise HeAeroError(f"client: tokens must lie in [0, {self.offer.vocab})")
+        if position < 0 or position + n > self.offer.context:
+            raise HeAeroError(
+                f"client: positions {position}..{position + n - 1} exceed the context window "
+                f"of {self.offer.context}"
+            )
+        onehot = np.zeros((n, self.offer.vocab))
+        onehot[np.arange(n), tokens] = 1.0
+        blobs = tuple(_to_bytes(keys.encrypt(v)) for v in pack(onehot, self.token_layout(n)))
+        return encode(
+            Message(Kind.TOKENS, self.session, {"position": int(position), "n_tokens": int(n)}, blobs)
+        )
+
+    def _load(self, keys: ClientKeys, blob: bytes, i: int, kind: str) -> seal.Ciphertext:
+        try:
+            return _from_bytes(seal.Ciphertext, keys.seal_context, blob)
+        except (RuntimeError, ValueError, TypeError, OSError) as exc:
+            raise HeAeroError(
+                f"client: {kind} ciphertext {i} does not load under this session's parameters ({exc})"
+            ) from exc
+
+    def decrypt_logits(self, data: bytes) -> DecryptedLogits:
+        """Decrypt a LOGITS message and check the values are plausible (see the module docstring)."""
+        keys = self._require_keys("decrypt_logits")
+        msg = decode(data, Kind.LOGITS, self.session)
+        n, position = meta_field(msg, "n_tokens"), meta_field(msg, "position")
+        layout = FeatureLayout(self.params.slots, self.offer.block, self.offer.vocab, n)
+        if len(msg.parts) != layout.n_ct:
+            raise HeAeroError(
+                f"client: LOGITS message has {len(msg.parts)} ciphertexts, expected {layout.n_ct}"
+            )
+        slots = [keys.decrypt(self._load(keys, b, i, "logits")) for i, b in enumerate(msg.parts)]
+        self.decryptions["logits"] += len(slots)
+        logits = unpack(slots, layout)
+        return DecryptedLogits(logits, position, self._plausibility(slots, logits, layout))
+
+    def _plausibility(self, slots, logits: np.ndarray, layout: FeatureLayout) -> str | None:
+        if not np.all(np.isfinite(logits)):
+            return "non-finite logits"
+        real = pack(np.ones((layout.n_tokens, layout.n_features)), layout)
+        pad = max(float(np.abs(s[m == 0]).max(initial=0.0)) for s, m in zip(slots, real, strict=True))
+        if pad > PADDING_TOLERANCE:
+            return f"padding slots decrypt to {pad:.3g}, not ~0: a foreign key or a broken ciphertext"
+        lo, hi = self.offer.logit_domain
+        if logits.min() < lo or logits.max() > hi:
+            return (
+                f"logits in [{logits.min():.3g}, {logits.max():.3g}] leave the calibrated range "
+                f"[{lo:.3g}, {hi:.3g}]: "
+                "activations left the domain the approximations cover"
+            )
+        return None
+
+    def handle_refresh(self, data: bytes) -> bytes:
+        """The client's half of a refresh round: decrypt the masked values, re-encrypt at the top level.
+
+        It sees x + r only (r uniform in [-W, W], W = refresh_bound * 2^hiding_bits; docs/security.md)."""
+        keys = self._require_keys("handle_refresh")
+        msg = decode(data, Kind.REFRESH_REQUEST, self.session)
+        fresh = []
+        for i, blob in enumerate(msg.parts):
+            values = keys.decrypt(self._load(keys, blob, i, "refresh"))
+            fresh.append(_to_bytes(keys.encrypt(values)))
+        self.decryptions["refresh"] += len(msg.parts)
+        return encode(Message(Kind.REFRESH_RESPONSE, self.session, {"n": len(fresh)}, tuple(fresh)))

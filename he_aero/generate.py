@@ -1,0 +1,287 @@
+"""Encrypted generation: prefill the prompt, then decode one token at a time against the encrypted K/V cache.
+
+A `Session` wires a `Client` and a `Server` through a `Channel` that carries only protocol bytes and counts
+them. Per generated token the client decrypts one row of logits, checks it (he_aero/client.py), picks the
+token (greedy, or sampled with a temperature and top-k from a seeded generator) and sends it back encrypted.
+`verify` runs the plaintext reference (`models.linear_view.view_forward`) on the same tokens and compares
+every generated position's logits: top-1 agreement and max |delta logit|.
+
+Context window: the model has T_max learned positions and the K/V cache cannot slide (positions are absolute),
+so a prompt of n bytes with m new tokens needs n + m - 1 <= T_max. A longer prompt keeps its LAST
+T_max - m + 1 bytes (the bytes nearest the continuation); the result says how many were dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from he_aero.client import Client
+from he_aero.errors import HeAeroError
+from he_aero.protocol import Channel
+from he_aero.server import Server, StageRecord
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to continue a prompt.
+
+    Attributes
+    ----------
+    max_new_tokens : tokens to generate (>= 1, at most the context length).
+    temperature : 0 = greedy; > 0 samples from softmax(logits / temperature).
+    top_k : sample among the k most likely tokens only (0 = all); ignored when greedy.
+    seed : seeds the sampler (the encryption randomness is never seeded).
+    verify : also run the plaintext model and compare logits per generated token.
+    """
+
+    max_new_tokens: int = 8
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int = 0
+    verify: bool = False
+
+    def __post_init__(self):
+        if (
+            isinstance(self.max_new_tokens, bool)
+            or not isinstance(self.max_new_tokens, int)
+            or self.max_new_tokens < 1
+        ):
+            raise HeAeroError(f"max_new_tokens: expected an integer >= 1, got {self.max_new_tokens!r}")
+        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100):
+            raise HeAeroError(f"temperature: expected a number in [0, 100], got {self.temperature!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise HeAeroError(f"top_k: expected an integer >= 0, got {self.top_k!r}")
+
+
+@dataclass
+class TokenRecord:
+    """One generated token: where, how long it took, and (with verify) how close it was to plaintext."""
+
+    token: int
+    position: int  # the position whose logits chose it
+    seconds: float
+    flag: str | None = None
+    plaintext_token: int | None = None
+    top1_agree: bool | None = None
+    max_abs_logit_error: float | None = None
+
+
+@dataclass
+class GenerationResult:
+    prompt: bytes  # the prompt actually encrypted (after any truncation)
+    dropped_prompt_bytes: int
+    tokens: list[int]
+    records: list[TokenRecord]
+    seconds: dict
+    traffic: dict
+    client_decryptions: dict
+    prefill_stages: list[StageRecord]
+    decode_stages: list[list[StageRecord]]
+    ring_degree: int
+    levels: int
+    rotation_keys: int
+    flag: str | None = None
+    plaintext_continuation: bytes | None = None
+
+    @property
+    def continuation(self) -> bytes:
+        return bytes(self.tokens)
+
+    @property
+    def top1_agreement(self) -> float | None:
+        vals = [r.top1_agree for r in self.records if r.top1_agree is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    @property
+    def max_abs_logit_error(self) -> float | None:
+        vals = [r.max_abs_logit_error for r in self.records if r.max_abs_logit_error is not None]
+        return max(vals) if vals else None
+
+
+def fit_prompt(prompt: bytes, context: int, max_new_tokens: int) -> tuple[bytes, int]:
+    """(the prompt fitting the context with room for max_new_tokens, bytes dropped from its start)."""
+    if not prompt:
+        raise HeAeroError("the prompt is empty: there is nothing to continue")
+    if max_new_tokens > context:
+        raise HeAeroError(f"max_new_tokens {max_new_tokens} exceeds the model's context window of {context}")
+    room = context - max_new_tokens + 1
+    if len(prompt) <= room:
+        return prompt, 0
+    return prompt[-room:], len(prompt) - room
+
+
+def pick_token(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
+    """Greedy argmax, or a sample from softmax(logits / temperature) restricted to the top k."""
+    if config.temperature == 0:
+        return int(np.argmax(logits))
+    z = logits / config.temperature
+    if config.top_k:
+        cut = np.sort(z)[-min(config.top_k, z.size)]
+        z = np.where(z >= cut, z, -np.inf)
+    p = np.exp(z - z.max())
+    return int(rng.choice(z.size, p=p / p.sum()))
+
+
+class Session:
+    """A client and a server joined by a byte-counting channel; one prompt at a time.
+
+    Parameters
+    ----------
+    view, calibration, header : the model's linear view, its calibration and checkpoint header (server side).
+    params : CKKS parameters (None: the server's default ring).
+    channel : the byte link (tests pass one that tampers with frames).
+    """
+
+    def __init__(self, view, calibration, header, params=None, channel: Channel | None = None):
+        self.view = view
+        self.channel = channel or Channel()
+        self.seconds: Counter = Counter()
+        t0 = time.perf_counter()
+        self.server = Server(view, calibration, header, params)
+        self.seconds["server_setup"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.client = Client(self.channel.send_to_client(self.server.offer(), "setup"))
+        setup = self.client.keygen()
+        self.seconds["keygen"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.server.receive_setup(self.channel.send_to_server(setup, "setup"))
+        self.channel.round("setup")
+        self.seconds["server_load_keys"] += time.perf_counter() - t0
+
+    @property
+    def context(self) -> int:
+        return self.server.context
+
+    def _refresh_link(self, req: bytes) -> bytes:
+        reply = self.client.handle_refresh(self.channel.send_to_client(req, "refresh"))
+        self.channel.round("refresh")
+        return self.channel.send_to_server(reply, "refresh")
+
+    def _exchange(self, purpose: str, tokens, position: int, progress):
+        """Encrypt -> server (prefill or decode) -> decrypt; returns (DecryptedLogits, seconds) and times
+        each side."""
+        t0 = time.perf_counter()
+        msg = self.client.encrypt_tokens(tokens, position)
+        t1 = time.perf_counter()
+        run = self.server.prefill if purpose == "prefill" else self.server.decode
+        reply = run(self.channel.send_to_server(msg, purpose), self._refresh_link, progress)
+        t2 = time.perf_counter()
+        out = self.client.decrypt_logits(self.channel.send_to_client(reply, purpose))
+        self.channel.round(purpose)
+        t3 = time.perf_counter()
+        self.seconds["encrypt"] += t1 - t0
+        self.seconds[purpose] += t2 - t1
+        self.seconds["decrypt"] += t3 - t2
+        return out, t3 - t0
+
+    def generate(
+        self, prompt: bytes, config: GenerationConfig, progress: Callable[[str], None] | None = None
+    ) -> GenerationResult:
+        """Continue `prompt` under encryption (see the module docstring for the context rule); stops at the
+        first token whose logits the client flags."""
+        prompt, dropped = fit_prompt(prompt, self.context, config.max_new_tokens)
+        rng = np.random.default_rng(config.seed)
+        tokens = list(prompt)
+        out, dt = self._exchange("prefill", tokens, 0, progress)
+        prefill_stages = list(self.server.records)
+        decode_stages: list[list[StageRecord]] = []
+        step = (out.logits[-1], out.flag, dt, len(tokens) - 1)  # (logits row, flag, seconds, position)
+        records, generated, logits_rows = [], [], []
+        while True:
+            logits, flag, dt, pos = step
+            if flag is not None:
+                records.append(TokenRecord(-1, pos, dt, flag=flag))
+                break
+            token = pick_token(logits, config, rng)
+            records.append(TokenRecord(token, pos, dt))
+            logits_rows.append(logits)
+            generated.append(token)
+            tokens.append(token)
+            if len(generated) == config.max_new_tokens:
+                break
+            out, dt = self._exchange("decode", [token], len(tokens) - 1, progress)
+            decode_stages.append(list(self.server.records))
+            step = (out.logits[0], out.flag, dt, len(tokens) - 1)
+        result = GenerationResult(
+            prompt=prompt,
+            dropped_prompt_bytes=dropped,
+            tokens=generated,
+            records=records,
+            seconds={},
+            traffic={},
+            client_decryptions={},
+            prefill_stages=prefill_stages,
+            decode_stages=decode_stages,
+            ring_degree=self.server.params.poly_modulus_degree,
+            levels=self.server.params.levels,
+            rotation_keys=len(self.server.rotation_steps),
+            flag=records[-1].flag,
+        )
+        if config.verify:
+            t0 = time.perf_counter()
+            self._verify(result, list(prompt), logits_rows, config)
+            self.seconds["verify"] += time.perf_counter() - t0
+        result.seconds = {k: round(v, 3) for k, v in self.seconds.items()}
+        result.traffic = self.channel.traffic.summary()
+        result.client_decryptions = dict(self.client.decryptions)
+        return result
+
+    def _verify(self, result: GenerationResult, prompt: list[int], logits_rows, config: GenerationConfig):
+        """Plaintext logits at every generated position (same tokens); the plaintext greedy continuation."""
+        from models.linear_view import view_forward
+
+        seq = prompt + result.tokens
+        ref = view_forward(self.view, seq[: len(prompt) + len(logits_rows) - 1])
+        for rec, enc in zip(result.records, logits_rows, strict=False):
+            plain = ref[rec.position]
+            rec.plaintext_token = int(np.argmax(plain))
+            rec.top1_agree = bool(int(np.argmax(enc)) == rec.plaintext_token)
+            rec.max_abs_logit_error = float(np.max(np.abs(enc - plain)))
+        plain_seq = list(prompt)
+        for _ in range(config.max_new_tokens):
+            plain_seq.append(int(np.argmax(view_forward(self.view, plain_seq)[-1])))
+        result.plaintext_continuation = bytes(plain_seq[len(prompt) :])
+
+    def bits_per_byte(self, data: bytes, max_windows: int, progress=None) -> dict:
+        """Bits per byte of encrypted prefills over up to `max_windows` context windows of `data`, with the
+        plaintext figure on the same windows (each window: one prefill, all positions' logits decrypted)."""
+        import torch
+
+        from models.data import eval_windows
+        from models.linear_view import view_forward
+
+        x, y = eval_windows(data, self.context, max_windows * self.context)
+        enc_bits = plain_bits = 0.0
+        n_bytes, max_err, flags = 0, 0.0, []
+        for row_x, row_y in zip(x.numpy(), y.numpy(), strict=True):
+            n = int((row_y >= 0).sum())
+            out, _ = self._exchange("prefill", row_x[:n].tolist(), 0, progress)
+            if out.flag is not None:
+                flags.append(out.flag)
+            plain = view_forward(self.view, row_x[:n])
+            target = torch.from_numpy(row_y[:n])
+            for logits, acc in ((out.logits, "enc"), (plain, "plain")):
+                nll = torch.nn.functional.cross_entropy(
+                    torch.from_numpy(logits), target, reduction="sum"
+                ).item()
+                if acc == "enc":
+                    enc_bits += nll / math.log(2)
+                else:
+                    plain_bits += nll / math.log(2)
+            max_err = max(max_err, float(np.abs(out.logits - plain).max()))
+            n_bytes += n
+        return {
+            "bytes": n_bytes,
+            "windows": int(x.shape[0]),
+            "encrypted_bits_per_byte": enc_bits / n_bytes,
+            "plaintext_bits_per_byte": plain_bits / n_bytes,
+            "relative_gap": (enc_bits - plain_bits) / plain_bits,
+            "max_abs_logit_error": max_err,
+            "flags": flags,
+        }

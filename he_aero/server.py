@@ -1,0 +1,341 @@
+"""The server role: the model's weights and a PUBLIC CKKS context only (it cannot decrypt; a test proves it).
+
+Per session: `offer()` -> (client keygen) -> `receive_setup(SETUP)` -> `prefill(TOKENS)` -> `decode(TOKENS)`*.
+Every input and output is a protocol frame (he_aero/protocol.py); a refresh is a REFRESH_REQUEST sent through
+the `refresh_link` the caller provides (in process: the client's `handle_refresh`; later: a socket).
+
+Token embedding (why this way): the client sends each token as an encrypted one-hot row over the 256-byte
+vocabulary, in the same "features" slot layout as the activations (he_aero/ckks/packing.py). The embedding
+is then one plaintext product `onehot @ tok_emb` (the same BSGS kernel as every other matrix: O(sqrt(F))
+rotations, one level) plus the position rows `pos_emb[position : position + n]` added as a plaintext, so the
+client needs no weights and the lookup is exact up to CKKS noise. Cheaper alternatives fail a requirement:
+the client looking up rows itself needs the embedding matrix (the model owner's weights); an encrypted token
+id needs a degree-255 interpolation per feature. The cost is the upload: vocab / F ciphertexts per message
+(2 at N=16384 with 64-slot blocks), once per prompt and once per generated token.
+
+The K/V cache stays encrypted on the server (one `KVCache` per layer, grown by `EncryptedLayer.decode`), so a
+new token costs one query against it, not a re-run of the prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import tenseal.sealapi as seal
+
+from he_aero.ckks.ciphertext import Ct, Evaluator
+from he_aero.ckks.keys import PublicBundle, ServerContext, _from_bytes, _to_bytes
+from he_aero.ckks.layer import EncryptedLayer
+from he_aero.ckks.linalg import PlainLinear
+from he_aero.ckks.packing import FeatureLayout, pack
+from he_aero.ckks.params import CkksParams, default_params
+from he_aero.ckks.refresh import Refresher
+from he_aero.errors import HeAeroError
+from he_aero.protocol import Kind, Message, RuntimeOffer, decode, encode, meta_field
+
+DEFAULT_RING = 16384
+"""At N=16384 with 64-slot blocks one ciphertext holds all 128 features of 64 tokens and the chain has 9
+levels (8 between refreshes); N=8192 leaves 2 levels between refreshes, less than one exp polynomial needs."""
+HIDING_BITS = 20
+
+
+def block_for(context: int) -> int:
+    """Slots per feature column: the smallest power of two holding the whole context (prefill and cache)."""
+    return 1 << max(0, (int(context) - 1).bit_length())
+
+
+@dataclass
+class StageRecord:
+    """Wall time, operation counts and levels of one server stage (embedding, a layer, the LM head)."""
+
+    name: str
+    seconds: float = 0.0
+    ops: dict = field(default_factory=dict)
+    level_in: int | None = None
+    level_out: int | None = None
+
+
+def _counts(ev: Evaluator) -> dict:
+    s = ev.stats
+    return {
+        "rotations": s.n_rotations,
+        "ctct_mults": s.n_ctct,
+        "pt_mults": s.n_pt,
+        "key_switches": s.key_switches,
+        "refresh_rounds": s.refresh_rounds,
+        "seal_seconds": s.seal_seconds,
+    }
+
+
+def _delta(after: dict, before: dict) -> dict:
+    return {
+        k: round(after[k] - before[k], 4) if isinstance(after[k], float) else after[k] - before[k]
+        for k in after
+    }
+
+
+class Server:
+    """The model owner's side: weights as plaintexts, the public context, the encrypted K/V cache.
+
+    Parameters
+    ----------
+    view : the model's `models.linear_view.LinearView` (sink attention, softmax-only).
+    calibration : a `he_aero.calibrate.Calibration` for these weights.
+    header : the checkpoint header (its weights_sha256 must match the calibration's).
+    params : CKKS parameters (default: `default_params(DEFAULT_RING)`; tests pass small insecure rings).
+    hiding_bits : statistical hiding of refresh masks (docs/security.md).
+    """
+
+    def __init__(
+        self, view, calibration, header: dict, params: CkksParams | None = None, hiding_bits=HIDING_BITS
+    ):
+        calibration.check_checkpoint(header)
+        if len(view.layers) != len(calibration.layers):
+            raise HeAeroError(
+                f"calibration has {len(calibration.layers)} layers, the model {len(view.layers)}: "
+                "wrong calibration"
+            )
+        self.view, self.calibration, self.header = view, calibration, header
+        self.params = params or default_params(DEFAULT_RING)
+        if not self.params.insecure_for_tests:
+            self.params.require_secure()
+        self.hiding_bits = int(hiding_bits)
+        self.vocab, self.d = view.tok_emb.shape
+        self.context = view.pos_emb.shape[0]
+        self.block = block_for(self.context)
+        if self.block > self.params.slots:
+            raise HeAeroError(f"context {self.context} does not fit {self.params.slots} slots")
+        self.layers = [
+            EncryptedLayer(i, lay, c.exp_plan, c.recip_plan)
+            for i, (lay, c) in enumerate(zip(view.layers, calibration.layers, strict=True))
+        ]
+        self._linears: dict = {}
+        self.rotation_steps = self._rotation_steps()
+        self.ev: Evaluator | None = None
+        self.session: bytes | None = None
+        self.caches: list | None = None
+        self.records: list[StageRecord] = []
+
+    # --- layouts and plaintext maps -----------------------------------------------------------------------
+    def layout(self, n_tokens: int, n_features: int | None = None) -> FeatureLayout:
+        return FeatureLayout(self.params.slots, self.block, n_features or self.d, n_tokens)
+
+    def _linear(self, which: str, n_tokens: int) -> PlainLinear:
+        key = (which, n_tokens)
+        if key not in self._linears:
+            if which == "embed":  # onehot (n, vocab) @ tok_emb (vocab, d)
+                self._linears[key] = PlainLinear(
+                    "embed", self.view.tok_emb, None, self.layout(n_tokens, self.vocab)
+                )
+            else:  # x (n, d) @ lm_head (d, vocab) + lm_bias
+                self._linears[key] = PlainLinear(
+                    "lm", self.view.lm_head, self.view.lm_bias, self.layout(n_tokens)
+                )
+        return self._linears[key]
+
+    def _embed(self, ev: Evaluator, onehot: list[Ct], position: int, n: int) -> list[Ct]:
+        xs = self._linear("embed", n)(ev, onehot)
+        pos = pack(self.view.pos_emb[position : position + n], self.layout(n))
+        return [
+            ev.add_plain(x, ("pos", position, n, i), lambda v=v: v)
+            for i, (x, v) in enumerate(zip(xs, pos, strict=True))
+        ]
+
+    # --- the pipeline, shared by the real and the symbolic runs -------------------------------------------
+    def _run(self, ev: Evaluator, ref: Refresher, onehot: list[Ct], position: int, n: int, caches, progress):
+        """Embedding, layers (prefill when caches is None, else one decode step), LM head; returns
+        (logit ciphertexts, caches) and appends a StageRecord per stage."""
+        records = []
+
+        def stage(name, fn, level_in):
+            t0, c0 = time.perf_counter(), _counts(ev)
+            out = fn()
+            cts = out[0] if isinstance(out, tuple) else out
+            records.append(
+                StageRecord(name, time.perf_counter() - t0, _delta(_counts(ev), c0), level_in, ev.lowest(cts))
+            )
+            if progress is not None:
+                progress(name)
+            return out
+
+        layout = self.layout(n)
+        xs = stage("embed", lambda: self._embed(ev, onehot, position, n), ev.lowest(onehot))
+        new_caches = []
+        for i, layer in enumerate(self.layers):
+            lvl = ev.lowest(xs)
+            if caches is None:
+                xs, cache = stage(
+                    f"layer {i}", lambda layer=layer, xs=xs: layer.prefill(ev, ref, xs, layout), lvl
+                )
+                new_caches.append(cache)
+            else:
+                xs = stage(
+                    f"layer {i}",
+                    lambda layer=layer, xs=xs, c=caches[i]: layer.decode(ev, ref, xs, c, layout),
+                    lvl,
+                )
+        lvl = ev.lowest(xs)
+        logits = stage("lm_head", lambda: self._linear("lm", n)(ev, ref.ensure(xs, 1, "lm head")), lvl)
+        self.records = records
+        return logits, (new_caches if caches is None else caches)
+
+    def _rotation_steps(self) -> tuple[int, ...]:
+        """Every rotation the kernels use, collected by running the pipeline symbolically (no SEAL objects):
+        a prefill of the full context (all attention lags) and decode steps at every cache length."""
+        ev = Evaluator(self.params, None)
+        ref = Refresher(ev, None, bound=self.calibration.activation_bound, hiding_bits=self.hiding_bits)
+        vocab_layout = self.layout(self.context, self.vocab)
+        onehot = [Ct(None, ev.top, vocab_layout) for _ in range(vocab_layout.n_ct)]
+        _, caches = self._run(ev, ref, onehot, 0, self.context, None, None)
+        # decode steps: shorten the symbolic cache to each length (their rotations differ by length only)
+        one = [Ct(None, ev.top, self.layout(1, self.vocab)) for _ in range(vocab_layout.n_ct)]
+        for length in range(1, self.context):
+            for c in caches:
+                c.length = length
+            self._run(ev, ref, one, length, 1, caches, None)
+        self._linears = {k: v for k, v in self._linears.items() if k[1] == 1}  # keep only small maps warm
+        for layer in self.layers:
+            layer._linears.clear()
+        return tuple(sorted(ev.stats.steps_used))
+
+    def symbolic_records(self, n_tokens: int) -> list[StageRecord]:
+        """Per-stage operation counts and levels of a prefill of n_tokens, without encrypting anything
+        (for --explain and the benchmark's op counts)."""
+        ev = Evaluator(self.params, None)
+        ref = Refresher(ev, None, bound=self.calibration.activation_bound, hiding_bits=self.hiding_bits)
+        lay = self.layout(n_tokens, self.vocab)
+        self._run(ev, ref, [Ct(None, ev.top, lay) for _ in range(lay.n_ct)], 0, n_tokens, None, None)
+        return self.records
+
+    # --- protocol -----------------------------------------------------------------------------------------
+    def offer(self) -> bytes:
+        """The OFFER message: the public description the client needs to make keys and tokens."""
+        p = self.params
+        return encode(
+            RuntimeOffer(
+                poly_modulus_degree=p.poly_modulus_degree,
+                coeff_mod_bit_sizes=p.coeff_mod_bit_sizes,
+                scale_bits=p.scale_bits,
+                insecure_for_tests=p.insecure_for_tests,
+                rotation_steps=self.rotation_steps,
+                block=self.block,
+                context=self.context,
+                vocab=self.vocab,
+                d_model=self.d,
+                logit_domain=tuple(self.calibration.logit_domain),
+                refresh_bound=self.calibration.activation_bound,
+                hiding_bits=self.hiding_bits,
+                model_sha256=str(self.header["weights_sha256"]),
+            ).to_message()
+        )
+
+    def receive_setup(self, data: bytes) -> None:
+        """Build the public context from the client's SETUP message (public, relin and rotation keys)."""
+        msg = decode(data, Kind.SETUP)
+        if len(msg.parts) != 3:
+            raise HeAeroError(
+                f"server: SETUP message has {len(msg.parts)} parts, expected 3 (pk, relin, galois)"
+            )
+        steps = tuple(int(s) for s in msg.meta.get("rotation_steps", ()))
+        missing = sorted(set(self.rotation_steps) - set(steps))
+        if missing:
+            raise HeAeroError(f"server: the client's keys lack rotation steps {missing[:8]}...")
+        bundle = PublicBundle(self.params, *msg.parts, rotation_steps=steps)
+        try:
+            ctx = ServerContext.from_bundle(bundle)
+        except (RuntimeError, ValueError, TypeError, OSError) as exc:
+            raise HeAeroError(
+                f"server: the SETUP keys do not load under the offered parameters ({exc})"
+            ) from exc
+        self.session = msg.session
+        self.ev = Evaluator(self.params, ctx)
+        self.caches = None
+
+    def _require_setup(self, stage: str) -> Evaluator:
+        if self.ev is None:
+            raise HeAeroError(f"server: {stage} needs the client's keys; receive_setup() has not run")
+        return self.ev
+
+    def _load_tokens(self, ev: Evaluator, data: bytes) -> tuple[list[Ct], int, int]:
+        msg = decode(data, Kind.TOKENS, self.session)
+        position, n = meta_field(msg, "position"), meta_field(msg, "n_tokens")
+        if not (0 <= position and 1 <= n and position + n <= self.context):
+            raise HeAeroError(f"server: tokens at positions {position}..{position + n - 1} leave the context")
+        layout = self.layout(n, self.vocab)
+        if len(msg.parts) != layout.n_ct:
+            raise HeAeroError(
+                f"server: TOKENS message has {len(msg.parts)} ciphertexts, expected {layout.n_ct}"
+            )
+        cts = []
+        for i, blob in enumerate(msg.parts):
+            try:
+                ct = _from_bytes(seal.Ciphertext, ev.server.seal_context, blob)
+            except (RuntimeError, ValueError, TypeError, OSError) as exc:
+                raise HeAeroError(f"server: token ciphertext {i} does not load ({exc})") from exc
+            if ct.size() != 2 or ct.parms_id() != ev.parms_ids[ev.top] or ct.scale != ev.scales[ev.top]:
+                raise HeAeroError(f"server: token ciphertext {i} is not a fresh top-level encryption")
+            cts.append(Ct(ct, ev.top, layout))
+        return cts, position, n
+
+    def _refresher(self, ev: Evaluator, link: Callable[[bytes], bytes] | None) -> Refresher:
+        def callback(blobs: list[bytes]) -> list[bytes]:
+            reply = decode(
+                link(encode(Message(Kind.REFRESH_REQUEST, self.session, {"n": len(blobs)}, tuple(blobs)))),
+                Kind.REFRESH_RESPONSE,
+                self.session,
+            )
+            if len(reply.parts) != len(blobs):
+                raise HeAeroError(
+                    f"server: refresh reply has {len(reply.parts)} ciphertexts, sent {len(blobs)}"
+                )
+            return list(reply.parts)
+
+        return Refresher(
+            ev,
+            None if link is None else callback,
+            bound=self.calibration.activation_bound,
+            hiding_bits=self.hiding_bits,
+        )
+
+    def _logits_message(self, cts: list[Ct], position: int, n: int) -> bytes:
+        meta = {"position": position, "n_tokens": n, "levels": [c.level for c in cts]}
+        return encode(Message(Kind.LOGITS, self.session, meta, tuple(_to_bytes(c.data) for c in cts)))
+
+    def prefill(self, data: bytes, refresh_link=None, progress=None) -> bytes:
+        """Run the prompt (TOKENS at position 0); keep the K/V caches; return LOGITS for every position."""
+        ev = self._require_setup("prefill")
+        onehot, position, n = self._load_tokens(ev, data)
+        if position != 0:
+            raise HeAeroError(f"server: a prompt starts at position 0, not {position}")
+        logits, self.caches = self._run(ev, self._refresher(ev, refresh_link), onehot, 0, n, None, progress)
+        return self._logits_message(logits, 0, n)
+
+    def decode(self, data: bytes, refresh_link=None, progress=None) -> bytes:
+        """One new token (TOKENS with n_tokens 1 at the next position) against the caches; LOGITS of it."""
+        ev = self._require_setup("decode")
+        if self.caches is None:
+            raise HeAeroError("server: decode needs a prompt first; prefill() has not run")
+        onehot, position, n = self._load_tokens(ev, data)
+        if n != 1 or position != self.caches[0].length:
+            raise HeAeroError(
+                f"server: decode takes the token at position {self.caches[0].length}, got {n} at {position}"
+            )
+        logits, _ = self._run(
+            ev, self._refresher(ev, refresh_link), onehot, position, 1, self.caches, progress
+        )
+        return self._logits_message(logits, position, 1)
+
+    def secret_material(self) -> list[str]:
+        """Names of any attribute (one level deep, and the public context) that is a SEAL secret key or a
+        decryptor: always empty, which tests assert."""
+        found = []
+        objs = dict(vars(self))
+        if self.ev is not None and self.ev.server is not None:
+            objs.update({f"ctx.{k}": v for k, v in vars(self.ev.server).items()})
+            objs.update({f"ev.{k}": v for k, v in vars(self.ev).items()})
+        for name, obj in objs.items():
+            if isinstance(obj, (seal.SecretKey, seal.Decryptor, seal.KeyGenerator)):
+                found.append(name)
+        return found

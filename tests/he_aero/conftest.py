@@ -1,0 +1,62 @@
+"""Fixtures of the private-inference tests: a tiny sink-attention decoder, its calibration, a small ring.
+
+The tiny model (2 layers, d=16, 2 heads, T=8) has random weights drawn wider than the training initialisation
+(embeddings N(0, 1), projections N(0, 0.15^2)) and non-zero sink logits, so its attention is far from uniform
+(z spans several units) and the exp / 1/x plans are exercised on real, wide windows.
+Ring N=2048 with the default chain shape (9 levels) is insecure and allowed only
+because these are tests: the kernels, levels and refreshes are those of N=16384, 8x faster.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+TINY = {"block_size": 8, "n_layer": 2, "n_head": 2, "d_model": 16}
+TEST_CHAIN = (50,) + (35,) * 9 + (60,)
+
+
+def make_tiny_checkpoint(out_dir, seed: int = 0):
+    """Write a tiny random checkpoint with non-trivial attention; returns (model, header)."""
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from models.decoder import Decoder, DecoderConfig
+
+    torch.manual_seed(seed)
+    model = Decoder(DecoderConfig(**TINY))
+    with torch.no_grad():
+        model.tok_emb.weight.normal_(0.0, 1.0)
+        model.pos_emb.weight.normal_(0.0, 0.5)
+        for block in model.blocks:
+            for lin in (block.attn.q, block.attn.k, block.attn.v, block.attn.o, block.ffn):
+                lin.weight.normal_(0.0, 0.15)
+            block.attn.sink.uniform_(1.0, 2.0)
+    save_checkpoint(model, out_dir)
+    return load_checkpoint(out_dir)
+
+
+def test_params():
+    from he_aero.ckks.params import CkksParams
+
+    return CkksParams(2048, TEST_CHAIN, 35, insecure_for_tests=True)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(checkpoint dir, model, header, view, calibration) for the tiny model, calibrated on training text."""
+    from he_aero.calibrate import CalibrationConfig, calibrate
+    from models.data import load_split
+    from models.linear_view import LinearView
+
+    path = tmp_path_factory.mktemp("tiny") / "ckpt"
+    model, header = make_tiny_checkpoint(path)
+    cal = calibrate(model, header, CalibrationConfig(samples=256), data=load_split("train")[:200_000])
+    return path, model, header, LinearView.from_model(model), cal
+
+
+@pytest.fixture(scope="session")
+def tiny_session(tiny):
+    """One encrypted session (keys made once) on the tiny model at the test ring."""
+    from he_aero.generate import Session
+
+    _, _, header, view, cal = tiny
+    return Session(view, cal, header, test_params())
