@@ -1,0 +1,33 @@
+"""Helpers of the kernel tests: small insecure rings (tests only) with keys for exactly the steps used."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from he_aero.ckks.ciphertext import Ct, Evaluator
+from he_aero.ckks.keys import ClientKeys
+from he_aero.ckks.params import CkksParams
+
+SMALL = CkksParams(2048, (60, 32, 32, 32, 32, 60), 32, insecure_for_tests=True)
+"""N=2048 (1024 slots), 4 levels: kernels and levels as on the real rings, ~16x faster than N=8192."""
+
+BITS = 16
+"""Tolerance of single kernels at scale 2^32 (measured ~18-20 bits; noise grows with rotations)."""
+
+STEPS = tuple(sorted({s * k for k in (1, 8, 16, 32, 64, 128) for s in (1, -1)} | {-9, -17, 2, 4}))
+
+
+class Kit:
+    """Client keys, the server's evaluator and helpers to encrypt / decrypt slot vectors."""
+
+    def __init__(self, params: CkksParams, steps):
+        self.params = params
+        self.keys = ClientKeys(params, rotation_steps=tuple(steps))
+        self.server = self.keys.public_context()
+        self.ev = Evaluator(params, self.server)
+
+    def enc(self, values, layout=None) -> Ct:
+        return Ct(self.keys.encrypt(values), self.params.levels, layout)
+
+    def dec(self, ct: Ct) -> np.ndarray:
+        return self.keys.decrypt(ct.data)

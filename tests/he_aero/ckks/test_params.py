@@ -1,0 +1,53 @@
+"""Parameter validation: SEAL's 128-bit table is enforced; test-only insecure rings are explicit."""
+
+import pytest
+
+from he_aero.ckks.params import SEAL_MAX_BITS, CkksParams, default_params
+from he_aero.errors import HeAeroError
+
+
+@pytest.mark.parametrize("n", [8192, 16384, 32768])
+def test_default_chains_are_secure_and_fill_the_budget(n):
+    p = default_params(n)
+    assert p.is_secure and p.require_secure() is p
+    assert SEAL_MAX_BITS[n] - p.total_bits < 32  # no room for another rescale prime
+    assert p.headroom_bits(0) == 60 - 32 - 1
+
+
+@pytest.mark.parametrize(
+    "n, chain",
+    [(8192, (60, 40, 40, 40, 60)), (16384, (60,) + (40,) * 9 + (60,)), (32768, (60,) + (40,) * 20 + (60,))],
+)
+def test_chains_beyond_128_bit_security_are_refused(n, chain):
+    with pytest.raises(HeAeroError, match="below 128-bit security"):
+        CkksParams(n, chain, 40)
+
+
+def test_insecure_flag_is_test_only():
+    p = CkksParams(8192, (60, 40, 40, 40, 60), 40, insecure_for_tests=True)
+    assert not p.is_secure
+    with pytest.raises(HeAeroError, match="allowed only in tests"):
+        p.require_secure()
+
+
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        ({"poly_modulus_degree": 3000}, "poly_modulus_degree"),
+        ({"coeff_mod_bit_sizes": (60, 60)}, "need"),
+        ({"coeff_mod_bit_sizes": (60, 32, 61)}, "20..60"),
+        ({"coeff_mod_bit_sizes": (60, 32, 32, 50)}, "special prime"),
+        ({"scale_bits": 40}, "scale_bits"),
+        ({"coeff_mod_bit_sizes": (30, 32, 32, 60)}, "q0"),
+    ],
+)
+def test_bad_parameters_name_the_field(kwargs, msg):
+    base = {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": (60, 32, 32, 60), "scale_bits": 32}
+    base.update(kwargs)
+    with pytest.raises(HeAeroError, match=msg):
+        CkksParams(**base)
+
+
+def test_default_params_rejects_other_rings():
+    with pytest.raises(HeAeroError, match="ring degree"):
+        default_params(4096)
