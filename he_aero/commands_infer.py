@@ -139,7 +139,8 @@ def _explain(session, n_tokens: int) -> str:
     ref = Refresher(
         Evaluator(p, None), None, bound=srv.calibration.activation_bound, hiding_bits=srv.hiding_bits
     )
-    lines = [
+    lines = [srv.plan.explain(), ""] if srv.plan is not None else []
+    lines += [
         f"ring N={p.poly_modulus_degree} ({p.slots} slots), chain {list(p.coeff_mod_bit_sizes)} = "
         f"{p.total_bits} bits (128-bit limit {SEAL_MAX_BITS[p.poly_modulus_degree]}"
         f"{', INSECURE test ring' if not p.is_secure else ''}), "
@@ -156,7 +157,9 @@ def _explain(session, n_tokens: int) -> str:
             f"layer {i}: exp {lay.exp_plan.describe()} (depth {lay.exp_plan.depth}); "
             f"1/x {lay.recip_plan.describe()} (depth {lay.recip_plan.depth})"
         )
-    lines.append(f"prefill of {n_tokens} tokens, counted without encrypting:")
+    lines.append(
+        f"this prompt: prefill of {n_tokens} tokens with embedding and LM head, counted without encrypting:"
+    )
     for r in srv.symbolic_records(n_tokens):
         o = r.ops
         lines.append(

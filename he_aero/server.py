@@ -30,14 +30,11 @@ from he_aero.ckks.keys import PublicBundle, ServerContext, _from_bytes, _to_byte
 from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.linalg import PlainLinear
 from he_aero.ckks.packing import FeatureLayout, pack
-from he_aero.ckks.params import CkksParams, default_params
+from he_aero.ckks.params import CkksParams
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 from he_aero.protocol import Kind, Message, RuntimeOffer, decode, encode, meta_field
 
-DEFAULT_RING = 16384
-"""At N=16384 with 64-slot blocks one ciphertext holds all 128 features of 64 tokens and the chain has 9
-levels (8 between refreshes); N=8192 leaves 2 levels between refreshes, less than one exp polynomial needs."""
 HIDING_BITS = 20
 
 
@@ -84,7 +81,8 @@ class Server:
     view : the model's `models.linear_view.LinearView` (sink attention, softmax-only).
     calibration : a `he_aero.calibrate.Calibration` for these weights.
     header : the checkpoint header (its weights_sha256 must match the calibration's).
-    params : CKKS parameters (default: `default_params(DEFAULT_RING)`; tests pass small insecure rings).
+    params : CKKS parameters; None lets the planner (he_aero/plan.py) choose the ring from the calibrated
+        plans (tests pass small insecure rings).
     hiding_bits : statistical hiding of refresh masks (docs/security.md).
     """
 
@@ -98,12 +96,21 @@ class Server:
                 "wrong calibration"
             )
         self.view, self.calibration, self.header = view, calibration, header
-        self.params = params or default_params(DEFAULT_RING)
-        if not self.params.insecure_for_tests:
-            self.params.require_secure()
         self.hiding_bits = int(hiding_bits)
         self.vocab, self.d = view.tok_emb.shape
         self.context = view.pos_emb.shape[0]
+        self.plan = None
+        if params is None:
+            from he_aero.plan import ModelShape, Ranges, make_plan
+
+            shape = ModelShape(self.d, int(view.layers[0].n_head), len(view.layers), self.context)
+            ranges = Ranges(tuple(c.z_domain for c in calibration.layers), calibration.activation_bound)
+            plans = [(c.exp_plan, c.recip_plan) for c in calibration.layers]
+            self.plan = make_plan(shape, ranges, plans=plans, hiding_bits=self.hiding_bits)
+            params = self.plan.chosen.params
+        self.params = params
+        if not self.params.insecure_for_tests:
+            self.params.require_secure()
         self.block = block_for(self.context)
         if self.block > self.params.slots:
             raise HeAeroError(f"context {self.context} does not fit {self.params.slots} slots")

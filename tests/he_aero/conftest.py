@@ -34,7 +34,7 @@ def make_tiny_checkpoint(out_dir, seed: int = 0):
     return load_checkpoint(out_dir)
 
 
-def test_params():
+def small_ring_params():
     from he_aero.ckks.params import CkksParams
 
     return CkksParams(2048, TEST_CHAIN, 35, insecure_for_tests=True)
@@ -59,4 +59,4 @@ def tiny_session(tiny):
     from he_aero.generate import Session
 
     _, _, header, view, cal = tiny
-    return Session(view, cal, header, test_params())
+    return Session(view, cal, header, small_ring_params())
