@@ -1,0 +1,84 @@
+"""Encrypted plan evaluation: values against numpy, levels consumed == plan depth, O(sqrt) ct-ct mults."""
+
+import numpy as np
+import pytest
+
+from approx import bsgs
+from approx.plans import plan_exp, plan_poly, plan_reciprocal
+from he_aero.ckks.ciphertext import Ct, Evaluator
+from he_aero.ckks.params import CkksParams
+from he_aero.ckks.poly import evaluate_chebyshev, plan_depth, run_plan
+from he_aero.errors import HeAeroError
+from tests.conftest import assert_close_bits
+from tests.he_aero.ckks.kit import BITS, SMALL
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("degree", [3, 7, 15])
+def test_chebyshev_bsgs_matches_chebval_at_min_depth(kit, degree):
+    if bsgs.bsgs_cost(degree)[0] > SMALL.levels:
+        pytest.skip("deeper than the test chain")
+    c = RNG.normal(size=degree + 1) / np.arange(1, degree + 2)
+    t = RNG.uniform(-1, 1, SMALL.slots)
+    y = evaluate_chebyshev(kit.ev, c, kit.enc(t))
+    assert SMALL.levels - y.level == bsgs.bsgs_cost(degree)[0] == int(degree).bit_length()
+    assert_close_bits(kit.dec(y), np.polynomial.chebyshev.chebval(t, c), BITS - 2, f"degree {degree}")
+
+
+@pytest.mark.parametrize("degree", [15, 31, 63])
+def test_ctct_mults_are_those_approx_counts(degree):
+    deep = CkksParams(2048, (60,) + (32,) * 7 + (60,), 32, insecure_for_tests=True)
+    ev = Evaluator(deep)  # symbolic: counts only
+    dense = 3.0 ** -np.arange(
+        degree + 1
+    )  # decreasing: no cancellation in the BSGS split (approx's dense count)
+    y = evaluate_chebyshev(ev, dense, Ct(None, deep.levels))
+    assert deep.levels - y.level == bsgs.bsgs_cost(degree)[0]
+    assert ev.stats.n_ctct == bsgs.bsgs_cost(degree)[1]
+    assert ev.stats.n_ctct <= 3 * np.sqrt(degree) + 2
+
+
+def test_exp_plan_levels_equal_its_depth(kit):
+    plan = plan_exp((-2.0, 1.0), max_abs_error=1e-3, squarings=0)
+    x = RNG.uniform(-2, 1, SMALL.slots)
+    y = run_plan(kit.ev, plan, kit.enc(x))
+    assert SMALL.levels - y.level == plan.depth == plan_depth(plan)
+    assert_close_bits(kit.dec(y), plan.evaluate(x), BITS - 4, "exp plan")
+
+
+def test_exp_plan_with_squaring_on_a_mapped_input(kit):
+    plan = plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=1)
+    a, b = plan.steps[0].domain
+    x = RNG.uniform(a, b, SMALL.slots)
+    y = run_plan(kit.ev, plan, None, mapped=kit.enc((2 * x - a - b) / (b - a)))
+    assert SMALL.levels - y.level == plan_depth(plan, mapped=True) == plan.depth - 1
+    assert_close_bits(kit.dec(y), plan.evaluate(x), BITS - 4, "exp plan, mapped")
+
+
+def test_reciprocal_with_newton_and_refresh_between_iterations(kit):
+    from he_aero.ckks.refresh import Refresher, client_refresh_handler
+
+    plan = plan_reciprocal((1.0, 9.0), max_rel_error=1e-4, newton=2)
+    x = RNG.uniform(1, 9, SMALL.slots)
+    ref = Refresher(kit.ev, client_refresh_handler(kit.keys), bound=16, hiding_bits=12, seed=1)
+    y = run_plan(kit.ev, plan, kit.enc(x), refresher=ref)
+    assert plan.depth > SMALL.levels and ref.log.rounds >= 1  # did not fit one chain
+    assert_close_bits(kit.dec(y), 1 / x, 12, "1/x with Newton")
+
+
+def test_plan_deeper_than_the_chain_is_refused_without_refresh(kit):
+    plan = plan_poly("exp", (-4.0, 0.0), 31)  # depth 5 + affine > 4 levels
+    with pytest.raises(HeAeroError, match="depth budget"):
+        run_plan(kit.ev, plan, kit.enc(np.zeros(4)))
+
+
+def test_masked_constants_keep_invalid_slots_zero(kit):
+    plan = plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=1)
+    valid = (np.arange(SMALL.slots) % 2).astype(float)
+    t = RNG.uniform(-1, 1, SMALL.slots) * valid  # mapped input, 0 on invalid slots
+    y = kit.dec(run_plan(kit.ev, plan, None, mapped=kit.enc(t), valid=("odd", valid)))
+    assert np.abs(y[valid == 0]).max() < 2**-14
+    a, b = plan.steps[0].domain
+    x = (t * (b - a) + a + b) / 2
+    assert_close_bits(y[valid == 1], plan.evaluate(x[valid == 1]), BITS - 4, "masked exp")
