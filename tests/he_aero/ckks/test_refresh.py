@@ -1,0 +1,72 @@
+"""The refresh round trip: values survive, the client sees only masked values, masks are fresh each round."""
+
+import numpy as np
+import pytest
+import tenseal.sealapi as seal
+
+from he_aero.ckks.ciphertext import Evaluator
+from he_aero.ckks.keys import _from_bytes
+from he_aero.ckks.refresh import Refresher, client_refresh_handler
+from he_aero.errors import HeAeroError
+from tests.conftest import assert_close_bits
+from tests.he_aero.ckks.kit import BITS, SMALL
+
+X = np.random.default_rng(0).uniform(-8, 8, SMALL.slots)
+
+
+class SpyClient:
+    """The real client handler, recording what the client decrypts."""
+
+    def __init__(self, keys):
+        self.keys, self.inner, self.seen = keys, client_refresh_handler(keys), []
+
+    def __call__(self, blobs):
+        for b in blobs:
+            self.seen.append(self.keys.decrypt(_from_bytes(seal.Ciphertext, self.keys.seal_context, b)))
+        return self.inner(blobs)
+
+
+def test_round_trip_preserves_values_and_masks_change(kit):
+    spy = SpyClient(kit.keys)
+    ref = Refresher(kit.ev, spy, bound=8.0, hiding_bits=16)
+    low = kit.ev.align(kit.enc(X), 0)
+    a = ref.refresh([low])[0]
+    b = ref.refresh([low])[0]
+    for c in (a, b):
+        assert c.level == SMALL.levels and c.data.scale == kit.ev.scales[SMALL.levels]
+        assert_close_bits(kit.dec(c), X, BITS - 2, "refreshed")
+    assert ref.log.rounds == 2 and ref.log.ciphertexts == 2
+    assert ref.log.bytes_to_client > 0 and ref.log.bytes_to_server > ref.log.bytes_to_client  # level 0 vs top
+    m1, m2 = spy.seen[0] - X, spy.seen[1] - X  # what the client saw, minus the secret
+    assert np.abs(m1 - m2).min() > 0  # a fresh mask every round, every slot
+    assert np.abs(m1).max() <= ref.width * 1.001 and np.abs(m1).max() > ref.width / 2
+    assert np.abs(np.corrcoef(spy.seen[0], X)[0, 1]) < 0.1  # the client's view is ~uncorrelated with x
+
+
+def test_ensure_refreshes_only_what_lacks_levels(kit):
+    ref = Refresher(kit.ev, client_refresh_handler(kit.keys), bound=8.0, hiding_bits=16, seed=3)
+    high, low = kit.enc(X), kit.ev.align(kit.enc(X), 0)
+    out = ref.ensure([high, low], 2, "test")
+    assert out[0] is high and out[1].level == SMALL.levels and ref.log.ciphertexts == 1
+    assert ref.trace[-1] == {"stage": "test", "need": 2, "level_in": 0, "refreshed": 1}
+
+
+def test_refresh_limits_are_clear_errors(kit):
+    wide = Refresher(kit.ev, client_refresh_handler(kit.keys), bound=2.0**20, hiding_bits=40)
+    assert wide.min_level() == 2  # a 2^60 mask needs two primes above q0
+    with pytest.raises(HeAeroError, match="fell below level 2"):
+        wide.ensure([kit.ev.align(kit.enc(X), 0)], 1, "stage")
+    off = Refresher(kit.ev, client_refresh_handler(kit.keys), bound=8.0, hiding_bits=16, allow=False)
+    with pytest.raises(HeAeroError, match="refresh is disabled"):
+        off.ensure([kit.ev.align(kit.enc(X), 0)], 1, "stage")
+    with pytest.raises(HeAeroError, match="needs 9 levels between refreshes"):
+        off.ensure([kit.enc(X)], 9, "stage")
+
+
+def test_symbolic_refresh_estimates_bytes():
+    ref = Refresher(Evaluator(SMALL), None, bound=8.0, hiding_bits=16)
+    from he_aero.ckks.ciphertext import Ct
+
+    out = ref.refresh([Ct(None, 0)])
+    assert out[0].level == SMALL.levels
+    assert ref.log.bytes_to_client == 16 * SMALL.poly_modulus_degree
