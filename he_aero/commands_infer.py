@@ -322,7 +322,7 @@ def encrypt_infer(
     """Continue the prompt in PROMPT_FILE under CKKS encryption: the server runs the model on ciphertexts
     and only this client's secret key decrypts the logits."""
     from he_aero.calibrate import load_calibration
-    from he_aero.generate import GenerationConfig, Session
+    from he_aero.generate import GenerationConfig, Session, fit_prompt
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
     from models.linear_view import LinearView
 
@@ -340,15 +340,14 @@ def encrypt_infer(
         click.echo(f"WARNING: insecure test ring N={test_ring}", err=True)
         params = CkksParams(int(test_ring), (50,) + (35,) * 9 + (60,), 35, insecure_for_tests=True)
     view = LinearView.from_model(model)
-    click.echo("setting up: rotation steps, keys (the client), public context (the server)...", err=True)
+    context = view.pos_emb.shape[0]
+    fitted, dropped = fit_prompt(prompt, context, max_new_tokens)  # refuse before any key is made
+    click.echo("setting up: plan, keys (the client), public context (the server)...", err=True)
     session = Session(view, cal, header, params)
-    from he_aero.generate import fit_prompt
-
-    fitted, dropped = fit_prompt(prompt, session.context, max_new_tokens)
     if dropped:
         click.echo(
             f"note: the prompt has {len(prompt)} bytes; with {max_new_tokens} new tokens the "
-            f"{session.context}-token context keeps its last {len(fitted)} bytes ({dropped} dropped)",
+            f"{context}-token context keeps its last {len(fitted)} bytes ({dropped} dropped)",
             err=True,
         )
     if explain:

@@ -1,0 +1,168 @@
+"""Encrypted generation on the tiny model at a small ring: every stage against its plaintext twin, prefill and
+decode logits against `view_forward`, greedy agreement, byte/round accounting, bits per byte, and the CLI."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from he_aero.calibrate import embed, layer_forward
+from he_aero.ckks.ciphertext import Ct
+from he_aero.ckks.packing import pack, unpack
+from he_aero.cli import cli
+from he_aero.errors import HeAeroError
+from he_aero.generate import GenerationConfig, fit_prompt, pick_token
+from models.linear_view import view_forward
+from tests.conftest import assert_close_bits
+
+PROMPT = list(b"if x:\n  ")  # 8 bytes = the tiny model's whole context
+
+
+def _encrypt(session, x, n_features=None):
+    srv, keys = session.server, session.client._keys
+    layout = srv.layout(x.shape[0], n_features)
+    return [Ct(keys.encrypt(v), srv.ev.top, layout) for v in pack(x, layout)], layout
+
+
+def _decrypt(session, cts, layout):
+    return unpack([session.client._keys.decrypt(c.data) for c in cts], layout)
+
+
+def test_each_stage_matches_its_plaintext_twin(tiny_session):
+    s, view = tiny_session, tiny_session.view
+    srv, ev = s.server, s.server.ev
+    ref = srv._refresher(ev, s._refresh_link)
+    onehot = np.eye(256)[PROMPT]
+    cts, _ = _encrypt(s, onehot, 256)
+    x_plain = embed(view, PROMPT)
+    assert_close_bits(
+        _decrypt(s, srv._embed(ev, cts, 0, len(PROMPT)), srv.layout(8)), x_plain, 16, "embedding"
+    )
+    for i, (layer, lay) in enumerate(zip(srv.layers, view.layers, strict=True)):
+        # prefill of the first 7 tokens, then one decode step for the 8th, against the plaintext layer
+        want = layer_forward(lay, x_plain)["x_out"]
+        xs, layout = _encrypt(s, x_plain[:7])
+        out, cache = layer.prefill(ev, ref, xs, layout)
+        assert_close_bits(_decrypt(s, out, layout), want[:7], 12, f"layer {i} prefill")
+        x1, layout1 = _encrypt(s, x_plain[7:])
+        out1 = layer.decode(ev, ref, x1, cache, layout1)
+        assert_close_bits(_decrypt(s, out1, layout1), want[7:], 12, f"layer {i} decode")
+        x_plain = want
+
+
+def test_prefill_and_greedy_decode_match_plaintext(tiny_session):
+    s = tiny_session
+    res = s.generate(bytes(PROMPT[:5]), GenerationConfig(max_new_tokens=4, verify=True))
+    assert res.flag is None and len(res.tokens) == 4
+    assert res.top1_agreement == 1.0 and res.continuation == res.plaintext_continuation
+    assert res.max_abs_logit_error < 0.01
+    # the first token came from the prefill's last row: compare that whole row with the reference
+    ref = view_forward(s.view, PROMPT[:5] + res.tokens[:3])
+    assert [int(np.argmax(r)) for r in ref[4:]] == res.tokens
+    assert [r.position for r in res.records] == [4, 5, 6, 7]
+    # accounting: 1 prefill + 3 decode rounds (+ refreshes); logits: 2 ciphertexts per exchange
+    rounds = res.traffic["rounds_by_purpose"]
+    assert rounds["prefill"] >= 1 and rounds["decode"] >= 3 and rounds["refresh"] >= 1
+    assert res.traffic["bytes_client_to_server"] > res.traffic["bytes_by_purpose"]["setup"]["to_server"] > 0
+    assert s.client.decryptions["refresh"] > 0 and res.client_decryptions["logits"] >= 8
+    assert [r.name for r in res.prefill_stages] == ["embed", "layer 0", "layer 1", "lm_head"]
+    assert len(res.decode_stages) == 3
+
+
+def test_bits_per_byte_under_encryption(tiny_session):
+    from models.data import load_split
+
+    out = tiny_session.bits_per_byte(load_split("test")[:200], max_windows=1)
+    assert out["bytes"] == 8 and not out["flags"]
+    assert abs(out["relative_gap"]) < 0.01 and out["max_abs_logit_error"] < 0.01
+
+
+def test_fit_prompt_and_config():
+    assert fit_prompt(b"abc", 8, 4) == (b"abc", 0)
+    assert fit_prompt(b"0123456789", 8, 4) == (b"56789", 5)  # 5 + 4 - 1 = 8 positions
+    with pytest.raises(HeAeroError, match="empty"):
+        fit_prompt(b"", 8, 1)
+    with pytest.raises(HeAeroError, match="exceeds the model's context"):
+        fit_prompt(b"a", 8, 9)
+    for bad in ({"max_new_tokens": 0}, {"temperature": -1.0}, {"top_k": -2}):
+        with pytest.raises(HeAeroError):
+            GenerationConfig(**bad)
+
+
+def test_pick_token():
+    logits = np.array([0.0, 3.0, 1.0, 2.9])
+    rng = np.random.default_rng(0)
+    assert pick_token(logits, GenerationConfig(), rng) == 1
+    top2 = {pick_token(logits, GenerationConfig(temperature=1.0, top_k=2), rng) for _ in range(50)}
+    assert top2 == {1, 3}
+    a = [pick_token(logits, GenerationConfig(temperature=2.0), np.random.default_rng(7)) for _ in range(5)]
+    b = [pick_token(logits, GenerationConfig(temperature=2.0), np.random.default_rng(7)) for _ in range(5)]
+    assert a == b
+
+
+@pytest.fixture(scope="module")
+def cli_files(tiny, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    tiny[4].save(d / "cal.json")
+    (d / "prompt.txt").write_bytes(b"for i in range(3):")
+    (d / "latin1.txt").write_bytes(b"caf\xe9 = ")
+    (d / "empty.txt").write_bytes(b"")
+    return str(tiny[0]), str(d / "cal.json"), d
+
+
+def _infer(ckpt, cal, prompt, *extra):
+    args = ["encrypt-infer", str(prompt), "--checkpoint", ckpt, "--calibration", cal, "--test-ring", "2048"]
+    return CliRunner().invoke(cli, [*args, "--no-progress", *extra])
+
+
+def test_cli_encrypt_infer_json(cli_files):
+    ckpt, cal, d = cli_files
+    res = _infer(ckpt, cal, d / "prompt.txt", "--max-new-tokens", "3", "--verify", "--explain", "--json",
+                 str(d / "out.json"))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads((d / "out.json").read_text())
+    required = "continuation tokens top1_agreement max_abs_logit_error seconds rounds bytes_client_to_server"
+    for key in (*required.split(), "bytes_server_to_client", "ring_degree", "client_decryptions"):
+        assert key in out
+    assert out["top1_agreement"] == 1.0 and out["ring_degree"] == 2048 and len(out["tokens"]) == 3
+    assert out["dropped_prompt_bytes"] == 12 and out["prompt_bytes"] == 6  # 6 + 3 - 1 = 8 positions
+    assert (
+        set(out["client_decryptions"]) == {"logits", "refresh"} and out["client_decryptions"]["refresh"] > 0
+    )
+    assert {"prefill", "decode", "keygen"} <= set(out["seconds"])
+    assert "top-1 agreement 100%" in res.output and "rotations" in res.output and "dropped" in res.output
+
+
+def test_cli_non_utf8_prompt_runs(cli_files):
+    ckpt, cal, d = cli_files
+    res = _infer(ckpt, cal, d / "latin1.txt", "--max-new-tokens", "1")
+    assert res.exit_code == 0, res.output
+    assert "not valid UTF-8" in res.output and "caf\ufffd = " in res.output
+
+
+def test_cli_bad_input(cli_files, tmp_path, monkeypatch, capsys):
+    ckpt, cal, d = cli_files
+    assert _infer(ckpt, cal, d / "empty.txt").exit_code == 2
+    assert _infer(ckpt, cal, tmp_path / "missing.txt").exit_code == 2
+    assert _infer(ckpt, cal, d / "prompt.txt", "--max-new-tokens", "0").exit_code == 2
+    from he_aero.cli import main
+
+    other = tmp_path / "other"
+    from tests.he_aero.conftest import make_tiny_checkpoint
+
+    make_tiny_checkpoint(other, seed=1)
+    for argv, message in (
+        (["--checkpoint", str(other), "--calibration", cal], "was made for checkpoint weights"),
+        (["--checkpoint", ckpt, "--calibration", str(d / "prompt.txt")], "not valid JSON"),
+        (
+            ["--checkpoint", ckpt, "--calibration", cal, "--max-new-tokens", "9"],
+            "exceeds the model's context",
+        ),
+    ):
+        monkeypatch.setattr(sys, "argv", ["he-aero", "encrypt-infer", str(d / "prompt.txt"), *argv])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        err = capsys.readouterr().err
+        assert exc.value.code == 1 and message in err and "Traceback" not in err
