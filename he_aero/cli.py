@@ -44,9 +44,15 @@ def main() -> None:
 
 
 # Command registration: one line per command module.
+from he_aero.commands_model import eval_, generate, info, train  # noqa: E402
+
+cli.add_command(train), cli.add_command(eval_), cli.add_command(generate), cli.add_command(info)
 from he_aero.commands_fit import fit  # noqa: E402
 
 cli.add_command(fit)
 from he_aero.commands_infer import calibrate, encrypt_infer  # noqa: E402
 
 cli.add_command(calibrate), cli.add_command(encrypt_infer)
+from he_aero.commands_plan import plan  # noqa: E402
+
+cli.add_command(plan)

@@ -88,13 +88,17 @@ class Ranges:
 
     z_window: tuple[tuple[float, float], ...]
     activation_bound: float = 64.0
-    exp_abs_error: float = 1e-4
+    exp_error: float = 1e-4
+    exp_error_kind: str = "abs"
     recip_rel_error: float = 1e-4
+    denominator: tuple[tuple[float, float], ...] | None = None  # per layer; default [1, 1 + T_max]
 
     def __post_init__(self):
-        for a, b in self.z_window:
+        for a, b in self.z_window + (self.denominator or ()):
             if not a < b:
-                raise HeAeroError(f"ranges: z window [{a}, {b}] is empty")
+                raise HeAeroError(f"ranges: window [{a}, {b}] is empty")
+        if self.exp_error_kind not in ("abs", "rel"):
+            raise HeAeroError(f"ranges: exp_error_kind must be 'abs' or 'rel', got {self.exp_error_kind!r}")
         if not self.activation_bound > 0:
             raise HeAeroError(f"ranges: activation_bound must be > 0, got {self.activation_bound}")
 
@@ -215,17 +219,17 @@ def _layer_arrays(shape: ModelShape, index: int):
     )  # fmt: skip
 
 
-def fit_plans(window, t_max: int, ranges: Ranges, usable: int) -> tuple[Plan, Plan]:
-    """Least-depth exp and 1/x plans whose polynomial step fits `usable` levels (the affine map of exp is
-    folded into the score mask; the reciprocal's is not)."""
+def fit_plans(window, denominator, ranges: Ranges, usable: int) -> tuple[Plan, Plan]:
+    """Least-depth exp (on `window`) and 1/x (on `denominator`) plans whose polynomial step fits `usable`
+    levels (the affine map of exp is folded into the score mask; the reciprocal's is not)."""
     exp = recip = None
     for k in range(0, 9):
-        cand = plan_exp(window, max_abs_error=ranges.exp_abs_error, squarings=k)
+        cand = plan_exp(window, squarings=k, **{f"max_{ranges.exp_error_kind}_error": ranges.exp_error})
         if step_depth(cand.steps[0], mapped=True) <= usable:
             exp = cand
             break
     for n in range(0, 9):
-        cand = plan_reciprocal((1.0, 1.0 + t_max), max_rel_error=ranges.recip_rel_error, newton=n)
+        cand = plan_reciprocal(tuple(denominator), max_rel_error=ranges.recip_rel_error, newton=n)
         if step_depth(cand.steps[0]) <= usable:
             recip = cand
             break
@@ -300,10 +304,11 @@ def evaluate_ring(
         try:
             cache: dict = {}
             plans = []
-            for w in ranges.z_window:
-                key = tuple(w)
+            dens = ranges.denominator or ((1.0, 1.0 + shape.t_max),) * shape.n_layer
+            for w, den in zip(ranges.z_window, dens, strict=True):
+                key = (tuple(w), tuple(den))
                 if key not in cache:
-                    cache[key] = fit_plans(key, shape.t_max, ranges, usable)
+                    cache[key] = fit_plans(*key, ranges, usable)
                 plans.append(cache[key])
         except HeAeroError as exc:
             report.reason = str(exc)

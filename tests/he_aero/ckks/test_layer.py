@@ -44,7 +44,7 @@ def setup():
     rng = np.random.default_rng(0)
     lay = _layer_view(rng)
     x = rng.normal(size=(T + 1, D))
-    exp_plan, recip_plan = fit_plans((-6.0, 3.0), BLOCK, Ranges(((-6.0, 3.0),)), SMALL.levels)
+    exp_plan, recip_plan = fit_plans((-6.0, 3.0), (1.0, 1.0 + BLOCK), Ranges(((-6.0, 3.0),)), SMALL.levels)
     layer = EncryptedLayer(0, lay, exp_plan, recip_plan)
     layout = feature_layout(SMALL.slots, T, D, block=BLOCK)
     steps = set()
