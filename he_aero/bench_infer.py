@@ -1,0 +1,351 @@
+"""Encrypted-inference benchmark and acceptance measurements on the shipped default (`make bench-he`).
+
+    python -m he_aero.bench_infer prompts [--n 20] [--length 24] --out tests/data/prompts.json
+    python -m he_aero.bench_infer accept [--prompts K] [--decode-prompts D] [--bpb-windows W] --out FILE.json
+    python -m he_aero.bench_infer speed [--lengths 16 32 64] [--decode 3] --out docs/he-bench.json
+
+`prompts` picks the acceptance prompts from the TEST split (evenly spaced, each at the start of a code line).
+`accept` measures, on the default model with the shipped calibration:
+  - teacher-forced greedy agreement for K prompts: one encrypted prefill of prompt + the plaintext model's
+    8-token greedy continuation (minus its last token) gives the encrypted logits at all 8 generation
+    positions; if top-1 agrees at every one, the encrypted greedy continuation equals the plaintext one (by
+    induction on the prefix). One prefill instead of a prefill plus 7 decode steps per prompt;
+  - true autoregressive generation (prefill + decode against the K/V cache) for D prompts;
+  - bits per byte of encrypted prefills on W windows of the test split against plaintext.
+`speed` times prefills of the given lengths and decode steps, with operation counts per layer and the share
+of server wall time spent inside SEAL calls. `report` renders both JSON files as docs/he-bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPTS = Path(__file__).resolve().parents[1] / "tests" / "data" / "prompts.json"
+
+
+def select_prompts(n: int = 20, length: int = 24) -> list[bytes]:
+    """n distinct prompts of `length` ASCII bytes from the test split: evenly spaced offsets, each moved to
+    the next line that starts with a letter or underscore (code, not comments or blank lines)."""
+    from models.data import load_split
+
+    data = load_split("test")
+    out, step = [], len(data) // n
+    for i in range(n):
+        pos = data.index(b"\n", i * step) + 1
+        while True:
+            cand = data[pos : pos + length]
+            if (cand[:1].isalpha() or cand[:1] == b"_") and cand.isascii() and cand not in out:
+                break
+            pos = data.index(b"\n", pos) + 1
+        out.append(cand)
+    return out
+
+
+def load_prompts(path: Path = PROMPTS) -> list[bytes]:
+    rows = json.loads(Path(path).read_text())["prompts"]
+    return [bytes(r["bytes"]) for r in rows]
+
+
+def _session():
+    from he_aero.calibrate import load_calibration
+    from he_aero.generate import Session
+    from models.checkpoint import load_checkpoint
+    from models.linear_view import LinearView
+
+    model, header = load_checkpoint()
+    cal = load_calibration()
+    t0 = time.perf_counter()
+    session = Session(LinearView.from_model(model), cal, header)
+    return session, time.perf_counter() - t0
+
+
+def _greedy(view, tokens: list[int], n: int) -> list[int]:
+    from models.linear_view import view_forward
+
+    seq = list(tokens)
+    for _ in range(n):
+        seq.append(int(np.argmax(view_forward(view, seq)[-1])))
+    return seq[len(tokens) :]
+
+
+def _stats(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {
+        "n": int(v.size),
+        "max": float(v.max()),
+        "p50": float(np.percentile(v, 50)),
+        "p90": float(np.percentile(v, 90)),
+        "mean": float(v.mean()),
+    }
+
+
+def accept(n_prompts: int, decode_prompts: int, bpb_windows: int, new_tokens: int = 8) -> dict:
+    from he_aero.generate import GenerationConfig
+    from models.data import load_split
+    from models.linear_view import view_forward
+
+    session, setup_s = _session()
+    view = session.view
+    prompts = load_prompts()[:n_prompts]
+    forced, errors = [], []
+    for i, prompt in enumerate(prompts):
+        cont = _greedy(view, list(prompt), new_tokens)
+        seq = list(prompt) + cont[:-1]
+        t0 = time.perf_counter()
+        out, _ = session._exchange("prefill", seq, 0, None)
+        enc = out.logits[len(prompt) - 1 :]  # rows that chose the 8 continuation tokens
+        plain = view_forward(view, seq)[len(prompt) - 1 :]
+        per_tok = np.abs(enc - plain).max(axis=1)
+        errors += per_tok.tolist()
+        agree = [int(np.argmax(e)) == t for e, t in zip(enc, cont, strict=True)]
+        forced.append(
+            {
+                "prompt": prompt.decode("latin-1"),
+                "plaintext_continuation": bytes(cont).decode("latin-1"),
+                "top1_agree": agree,
+                "max_abs_logit_error": per_tok.tolist(),
+                "flag": out.flag,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        print(
+            f"forced {i + 1}/{len(prompts)}: agree {sum(agree)}/{len(agree)} max|d| {per_tok.max():.2e}",
+            flush=True,
+        )
+    true_runs = []
+    for prompt in load_prompts()[:decode_prompts]:
+        res = session.generate(prompt, GenerationConfig(max_new_tokens=new_tokens, verify=True))
+        true_runs.append(
+            {
+                "prompt": prompt.decode("latin-1"),
+                "continuation": res.continuation.decode("latin-1"),
+                "plaintext_continuation": res.plaintext_continuation.decode("latin-1"),
+                "top1_agreement": res.top1_agreement,
+                "max_abs_logit_error": [r.max_abs_logit_error for r in res.records],
+                "flag": res.flag,
+                "token_seconds": [round(r.seconds, 2) for r in res.records],
+            }
+        )
+        print(f"generated: agreement {res.top1_agreement} max|d| {res.max_abs_logit_error}", flush=True)
+    bpb = session.bits_per_byte(load_split("test"), bpb_windows) if bpb_windows else None
+    all_agree = [a for f in forced for a in f["top1_agree"]]
+    return {
+        "setup_seconds": round(setup_s, 1),
+        "teacher_forced": {
+            "prompts": len(forced),
+            "tokens": len(all_agree),
+            "top1_agreement": sum(all_agree) / len(all_agree) if all_agree else None,
+            "continuations_equal": sum(all(f["top1_agree"]) for f in forced),
+            "max_abs_logit_error": _stats(errors) if errors else None,
+            "runs": forced,
+        },
+        "generated": true_runs,
+        "bits_per_byte": bpb,
+        "machine": _machine(),
+    }
+
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]}
+
+
+def _stage_rows(records) -> list[dict]:
+    return [{"name": r.name, "seconds": round(r.seconds, 3), **r.ops, "level_in": r.level_in,
+             "level_out": r.level_out} for r in records]  # fmt: skip
+
+
+def speed(lengths: list[int], decode: int) -> dict:
+    from models.data import load_split
+
+    session, setup_s = _session()
+    srv = session.server
+    text = load_split("test")
+    start = text.index(b"\ndef ") + 1
+    runs = []
+    for n in lengths:
+        srv.ev.clear_cache()  # diagonals are cached per token count: keep memory to one length at a time
+        tokens = list(text[start : start + n])
+        before = session.channel.traffic.summary()
+        _, wall = session._exchange("prefill", tokens, 0, None)
+        stages = _stage_rows(srv.records)
+        after = session.channel.traffic.summary()
+        server_s = sum(s["seconds"] for s in stages)
+        runs.append(
+            {
+                "tokens": n,
+                "wall_seconds": round(wall, 2),
+                "server_seconds": round(server_s, 2),
+                "seal_share": round(sum(s["seal_seconds"] for s in stages) / server_s, 3),
+                "bytes_to_server": after["bytes_client_to_server"] - before["bytes_client_to_server"],
+                "bytes_to_client": after["bytes_server_to_client"] - before["bytes_server_to_client"],
+                "refresh_rounds": sum(s["refresh_rounds"] for s in stages),
+                "stages": stages,
+            }
+        )
+        print(f"prefill {n}: {wall:.1f} s", flush=True)
+    dec = []
+    tokens = list(text[start : start + lengths[0]])
+    srv.ev.clear_cache()
+    session._exchange("prefill", tokens, 0, None)
+    for i in range(decode):
+        before = session.channel.traffic.summary()
+        _, wall = session._exchange("decode", [tokens[-1]], len(tokens) + i, None)
+        after = session.channel.traffic.summary()
+        stages = _stage_rows(srv.records)
+        server_s = sum(s["seconds"] for s in stages)
+        dec.append(
+            {
+                "cache_length": len(tokens) + i + 1,
+                "wall_seconds": round(wall, 2),
+                "seal_share": round(sum(s["seal_seconds"] for s in stages) / server_s, 3),
+                "bytes_to_server": after["bytes_client_to_server"] - before["bytes_client_to_server"],
+                "bytes_to_client": after["bytes_server_to_client"] - before["bytes_server_to_client"],
+                "refresh_rounds": sum(s["refresh_rounds"] for s in stages),
+                "stages": stages,
+            }
+        )
+        print(f"decode {i + 1}: {wall:.1f} s", flush=True)
+    p = srv.params
+    return {
+        "ring_degree": p.poly_modulus_degree,
+        "chain": list(p.coeff_mod_bit_sizes),
+        "rotation_keys": len(srv.rotation_steps),
+        "key_bytes": session.channel.traffic.to_server["setup"],
+        "setup_seconds": round(setup_s, 1),
+        "session_seconds": {k: round(v, 2) for k, v in session.seconds.items()},
+        "prefill": runs,
+        "decode": dec,
+        "machine": _machine(),
+    }
+
+
+def report(speed_json: Path, accept_json: Path | None) -> str:
+    """docs/he-bench.md from the JSON files."""
+    s = json.loads(Path(speed_json).read_text())
+    mb = 1e6
+    lines = [
+        "# Encrypted inference: benchmark (`make bench-he`)",
+        "",
+        f"Shipped default model and calibration; ring N={s['ring_degree']}, chain {s['chain']}, "
+        f"{s['rotation_keys']} rotation keys ({s['key_bytes'] / mb:.0f} MB sent once); session setup "
+        f"(plan, keygen, key loading) {s['setup_seconds']} s. Machine: {s['machine']['cpus']} CPUs, load "
+        f"{s['machine']['load_avg_1m']:.1f} at the end (shared with other jobs: read times as upper bounds).",
+        "",
+        "| phase | tokens | wall s | inside SEAL | refresh rounds | MB up | MB down |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in s["prefill"]:
+        lines.append(
+            f"| prefill | {r['tokens']} | {r['wall_seconds']} | {r['seal_share']:.0%} | "
+            f"{r['refresh_rounds']} | {r['bytes_to_server'] / mb:.1f} | {r['bytes_to_client'] / mb:.1f} |"
+        )
+    for r in s["decode"]:
+        lines.append(
+            f"| decode | cache {r['cache_length']} | {r['wall_seconds']} | {r['seal_share']:.0%} | "
+            f"{r['refresh_rounds']} | {r['bytes_to_server'] / mb:.1f} | {r['bytes_to_client'] / mb:.1f} |"
+        )
+    if s["decode"]:
+        lines += [
+            "",
+            f"Decode: {statistics.mean(r['wall_seconds'] for r in s['decode']):.1f} s per token (mean).",
+        ]
+    big = max(s["prefill"], key=lambda r: r["tokens"])
+    lines += ["", f"## Operations per stage, prefill of {big['tokens']} tokens", "",
+              "| stage | s | SEAL s | rotations | ct*ct | ct*pt | key switches | refresh rounds | levels |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for st in big["stages"]:
+        lines.append(
+            f"| {st['name']} | {st['seconds']:.1f} | {st['seal_seconds']:.1f} | {st['rotations']} | "
+            f"{st['ctct_mults']} | {st['pt_mults']} | {st['key_switches']} | {st['refresh_rounds']} | "
+            f"{st['level_in']}->{st['level_out']} |"
+        )
+    if s["decode"]:
+        d = s["decode"][0]
+        lines += ["", f"## Operations per stage, one decode step (cache {d['cache_length']})", ""]
+        lines += ["| stage | s | rotations | ct*ct | ct*pt | refresh rounds |", "|---|---|---|---|---|---|"]
+        for st in d["stages"]:
+            lines.append(
+                f"| {st['name']} | {st['seconds']:.2f} | {st['rotations']} | {st['ctct_mults']} | "
+                f"{st['pt_mults']} | {st['refresh_rounds']} |"
+            )
+    if accept_json is not None and Path(accept_json).is_file():
+        a = json.loads(Path(accept_json).read_text())
+        tf = a["teacher_forced"]
+        lines += ["", "## Accuracy (acceptance)", ""]
+        if tf["tokens"]:
+            e = tf["max_abs_logit_error"]
+            lines.append(
+                f"Teacher-forced greedy check on {tf['prompts']} of the 20 committed test-split prompts "
+                f"(`tests/data/prompts.json`) x 8 tokens: top-1 agreement {tf['top1_agreement']:.1%}, "
+                f"{tf['continuations_equal']}/{tf['prompts']} continuations equal to plaintext; "
+                f"max |delta logit| per token: max {e['max']:.2e}, p90 {e['p90']:.2e}, "
+                f"median {e['p50']:.2e}, "
+                f"mean {e['mean']:.2e}."
+            )
+        for g in a["generated"]:
+            lines.append(
+                f"- autoregressive (prefill + decode with the K/V cache): {g['prompt']!r} -> "
+                f"{g['continuation']!r} (plaintext {g['plaintext_continuation']!r}), top-1 "
+                f"{g['top1_agreement']:.0%}, max |delta logit| {max(g['max_abs_logit_error']):.2e}, "
+                f"seconds per token {g['token_seconds']}"
+            )
+        if a.get("bits_per_byte"):
+            b = a["bits_per_byte"]
+            lines.append(
+                f"- bits per byte on {b['windows']} test-split windows ({b['bytes']} bytes): encrypted "
+                f"{b['encrypted_bits_per_byte']:.4f}, plaintext {b['plaintext_bits_per_byte']:.4f} "
+                f"(relative gap {b['relative_gap']:+.2e}), max |delta logit| {b['max_abs_logit_error']:.2e}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m he_aero.bench_infer")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prompts")
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--length", type=int, default=24)
+    p.add_argument("--out", type=Path, default=PROMPTS)
+    a = sub.add_parser("accept")
+    a.add_argument("--prompts", type=int, default=20)
+    a.add_argument("--decode-prompts", type=int, default=2)
+    a.add_argument("--bpb-windows", type=int, default=2)
+    a.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64])
+    s.add_argument("--decode", type=int, default=3)
+    s.add_argument("--out", type=Path, required=True)
+    r = sub.add_parser("report")
+    r.add_argument("--speed", type=Path, required=True)
+    r.add_argument("--accept", type=Path, default=None)
+    r.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if args.cmd == "prompts":
+        rows = [{"text": p.decode("latin-1"), "bytes": list(p)} for p in select_prompts(args.n, args.length)]
+        doc = {
+            "source": "models.data.load_split('test'), he_aero.bench_infer.select_prompts",
+            "prompts": rows,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    elif args.cmd == "report":
+        args.out.write_text(report(args.speed, args.accept))
+    else:
+        result = accept(args.prompts, args.decode_prompts, args.bpb_windows) if args.cmd == "accept" else None
+        if args.cmd == "speed":
+            result = speed(args.lengths, args.decode)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
