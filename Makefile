@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PROMPT  ?= examples/prompt.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint format train-default ablation bench-approx bench-kernels bench-he
+.PHONY: help install demo test test-slow lint format train-default ablation bench-approx bench-kernels bench-he calibrate-default
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -44,3 +44,16 @@ train-default: $(STAMP) ## train the shipped default model into models/checkpoin
 
 ablation: $(STAMP) ## AERO ablation, equal size/steps/seed -> docs/ablation.{md,json} (ABLATION_STEPS, _LAYERS)
 	OMP_NUM_THREADS=1 $(BIN)/python -m models.ablation --steps $(ABLATION_STEPS) --layers $(ABLATION_LAYERS) --runs runs/ablation --docs docs
+
+calibrate-default: $(STAMP) ## calibrate the shipped model on training text -> he_aero/data/default-calibration.json
+	$(BIN)/he-aero calibrate --out he_aero/data/default-calibration.json
+
+ACCEPT_PROMPTS ?= 20
+DECODE_PROMPTS ?= 2
+BPB_WINDOWS ?= 2
+bench-he: $(STAMP) ## encrypted prefill 16/32/64, decode, op counts, accuracy on tests/data -> docs/he-bench.md
+	$(BIN)/python -m he_aero.bench_infer speed --lengths 16 32 64 --decode 3 --out docs/he-bench.json
+	$(BIN)/python -m he_aero.bench_infer accept --prompts $(ACCEPT_PROMPTS) --decode-prompts $(DECODE_PROMPTS) \
+		--bpb-windows $(BPB_WINDOWS) --out docs/he-accept.json
+	$(BIN)/python -m he_aero.bench_infer report --speed docs/he-bench.json --accept docs/he-accept.json \
+		--out docs/he-bench.md
