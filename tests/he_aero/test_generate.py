@@ -166,3 +166,22 @@ def test_cli_bad_input(cli_files, tmp_path, monkeypatch, capsys):
             main()
         err = capsys.readouterr().err
         assert exc.value.code == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_end_to_end_default_model():
+    """The shipped model and calibration at the planner's ring: one committed test-split prompt, 8 greedy
+    tokens, prefill then decode against the encrypted K/V cache (minutes on 2 cores: `make test-slow`)."""
+    from he_aero.bench_infer import load_prompts
+    from he_aero.calibrate import load_calibration
+    from he_aero.generate import Session
+    from models.checkpoint import load_checkpoint
+    from models.linear_view import LinearView
+
+    model, header = load_checkpoint()
+    session = Session(LinearView.from_model(model), load_calibration(), header)
+    assert session.server.params.is_secure and session.server.secret_material() == []
+    res = session.generate(load_prompts()[0], GenerationConfig(max_new_tokens=8, verify=True))
+    assert res.flag is None and len(res.tokens) == 8
+    assert res.top1_agreement == 1.0 and res.continuation == res.plaintext_continuation
+    assert res.max_abs_logit_error <= 0.05
