@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tenseal.sealapi as seal
 
-from he_aero.ckks.keys import ServerContext, _seal_context, chain_tables
+from he_aero.ckks.keys import ServerContext, chain_tables
 from he_aero.ckks.params import CkksParams
 from he_aero.errors import HeAeroError
 
@@ -107,12 +107,18 @@ class Evaluator:
         self.params = params
         self.server = server
         self.symbolic = server is None
-        ctx = server.seal_context if server is not None else _seal_context(params)
         self.top = params.levels
         self.slots = params.slots
-        self.parms_ids, self.primes, self.scales = chain_tables(ctx, params.scale_bits)
+        if self.symbolic:  # nominal primes: a symbolic run tracks levels, not values (and skips SEAL setup)
+            bits = params.coeff_mod_bit_sizes
+            self.parms_ids = {}
+            self.primes = {lvl: float(2 ** bits[lvl]) for lvl in range(self.top + 1)}
+            self.scales = {lvl: float(2**params.scale_bits) for lvl in range(self.top + 1)}
+        else:
+            ctx = server.seal_context
+            self.parms_ids, self.primes, self.scales = chain_tables(ctx, params.scale_bits)
         nominal = 2.0**params.scale_bits
-        if any(not 0.5 < s / nominal < 2.0 for s in self.scales.values()):
+        if not self.symbolic and any(not 0.5 < s / nominal < 2.0 for s in self.scales.values()):
             raise HeAeroError(
                 f"exact scales drift beyond a factor 2 of 2^{params.scale_bits} on {params.describe()}"
             )
