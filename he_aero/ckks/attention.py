@@ -86,8 +86,8 @@ class KVCache:
     def append(self, ev: Evaluator, k_new: list[Ct], v_new: list[Ct]):
         """Add one token's k, v (row 0 of their ciphertexts, other rows 0) as row `length`."""
         p = self.length  # row 0 -> row p: power-of-two rotations (keys shared with the row spreads)
-        self.k = [ev.add(c, rotate_binary(ev, n, -p)) for c, n in zip(self.k, k_new, strict=True)]
-        self.v = [ev.add(c, rotate_binary(ev, n, -p)) for c, n in zip(self.v, v_new, strict=True)]
+        self.k = [ev.add(c, ev.rescale(rotate_binary(ev, n, -p))) for c, n in zip(self.k, k_new, strict=True)]
+        self.v = [ev.add(c, ev.rescale(rotate_binary(ev, n, -p))) for c, n in zip(self.v, v_new, strict=True)]
         self.length += 1
 
 
@@ -114,9 +114,10 @@ def attention_prefill(
     for a in range(n_ct):
         qa, ka = both[a], both[n_ct + a]
         real = min(hpc, spec.n_head - a * hpc)  # heads present in this ciphertext (the rest is padding)
-        qrot = [qa]  # qrot[rho] = rot(Q, -rho B): a chain of rotations by -B
+        qrot = [qa]  # qrot[rho] = rot(Q, -rho B): a chain of rotations by -B (on the pending product)
         while len(qrot) < min(dk, T):
             qrot.append(ev.rotate(qrot[-1], -blk))
+        qrot = [ev.rescale(c) for c in qrot]
         kstart = ka
         for g in range(groups):
             if g:
@@ -129,7 +130,7 @@ def attention_prefill(
                 if rho:
                     kcur = ev.rotate(kcur, -(blk + 1))  # now rot(K, -(r + rho B))
                 valid[:real, rho, :] = (rows >= r) & (rows < T)
-                hs = block_sum(ev, ev.mul(qrot[rho], kcur), dk, blk)
+                hs = ev.rescale(block_sum(ev, ev.mul(qrot[rho], ev.rescale(kcur), rescale=False), dk, blk))
                 mask = np.zeros((hpc, dk, blk))
                 mask[:, rho, :] = alpha * valid[:, rho, :]
                 terms.append((hs, (spec.name, "lagmask", T, a, r), lambda m=mask: m.ravel()))
@@ -160,12 +161,14 @@ def attention_prefill(
                     vcur = ev.rotate(vcur, -(blk + 1))  # rot(V, -(r + rho B))
                 sel = np.zeros((hpc, dk, blk))
                 sel[:, rho, :] = 1.0
-                w = ev.mul_plain(weights[a * groups + g], (spec.name, "lagsel", rho), lambda s=sel: s.ravel())
-                w = block_spread(ev, w, dk, blk)
-                pairs[rho].append((w, vcur))
+                key = (spec.name, "lagsel", rho)
+                w = ev.mul_plain(weights[a * groups + g], key, lambda s=sel: s.ravel(), rescale=False)
+                w = block_spread(ev, w, dk, blk)  # still pending: the spread's rotations add little noise
+                pairs[rho].append((ev.rescale(w), ev.rescale(vcur)))
                 dens[rho].append(w)
-        nums.append(horner(ev, [ev.dot(p) for p in pairs], blk))
-        dens_all.append(ev.add_scalar(horner(ev, [ev.add_many(d) for d in dens], blk), 1.0))
+        nums.append(ev.rescale(horner(ev, [ev.dot(p, rescale=False) for p in pairs], blk)))
+        den = ev.rescale(horner(ev, [ev.add_many(d) for d in dens], blk))
+        dens_all.append(ev.add_scalar(den, 1.0))
     return _normalise(ev, ref, spec, nums, dens_all, layout)
 
 
@@ -195,8 +198,8 @@ def attention_decode(
         valid = np.zeros((hpc, dk, blk))
         valid[: min(hpc, spec.n_head - a * hpc), 0, :n] = 1.0  # head starts, cached rows, real heads only
         vflat = valid.ravel()
-        qs = block_spread(ev, both[a], blk, 1)  # row 0 copied to every row (rows >= 1 are 0)
-        hs = block_sum(ev, ev.mul(qs, both[n_ct + a]), dk, blk)
+        qs = ev.rescale(block_spread(ev, both[a], blk, 1))  # row 0 copied to every row (rows >= 1 are 0)
+        hs = ev.rescale(block_sum(ev, ev.mul(qs, both[n_ct + a], rescale=False), dk, blk))
         z = ev.mul_plain(hs, (spec.name, "dmask", n, a), lambda vf=vflat: alpha * vf)
         const = lambda vf=vflat, a=a: _head_const(spec, a, hpc, dk, blk, vf)  # noqa: E731
         zs.append(ev.add_plain(z, (spec.name, "dconst", n, a), const))
@@ -204,6 +207,9 @@ def attention_decode(
     ws = run_plan_batch(ev, spec.exp_plan, None, zs, valids, ref, f"{spec.name} decode exp")
     ws = [block_spread(ev, w, dk, blk) for w in ws]  # exp weights broadcast over the head's features
     stage = ref.ensure(ws + list(cache.v), 1, f"{spec.name} decode A.V")
-    nums = [block_sum(ev, ev.mul(w, va), blk, 1) for w, va in zip(stage[:n_ct], stage[n_ct:], strict=True)]
+    nums = [
+        ev.rescale(block_sum(ev, ev.mul(w, va, rescale=False), blk, 1))
+        for w, va in zip(stage[:n_ct], stage[n_ct:], strict=True)
+    ]
     dens = [ev.add_scalar(block_sum(ev, w, blk, 1), 1.0) for w in stage[:n_ct]]  # row 0 = sum over rows
     return _normalise(ev, ref, spec, nums, dens, layout)

@@ -10,6 +10,11 @@ S_{l-1} = S_l^2 / q_l (q_l: the prime a rescale from level l drops; S_0 = 2^scal
   scale q_{m+1} * S_m / S_l (one cheap plaintext product), landing exactly on S_m.
 Additions therefore never see mismatched scales, and no value is rescaled by an approximate factor.
 
+Pending rescales (why): a rotation adds key-switching noise of fixed absolute size (~2^-14 of a 2^32 scale
+at N=8192), whatever the ciphertext's scale. Rotating a product *before* its rescale (scale ~2^64) makes
+that noise ~2^32 times smaller relative to the value. Products can therefore return `pending` ciphertexts;
+rotations and additions of pending ciphertexts of one level are allowed, everything else rescales first.
+
 The same `Evaluator` runs symbolically (no SEAL objects, `Ct.data is None`) when built without a server
 context: the planner runs the real kernels that way to count levels, operations and rotation keys.
 """
@@ -30,11 +35,13 @@ from he_aero.errors import HeAeroError
 
 @dataclass
 class Ct:
-    """One ciphertext: the SEAL object (None when symbolic), its level and what its slots hold (`layout`)."""
+    """One ciphertext: the SEAL object (None when symbolic), its level, what its slots hold (`layout`), and
+    whether a product's rescale is still pending (scale ~ S_level^2; see `Evaluator.rescale`)."""
 
     data: seal.Ciphertext | None
     level: int
     layout: object = None
+    pending: bool = False
 
 
 @dataclass
@@ -171,6 +178,25 @@ class Evaluator:
         self._cache.clear()
 
     # --- level management ----------------------------------------------------------------------------------
+    def rescale(self, a: Ct) -> Ct:
+        """Finish a pending product (no-op otherwise): the level drops by one, the scale lands on S_level."""
+        if not a.pending:
+            return a
+        out = self._new(a.level, a.layout)
+        if not self.symbolic:
+            with self._timer:
+                self._ev.rescale_to_next(a.data, out.data)
+        out.level = a.level - 1
+        return out
+
+    def _finish(self, out: Ct, rescale: bool) -> Ct:
+        if rescale:
+            self._rescaled(out)
+            out.level -= 1
+        else:
+            out.pending = True
+        return out
+
     def _need(self, a: Ct, what: str):
         if a.level < 1:
             raise HeAeroError(
@@ -189,6 +215,7 @@ class Evaluator:
 
     def align(self, a: Ct, level: int) -> Ct:
         """Move `a` down to `level` with the exact scale S_level (no-op if already there)."""
+        a = self.rescale(a)
         if a.level == level:
             return a
         if a.level < level:
@@ -213,13 +240,16 @@ class Evaluator:
         return out
 
     def _pair(self, a: Ct, b: Ct) -> tuple[Ct, Ct]:
+        if a.pending and b.pending and a.level == b.level:
+            return a, b
+        a, b = self.rescale(a), self.rescale(b)
         lvl = min(a.level, b.level)
         return self.align(a, lvl), self.align(b, lvl)
 
     # --- arithmetic ----------------------------------------------------------------------------------------
-    def mul(self, a: Ct, b: Ct, layout=None) -> Ct:
-        """ct x ct: multiply, relinearise, rescale (one level)."""
-        a, b = self._pair(a, b)
+    def mul(self, a: Ct, b: Ct, layout=None, rescale: bool = True) -> Ct:
+        """ct x ct: multiply, relinearise, rescale (one level; `rescale=False` leaves it pending)."""
+        a, b = self._pair(self.rescale(a), self.rescale(b))
         self._need(a, "a ciphertext product")
         out = self._new(a.level, layout or a.layout)
         if not self.symbolic:
@@ -231,15 +261,14 @@ class Evaluator:
                 self._ev.relinearize_inplace(out.data, self.server.relin_keys)
         self.stats.ctct_mults[a.level] += 1
         self.stats.relins += 1
-        self._rescaled(out)
-        out.level -= 1
-        return out
+        return self._finish(out, rescale)
 
-    def dot(self, pairs: list[tuple[Ct, Ct]], layout=None) -> Ct:
+    def dot(self, pairs: list[tuple[Ct, Ct]], layout=None, rescale: bool = True) -> Ct:
         """sum_i a_i x b_i with ONE relinearisation and ONE rescale: the size-3 products share a level and a
         scale, so they add exactly before the (costly) key switch. Counts one ct-ct product per pair."""
         if not pairs:
             raise HeAeroError("dot: no terms")
+        pairs = [(self.rescale(a), self.rescale(b)) for a, b in pairs]
         level = min(min(a.level, b.level) for a, b in pairs)
         self._need(Ct(None, level), "a ciphertext product")
         out = self._new(level, layout or pairs[0][0].layout)
@@ -260,18 +289,18 @@ class Evaluator:
             with self._timer:
                 self._ev.relinearize_inplace(out.data, self.server.relin_keys)
         self.stats.relins += 1
-        self._rescaled(out)
-        out.level -= 1
-        return out
+        return self._finish(out, rescale)
 
-    def mul_plain(self, a: Ct, key, make, layout=None) -> Ct:
+    def mul_plain(self, a: Ct, key, make, layout=None, rescale: bool = True) -> Ct:
         """ct x plaintext slot vector `make()` (cached under `key`), rescaled (one level)."""
+        a = self.rescale(a)
         self._need(a, "a plaintext product")
         pt = self.plaintext(key, make, a.level, True)
-        return self._mul_pt(a, pt, layout)
+        return self._mul_pt(a, pt, layout, rescale)
 
     def mul_scalar(self, a: Ct, c: float, layout=None) -> Ct:
         """ct x real constant, rescaled (one level)."""
+        a = self.rescale(a)
         self._need(a, "a scalar product")
         if c == 0.0:
             raise HeAeroError(
@@ -280,12 +309,13 @@ class Evaluator:
         pt = self._encode(float(c), a.level, self._mul_scale(a.level))
         return self._mul_pt(a, pt, layout)
 
-    def dot_plain(self, terms: list[tuple[Ct, object, object]], layout=None) -> Ct:
+    def dot_plain(self, terms: list[tuple[Ct, object, object]], layout=None, rescale: bool = True) -> Ct:
         """sum_i ct_i x plaintext_i (each `(ct, key, make)` as in `mul_plain`) with ONE rescale at the end:
         the products share a level and a scale, so summing before rescaling is exact and saves a rescale
         (the costliest part of a plaintext product) per term."""
         if not terms:
             raise HeAeroError("dot_plain: no terms")
+        terms = [(self.rescale(c), k, m) for c, k, m in terms]
         level = min(c.level for c, _, _ in terms)
         self._need(Ct(None, level), "a plaintext product")
         out = self._new(level, layout or terms[0][0].layout)
@@ -303,23 +333,20 @@ class Evaluator:
                     self._ev.multiply_plain(c.data, pt, tmp)
                     self._ev.add_inplace(out.data, tmp)
             self.stats.adds += i > 0
-        self._rescaled(out)
-        out.level -= 1
-        return out
+        return self._finish(out, rescale)
 
-    def _mul_pt(self, a: Ct, pt, layout) -> Ct:
+    def _mul_pt(self, a: Ct, pt, layout, rescale: bool = True) -> Ct:
         out = self._new(a.level, layout or a.layout)
         if not self.symbolic:
             with self._timer:
                 self._ev.multiply_plain(a.data, pt, out.data)
         self.stats.pt_mults[a.level] += 1
-        self._rescaled(out)
-        out.level -= 1
-        return out
+        return self._finish(out, rescale)
 
     def add(self, a: Ct, b: Ct, layout=None) -> Ct:
         a, b = self._pair(a, b)
         out = self._new(a.level, layout or a.layout)
+        out.pending = a.pending
         if not self.symbolic:
             with self._timer:
                 self._ev.add(a.data, b.data, out.data)
@@ -329,6 +356,7 @@ class Evaluator:
     def sub(self, a: Ct, b: Ct, layout=None) -> Ct:
         a, b = self._pair(a, b)
         out = self._new(a.level, layout or a.layout)
+        out.pending = a.pending
         if not self.symbolic:
             with self._timer:
                 self._ev.sub(a.data, b.data, out.data)
@@ -345,11 +373,25 @@ class Evaluator:
         return acc
 
     def add_plain(self, a: Ct, key, make, layout=None) -> Ct:
-        """ct + plaintext slot vector `make()` (cached under `key`), no level."""
+        """ct + plaintext slot vector `make()` (cached under `key`), no level; a pending ct stays pending
+        (the plaintext is encoded at its exact product scale)."""
+        if a.pending:
+            pt = None
+            if not self.symbolic:
+                ck = (key, a.level, "pending", a.data.scale)
+                pt = self._cache.get(ck) if key is not None else None
+                if pt is None:
+                    pt = self._encode(make(), a.level, a.data.scale)
+                    if key is not None:
+                        self._cache[ck] = pt
+            out = self._add_pt(a, pt, layout)
+            out.pending = True
+            return out
         pt = self.plaintext(key, make, a.level, False)
         return self._add_pt(a, pt, layout)
 
     def add_scalar(self, a: Ct, c: float, layout=None) -> Ct:
+        a = self.rescale(a)
         if c == 0.0:
             return a
         return self._add_pt(a, self._encode(float(c), a.level, self.scales[a.level]), layout)
@@ -366,9 +408,10 @@ class Evaluator:
         """Left rotation by `step` slots (negative: right); the key must be in the server's set."""
         k = step % self.slots
         if k == 0:
-            return Ct(a.data, a.level, layout or a.layout)
+            return Ct(a.data, a.level, layout or a.layout, a.pending)
         self.stats.steps_used.add(k)
         out = self._new(a.level, layout or a.layout)
+        out.pending = a.pending
         if not self.symbolic:
             if not self.server.has_rotation(k):
                 raise HeAeroError(f"rotate: no rotation key for step {step} (the plan's key list lacks it)")

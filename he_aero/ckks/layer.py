@@ -75,7 +75,7 @@ class EncryptedLayer:
 
     def _qkv(self, ev, ref, xs, layout):
         xs = ref.ensure(xs, 1, f"{self.name} qkv")
-        qkv = self._linear("qkv", layout)(ev, xs)
+        qkv = self._linear("qkv", layout)(ev, xs, rescale=False)  # pending: attention rotates them first
         n = layout.n_ct
         for c in qkv:
             c.layout = layout
@@ -95,7 +95,8 @@ class EncryptedLayer:
         self._check(xs, layout)
         xs, q, k, v = self._qkv(ev, ref, xs, layout)
         heads = attention_prefill(ev, ref, self.spec, q, k, v, layout)
-        return self._finish(ev, ref, xs, heads, layout), KVCache(k, v, layout.n_tokens)
+        cache = KVCache([ev.rescale(c) for c in k], [ev.rescale(c) for c in v], layout.n_tokens)
+        return self._finish(ev, ref, xs, heads, layout), cache
 
     def decode(
         self, ev: Evaluator, ref: Refresher, xs: list[Ct], cache: KVCache, layout: FeatureLayout

@@ -80,9 +80,12 @@ class PlainLinear:
         vals[: part.size] = part
         return np.repeat(vals, self.layout.block) * self.row_mask
 
-    def __call__(self, ev: Evaluator, xs: list[Ct]) -> list[Ct]:
+    def __call__(self, ev: Evaluator, xs: list[Ct], rescale: bool = True) -> list[Ct]:
+        """X W + b. The giant-step rotations act on the products before their rescale (small key-switching
+        noise); `rescale=False` returns the outputs still pending, for callers that rotate them further."""
         if len(xs) != self.layout.n_ct:
             raise HeAeroError(f"{self.name}: expected {self.layout.n_ct} ciphertexts, got {len(xs)}")
+        xs = [ev.rescale(x) for x in xs]
         level = ev.lowest(xs)
         xs = [ev.align(x, level) for x in xs]
         f, blk, g = self.layout.per_ct, self.layout.block, self.g
@@ -104,12 +107,14 @@ class PlainLinear:
                         key = (self.name, tok, a, b, s)
                         make = lambda a=a, b=b, s=s, u=u: self._diag_vector(a, b, s, u)  # noqa: E731
                         terms.append((baby[a][v], key, make))
-                partials.append(ev.dot_plain(terms) if terms else None)
+                partials.append(ev.dot_plain(terms, rescale=False) if terms else None)
             if all(p is None for p in partials):
                 raise HeAeroError(f"{self.name}: output ciphertext {b} has an all-zero weight block")
             out = horner(ev, partials, g * blk)
             if self.b is not None and np.any(self.b[b * f : (b + 1) * f]):
                 out = ev.add_plain(out, (self.name, "bias", tok, b), lambda b=b: self._bias_vector(b))
+            if rescale:
+                out = ev.rescale(out)
             out.layout = self.out_layout
             outs.append(out)
         return outs
@@ -139,7 +144,8 @@ def rotate_binary(ev: Evaluator, ct: Ct, step: int) -> Ct:
 
 
 def block_sum(ev: Evaluator, ct: Ct, group: int, block: int) -> Ct:
-    """Block j <- sum of blocks j .. j + group - 1 (cyclic): log2(group) rotations. Exact at group starts."""
+    """Block j <- sum of blocks j .. j + group - 1 (cyclic): log2(group) rotations. Exact at group starts.
+    (Works on pending products too: pass one to keep the rotation noise small.)"""
     _check_pow2(group)
     step = 1
     while step < group:

@@ -123,9 +123,15 @@ class Refresher:
                 f"depth budget: {what} needs {need} levels between refreshes but {self.ev.params.describe()} "
                 f"leaves {self.usable_levels()} (top {self.ev.top}, refresh needs level >= {floor})"
             )
-        low = [i for i, c in enumerate(cts) if c.level < floor + need]
+        # a pending product has one level less to give (its rescale is still due)
+        low = [i for i, c in enumerate(cts) if c.level - c.pending < floor + need]
         self.trace.append(
-            {"stage": what, "need": need, "level_in": min(c.level for c in cts), "refreshed": len(low)}
+            {
+                "stage": what,
+                "need": need,
+                "level_in": min(c.level - c.pending for c in cts),
+                "refreshed": len(low),
+            }
         )
         if not low:
             return cts
@@ -134,11 +140,11 @@ class Refresher:
                 f"depth budget: {what} needs {need} levels, a ciphertext is at level "
                 f"{min(cts[i].level for i in low)} and refresh is disabled"
             )
-        if any(cts[i].level < floor for i in low):
+        if any(cts[i].level - cts[i].pending < floor for i in low):
             raise HeAeroError(
                 f"refresh: {what}: a ciphertext fell below level {floor}, its mask would overflow"
             )
-        fresh = self.refresh([cts[i] for i in low])
+        fresh = self.refresh([self.ev.rescale(cts[i]) for i in low])
         out = list(cts)
         for i, c in zip(low, fresh, strict=True):
             out[i] = c
