@@ -35,6 +35,9 @@ lint: $(STAMP) ## ruff lint + format check
 bench-approx: $(STAMP) ## max error vs depth: our plans vs (1+x/2^k)^(2^k) and constant-guess 1/x -> docs/approx.md
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m approx.bench --write docs/approx.md
 
+bench-kernels: $(STAMP) ## kernel figures vs TenSEAL (matmul, polyval, attention layer) -> docs/kernels.{md,json}
+	$(BIN)/python -m he_aero.ckks.bench
+
 ABLATION_STEPS ?= 6000
 ABLATION_LAYERS ?= 3
 train-default: $(STAMP) ## train the shipped default model into models/checkpoints/default (~1 h on one core)

@@ -91,7 +91,7 @@ class Ranges:
     exp_error: float = 1e-4
     exp_error_kind: str = "abs"
     recip_rel_error: float = 1e-4
-    denominator: tuple[tuple[float, float], ...] | None = None  # per layer; default [1, 1 + T_max]
+    denominator: tuple[tuple[float, float], ...] | None = None  # per layer; default `denominator_domain`
 
     def __post_init__(self):
         for a, b in self.z_window + (self.denominator or ()):
@@ -219,6 +219,11 @@ def _layer_arrays(shape: ModelShape, index: int):
     )  # fmt: skip
 
 
+def denominator_domain(z_window, t_max: int) -> tuple[float, float]:
+    """[1, 1 + T exp(max z)]: the sink's 1 plus at most T weights, each at most exp of the window's top."""
+    return 1.0, 1.0 + t_max * math.exp(max(0.0, float(z_window[1])))
+
+
 def fit_plans(window, denominator, ranges: Ranges, usable: int) -> tuple[Plan, Plan]:
     """Least-depth exp (on `window`) and 1/x (on `denominator`) plans whose polynomial step fits `usable`
     levels (the affine map of exp is folded into the score mask; the reciprocal's is not)."""
@@ -304,7 +309,7 @@ def evaluate_ring(
         try:
             cache: dict = {}
             plans = []
-            dens = ranges.denominator or ((1.0, 1.0 + shape.t_max),) * shape.n_layer
+            dens = ranges.denominator or tuple(denominator_domain(w, shape.t_max) for w in ranges.z_window)
             for w, den in zip(ranges.z_window, dens, strict=True):
                 key = (tuple(w), tuple(den))
                 if key not in cache:

@@ -152,30 +152,41 @@ def bench_poly(rng, n: int = 16384) -> list[dict]:
 
 
 def _bench_view(d: int, h: int, rng):
-    from types import SimpleNamespace
+    from models.linear_view import LayerView
 
     s = 1 / np.sqrt(d)
 
     def m(*shape, sc=1.0):
         return rng.normal(size=shape) * sc
 
-    return SimpleNamespace(
+    return LayerView(
         w_q=m(d, d, sc=0.5 * s), b_q=m(d, sc=0.1), w_k=m(d, d, sc=0.5 * s), b_k=m(d, sc=0.1),
         w_v=m(d, d, sc=s), b_v=m(d, sc=0.1), w_o=m(d, d, sc=s), b_o=m(d, sc=0.1),
-        w_mix=np.eye(d) + m(d, d, sc=0.2 * s), b_mix=m(d, sc=0.1), sink=np.linspace(0.5, 2.0, h), n_head=h,
+        w_mix=np.eye(d) + m(d, d, sc=0.2 * s), b_mix=m(d, sc=0.1), sink=np.linspace(5.0, 7.0, h), n_head=h,
     )  # fmt: skip
+
+
+def _reference_layer(lay, x):
+    """One layer in numpy: `view_forward` with x's rows as the embedding and the identity as LM head."""
+    from models.linear_view import LinearView, view_forward
+
+    n, d = x.shape
+    view = LinearView(
+        tok_emb=x, pos_emb=np.zeros((n, d)), layers=(lay,), lm_head=np.eye(d), lm_bias=np.zeros(d)
+    )
+    return view_forward(view, np.arange(n))
 
 
 def bench_layer(rng, n: int = DEFAULT_N, t: int = 64, d: int = 128, h: int = 4) -> dict:
     """One attention layer (prefill of T tokens) and one decode step at position T-1, with real refreshes."""
-    from he_aero.plan import Ranges, fit_plans
+    from he_aero.plan import Ranges, denominator_domain, fit_plans
 
     params = default_params(n)
     bound, hiding = 64.0, 20
     probe = Refresher(Evaluator(params), None, bound, hiding)
-    exp_plan, recip_plan = fit_plans(
-        (-12.0, 4.0), (1.0, 1.0 + t), Ranges(((-12.0, 4.0),)), probe.usable_levels()
-    )
+    window = (-16.0, 1.0)  # the bench weights keep z = q.k - c in it (sinks 5..7)
+    den = denominator_domain(window, t)
+    exp_plan, recip_plan = fit_plans(window, den, Ranges((window,)), probe.usable_levels())
     view = _bench_view(d, h, rng)
     layer = EncryptedLayer(0, view, exp_plan, recip_plan)
     layout = feature_layout(params.slots, t, d, block=t)
@@ -198,6 +209,7 @@ def bench_layer(rng, n: int = DEFAULT_N, t: int = 64, d: int = 128, h: int = 4) 
     x = rng.normal(size=(t, d))
     out = {"N": n, "T": t, "d": d, "heads": h, "rotation_keys": len(steps), "key_bytes": server.key_bytes}
     out["plans"] = {"exp": exp_plan.describe(), "recip": recip_plan.describe()}
+    want = _reference_layer(view, x)
     for phase in ("prefill", "decode"):
         for run in ("warm-up (encodes the weights)", "timed"):
             ref = Refresher(ev, client_refresh_handler(keys), bound, hiding)
@@ -224,6 +236,7 @@ def bench_layer(rng, n: int = DEFAULT_N, t: int = 64, d: int = 128, h: int = 4) 
                     "ctct_mults": s.n_ctct, "pt_mults": s.n_pt, "key_switches": s.key_switches,
                     "refresh": ref.log.summary(), "output_level": min(c.level for c in res),
                     "max_abs_output": round(float(np.abs(got).max()), 3),
+                    "precision_bits": _bits(got, want if phase == "prefill" else want[-1:]),
                 }  # fmt: skip
     return out
 
@@ -340,11 +353,12 @@ def render(r: dict) -> str:
         "",
         *_table(
             ["phase", "wall s", "SEAL s", "SEAL share", "rotations", "ct-ct", "pt", "key switches",
-             "refresh rounds", "refreshed cts", "bytes to client", "bytes to server", "output level"],
+             "refresh rounds", "refreshed cts", "bytes to client", "bytes to server", "output level",
+             "bits vs numpy"],
             [[ph, p["wall_s"], p["seal_s"], p["seal_time_share"], p["rotations"], p["ctct_mults"],
               p["pt_mults"], p["key_switches"], p["refresh"]["rounds"], p["refresh"]["ciphertexts"],
               f"{p['refresh']['bytes_to_client']:,}", f"{p['refresh']['bytes_to_server']:,}",
-              p["output_level"]]
+              p["output_level"], p["precision_bits"]]
              for ph, p in ((ph, lay[ph]) for ph in ("prefill", "decode"))],
         ),
     ]  # fmt: skip
