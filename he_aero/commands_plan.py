@@ -17,7 +17,7 @@ import click
 @click.option("--heads", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--layers", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--context", type=click.IntRange(1), default=64, show_default=True, help="T_max")
-@click.option("--z-window", type=(float, float), default=(-12.0, 4.0), show_default=True, help="exp window")
+@click.option("--z-window", type=(float, float), default=(-12.0, 1.0), show_default=True, help="exp window")
 @click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True,
               help="bound on |activations| (refresh mask scale)")  # fmt: skip
 @click.option("--hiding-bits", type=click.IntRange(1, 40), default=20, show_default=True)

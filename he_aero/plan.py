@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from approx.errors import ApproxError
 from approx.plans import Plan, plan_exp, plan_reciprocal
 from he_aero.ckks.attention import KVCache
 from he_aero.ckks.ciphertext import Ct, Evaluator
@@ -229,12 +230,18 @@ def fit_plans(window, denominator, ranges: Ranges, usable: int) -> tuple[Plan, P
     levels (the affine map of exp is folded into the score mask; the reciprocal's is not)."""
     exp = recip = None
     for k in range(0, 9):
-        cand = plan_exp(window, squarings=k, **{f"max_{ranges.exp_error_kind}_error": ranges.exp_error})
+        try:
+            cand = plan_exp(window, squarings=k, **{f"max_{ranges.exp_error_kind}_error": ranges.exp_error})
+        except ApproxError:  # unreachable with k squarings: try more
+            continue
         if step_depth(cand.steps[0], mapped=True) <= usable:
             exp = cand
             break
     for n in range(0, 9):
-        cand = plan_reciprocal(tuple(denominator), max_rel_error=ranges.recip_rel_error, newton=n)
+        try:
+            cand = plan_reciprocal(tuple(denominator), max_rel_error=ranges.recip_rel_error, newton=n)
+        except ApproxError:
+            continue
         if step_depth(cand.steps[0]) <= usable:
             recip = cand
             break
