@@ -132,7 +132,9 @@ class ServerContext:
             seal_context=ctx,
             public_key=_from_bytes(seal.PublicKey, ctx, bundle.public_key),
             relin_keys=_from_bytes(seal.RelinKeys, ctx, bundle.relin_keys),
-            galois_keys=_from_bytes(seal.GaloisKeys, ctx, bundle.galois_keys),
+            galois_keys=_from_bytes(seal.GaloisKeys, ctx, bundle.galois_keys)
+            if bundle.galois_keys
+            else seal.GaloisKeys(),  # SEAL cannot load an empty key set
             rotation_steps=bundle.rotation_steps,
             key_bytes=bundle.nbytes,
         )
@@ -206,7 +208,7 @@ class ClientKeys:
             params=self.params,
             public_key=_to_bytes(self.public_key),
             relin_keys=_to_bytes(self.relin_keys),
-            galois_keys=_to_bytes(self.galois_keys),
+            galois_keys=_to_bytes(self.galois_keys) if self.rotation_steps else b"",
             rotation_steps=self.rotation_steps,
         )
 

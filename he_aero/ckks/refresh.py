@@ -15,6 +15,7 @@ ciphertext at or above `min_level()`; kernels call `ensure` with the levels thei
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -70,7 +71,7 @@ class Refresher:
     client : the client's callback (None: refresh disabled; a stage that runs out of levels raises).
     bound : bound on |x| of any refreshed value (from calibration; the plan's activation bound).
     hiding_bits : statistical hiding per slot (mask width W = bound * 2^hiding_bits).
-    seed : None draws masks from the OS entropy source (production); an int only for reproducible tests.
+    seed : None draws masks from the OS CSPRNG (production); an int (numpy, predictable) only for tests.
     allow : False forbids refreshes (a stage short of levels raises instead; the planner's depth count).
     """
 
@@ -90,7 +91,7 @@ class Refresher:
         self.ev, self.client, self.bound, self.hiding_bits = ev, client, float(bound), int(hiding_bits)
         self.allow = allow
         self.width = self.bound * 2.0**self.hiding_bits
-        self.rng = np.random.default_rng(seed)
+        self.rng = None if seed is None else np.random.default_rng(seed)
         self.log = RefreshLog()
         self.trace: list[dict] = []  # one entry per stage: the planner's level assignment
         if self.min_level() is None:
@@ -98,6 +99,14 @@ class Refresher:
                 f"refresh: a mask of width 2^{math.log2(self.width):.1f} does not fit any level of "
                 f"{ev.params.describe()}; lower hiding_bits or the bound"
             )
+
+    def _mask(self, n: int) -> np.ndarray:
+        """n uniform values in [-W, W): from the OS CSPRNG (53 random bits each) unless seeded for a test.
+        Why not numpy's generator: PCG64 is predictable from its outputs, and masks must not be."""
+        if self.rng is not None:
+            return self.rng.uniform(-self.width, self.width, n)
+        bits = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
+        return (bits.astype(np.float64) * 2.0**-53 * 2.0 - 1.0) * self.width
 
     @property
     def enabled(self) -> bool:
@@ -164,7 +173,7 @@ class Refresher:
                 self.log.bytes_to_client += 16 * n * (c.level + 1)
                 self.log.bytes_to_server += 16 * n * (ev.top + 1)
             return [Ct(None, ev.top, c.layout) for c in cts]
-        masks = [self.rng.uniform(-self.width, self.width, ev.slots) for _ in cts]
+        masks = [self._mask(ev.slots) for _ in cts]
         self.log.masks_seen.append([float(m[0]) for m in masks])
         blobs = []
         for c, r in zip(cts, masks, strict=True):
