@@ -354,14 +354,18 @@ def calibrate(
         recip_plan = plan_reciprocal(den, max_rel_error=config.recip_max_rel_error)
         layers.append(LayerCalibration(z, den, exp_plan, recip_plan))
     logit_domain = widen(ranges["logits"]["min"], ranges["logits"]["max"], m)
-    # The refresh mask must hide every value it may be applied to: intermediates, exp weights up to
-    # exp(z_hi), denominators, and the logits; widened like everything else.
-    peak = max(max(a.values()) for a in acts)
+    # The refresh mask hides values of magnitude up to this bound (docs/security.md): every measured
+    # intermediate, the exp weights exp(z), the denominators and the logits, times (1 + margin). It is sized
+    # on MEASURED values, not on exp of the widened window (e^(margin x width) larger, ~16x here): the mask
+    # width costs precision (the client decodes and re-encodes x + r in doubles; measured at N=16384, a
+    # 2^20 x bound mask doubles a layer's error against a 2^4 x bound one), while a rare value beyond the
+    # bound still fits the headroom (the refresh keeps a spare bit) and only weakens that slot's hiding.
+    measured = [h for lay in ranges["layers"] for h in lay["heads"]]
     peak = max(
-        peak,
-        max(math.exp(lay.z_domain[1]) for lay in layers),
-        max(lay.denominator_domain[1] for lay in layers),
-        max(abs(v) for v in logit_domain),
+        max(max(a.values()) for a in acts),
+        math.exp(max(h["z"]["max"] for h in measured)),
+        max(h["denominator"]["max"] for h in measured),
+        max(abs(ranges["logits"]["min"]), abs(ranges["logits"]["max"])),
     )
     return Calibration(
         weights_sha256=str(header["weights_sha256"]),

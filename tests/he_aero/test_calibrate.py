@@ -44,8 +44,13 @@ def test_domains_cover_the_measured_ranges_widened(tiny):
         # the plan really is within its bound on points of the domain (numpy evaluator)
         x = np.linspace(*lay.z_domain, 2001)
         assert np.max(np.abs(lay.exp_plan.evaluate(x) / np.exp(x) - 1)) <= lay.exp_plan.max_error * 1.01
-    peak = max(max(a.values()) for a in cal.activations)
-    assert cal.activation_bound > peak
+    heads = [h for lay in cal.ranges["layers"] for h in lay["heads"]]
+    exp_max = np.exp(max(h["z"]["max"] for h in heads))
+    den_max = max(h["denominator"]["max"] for h in heads)
+    peak = max(
+        max(max(a.values()) for a in cal.activations), exp_max, den_max, abs(cal.ranges["logits"]["min"])
+    )
+    assert cal.activation_bound == pytest.approx(max(peak, cal.ranges["logits"]["max"]) * (1 + m))
     lo, hi = cal.logit_domain
     assert lo < cal.ranges["logits"]["min"] and hi > cal.ranges["logits"]["max"]
 
