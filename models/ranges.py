@@ -122,3 +122,30 @@ def measure_ranges(model: Decoder, data: bytes, max_bytes: int = 65536, batch_si
             },
         },
     }
+
+
+def ranges_markdown(ranges: dict) -> str:
+    """A per-layer, per-head markdown table of a `measure_ranges` result (for docs and reports)."""
+    lines = [
+        "| layer | head | z min..max | row max min..max | max row spread | denominator min..max (ratio) "
+        "| entropy / log T |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, layer in enumerate(ranges["layers"]):
+        for j, h in enumerate(layer["heads"]):
+            z, rm, d = h["z"], h["row_max"], h["denominator"]
+            lines.append(
+                f"| {i} | {j} | {z['min']:.1f}..{z['max']:.1f} | {rm['min']:.1f}..{rm['max']:.1f} "
+                f"| {h['row_spread']:.1f} | {d['min']:.3g}..{d['max']:.3g} ({d['ratio']:.3g}) "
+                f"| {h['entropy'] / ranges['entropy_max']:.2f} |"
+            )
+    lines.append("")
+    lines.append("| stream | min | max |")
+    lines.append("|---|---|---|")
+    lines.append(f"| embedding | {ranges['embedding']['min']:.2f} | {ranges['embedding']['max']:.2f} |")
+    for i, layer in enumerate(ranges["layers"]):
+        lines.append(
+            f"| residual after layer {i} | {layer['residual']['min']:.2f} | {layer['residual']['max']:.2f} |"
+        )
+    lines.append(f"| final logits | {ranges['logits']['min']:.2f} | {ranges['logits']['max']:.2f} |")
+    return "\n".join(lines) + "\n"
