@@ -61,3 +61,10 @@ def test_public_bundle_size_counts_keys(kit):
 def test_evaluator_without_context_is_symbolic():
     ev = Evaluator(SMALL)
     assert ev.symbolic and ev.top == SMALL.levels
+
+
+def test_a_key_set_without_rotations_round_trips():
+    from he_aero.ckks.keys import ClientKeys
+
+    server = ClientKeys(SMALL).public_context()  # SEAL cannot load an empty Galois key blob
+    assert not server.has_rotation(1) and server.galois_keys.size() == 0
