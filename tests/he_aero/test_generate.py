@@ -185,3 +185,18 @@ def test_end_to_end_default_model():
     assert res.flag is None and len(res.tokens) == 8
     assert res.top1_agreement == 1.0 and res.continuation == res.plaintext_continuation
     assert res.max_abs_logit_error <= 0.05
+
+
+def test_bench_pipeline_runs_on_the_tiny_model(tiny_session, tmp_path):
+    """`make bench-he`'s steps (speed, accept, report) on the tiny model: the report has every section."""
+    from he_aero import bench_infer
+
+    sp = bench_infer.speed([4, 8], 1, session=tiny_session)
+    assert [r["tokens"] for r in sp["prefill"]] == [4, 8] and 0 < sp["prefill"][1]["seal_share"] <= 1
+    ac = bench_infer.accept(1, 1, 1, new_tokens=2, start=3, session=tiny_session)
+    assert ac["prompt_range"] == [3, 4] and ac["teacher_forced"]["top1_agreement"] == 1.0
+    (tmp_path / "s.json").write_text(json.dumps(sp))
+    (tmp_path / "a.json").write_text(json.dumps(ac))
+    md = bench_infer.report(tmp_path / "s.json", [tmp_path / "a.json"])
+    for part in ("| prefill | 8 |", "Operations per stage", "top-1 agreement 100.0%", "bits per byte on 1"):
+        assert part in md
