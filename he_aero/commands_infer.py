@@ -171,9 +171,9 @@ def _explain(session, n_tokens: int) -> str:
 
 
 def _stage_line(records) -> str:
-    return " | ".join(
-        f"{r.name} {r.seconds:.2f} s (rot {r.ops['rotations']}, ct*ct {r.ops['ctct_mults']}, "
-        f"refresh {r.ops['refresh_rounds']}, SEAL {r.ops['seal_seconds']:.2f} s)"
+    return "".join(
+        f"\n  {r.name:8s} {r.seconds:7.2f} s  (rotations {r.ops['rotations']}, ct*ct {r.ops['ctct_mults']}, "
+        f"refresh rounds {r.ops['refresh_rounds']}, inside SEAL {r.ops['seal_seconds']:.2f} s)"
         for r in records
     )
 
@@ -190,7 +190,7 @@ def _summary(res, session) -> str:
         "time: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in t.items())
         + (f"; decode {per_tok:.2f} s per token ({n_dec} tokens)" if n_dec else ""),
-        "prefill per stage: " + _stage_line(res.prefill_stages),
+        "prefill per stage:" + _stage_line(res.prefill_stages),
     ]
     if n_dec:
         import statistics
@@ -198,16 +198,22 @@ def _summary(res, session) -> str:
         means = []
         for i, first in enumerate(res.decode_stages[0]):
             means.append(f"{first.name} {statistics.mean(d[i].seconds for d in res.decode_stages):.2f} s")
-        lines.append("decode per stage (mean per token): " + " | ".join(means))
+        lines.append("decode per stage (mean per token): " + ", ".join(means))
     lines.append(
         "levels (in->out): " + ", ".join(f"{r.name} {r.level_in}->{r.level_out}" for r in res.prefill_stages)
     )
+
+    def both(*purposes):
+        up = sum(by.get(k, {}).get("to_server", 0) for k in purposes)
+        return up, sum(by.get(k, {}).get("to_client", 0) for k in purposes)
+
+    pre_up, pre_down = both("prefill", "refresh:prefill")
+    dec_up, dec_down = both("decode", "refresh:decode")
     lines.append(
-        f"bytes client->server {_mb(tr['bytes_client_to_server'])} (keys once {_mb(setup['to_server'])}), "
-        f"server->client {_mb(tr['bytes_server_to_client'])}; "
-        + ", ".join(
-            f"{k}: up {_mb(v['to_server'])} down {_mb(v['to_client'])}" for k, v in by.items() if k != "setup"
-        )
+        f"bytes client->server {_mb(tr['bytes_client_to_server'])}, server->client "
+        f"{_mb(tr['bytes_server_to_client'])}: keys once {_mb(setup['to_server'])}; prefill (refreshes "
+        f"included) up {_mb(pre_up)} down {_mb(pre_down)}"
+        + (f"; per decoded token up {_mb(dec_up / n_dec)} down {_mb(dec_down / n_dec)}" if n_dec else "")
     )
     lines.append(
         f"rounds {tr['rounds']} ({', '.join(f'{k} {v}' for k, v in tr['rounds_by_purpose'].items())})"

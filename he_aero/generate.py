@@ -142,6 +142,7 @@ class Session:
         self.view = view
         self.channel = channel or Channel()
         self.seconds: Counter = Counter()
+        self._phase = "setup"
         t0 = time.perf_counter()
         self.server = Server(view, calibration, header, params)
         self.seconds["server_setup"] += time.perf_counter() - t0
@@ -159,14 +160,17 @@ class Session:
         return self.server.context
 
     def _refresh_link(self, req: bytes) -> bytes:
-        reply = self.client.handle_refresh(self.channel.send_to_client(req, "refresh"))
-        self.channel.round("refresh")
-        return self.channel.send_to_server(reply, "refresh")
+        """One refresh round, accounted to the phase that needed it ("refresh:prefill" / "refresh:decode")."""
+        purpose = f"refresh:{self._phase}"
+        reply = self.client.handle_refresh(self.channel.send_to_client(req, purpose))
+        self.channel.round(purpose)
+        return self.channel.send_to_server(reply, purpose)
 
     def _exchange(self, purpose: str, tokens, position: int, progress):
         """Encrypt -> server (prefill or decode) -> decrypt; returns (DecryptedLogits, seconds) and times
         each side."""
         t0 = time.perf_counter()
+        self._phase = purpose
         msg = self.client.encrypt_tokens(tokens, position)
         t1 = time.perf_counter()
         run = self.server.prefill if purpose == "prefill" else self.server.decode
