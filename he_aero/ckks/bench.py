@@ -332,7 +332,7 @@ def render(r: dict) -> str:
         "### Polynomials (input in [-1, 1]), N=16384",
         "",
         *_table(
-            ["degree", "ours s", "ours ct-ct", "ours scalar", "ours depth", "ours bits", "polyval s",
+            ["degree", "ours s", "ours ct-ct", "ours pt (scalars, aligns)", "ours depth", "ours bits", "polyval s",
              "polyval ct-ct", "polyval depth", "polyval bits"],
             [[p["degree"], p["ours_s"], p["ours_ctct_mults"], p["ours_scalar_mults"], p["ours_depth"],
               p["ours_precision_bits"], p["polyval_s"], p["polyval_ctct_mults"], p["polyval_depth"],

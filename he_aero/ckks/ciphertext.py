@@ -21,6 +21,7 @@ context: the planner runs the real kernels that way to count levels, operations 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -306,6 +307,9 @@ class Evaluator:
             raise HeAeroError(
                 "mul_scalar: a product by exactly 0 gives a transparent ciphertext (SEAL refuses it)"
             )
+        tiny = 2.0 ** -(self.params.scale_bits - 1)
+        if abs(c) < tiny:  # would encode to the zero plaintext (transparent result); the error is below noise
+            c = math.copysign(tiny, c)
         pt = self._encode(float(c), a.level, self._mul_scale(a.level))
         return self._mul_pt(a, pt, layout)
 
