@@ -332,8 +332,8 @@ def render(r: dict) -> str:
         "### Polynomials (input in [-1, 1]), N=16384",
         "",
         *_table(
-            ["degree", "ours s", "ours ct-ct", "ours pt (scalars, aligns)", "ours depth", "ours bits", "polyval s",
-             "polyval ct-ct", "polyval depth", "polyval bits"],
+            ["degree", "ours s", "ours ct-ct", "ours pt (scalars, aligns)", "ours depth", "ours bits",
+             "polyval s", "polyval ct-ct", "polyval depth", "polyval bits"],
             [[p["degree"], p["ours_s"], p["ours_ctct_mults"], p["ours_scalar_mults"], p["ours_depth"],
               p["ours_precision_bits"], p["polyval_s"], p["polyval_ctct_mults"], p["polyval_depth"],
               p["polyval_precision_bits"]] for p in r["poly"]],
