@@ -70,3 +70,11 @@ def test_cli_plan(tmp_path):
     assert "choice: N=8192" in res.output and json.loads(out.read_text())["chosen"] == 8192
     bad = runner.invoke(cli, ["plan", "--ring", "4096"])
     assert bad.exit_code == 2
+
+
+def test_cli_plan_from_a_calibration_file(tiny, tmp_path):
+    _, _, _, _, cal = tiny  # tests/he_aero/conftest.py: a calibrated tiny model
+    path = cal.save(tmp_path / "cal.json")
+    res = CliRunner().invoke(cli, ["plan", "--calibration", str(path), "--ring", "8192", "--explain"])
+    assert res.exit_code == 0, res.output
+    assert f"layers={len(cal.layers)}" in res.output and "choice: N=8192" in res.output
