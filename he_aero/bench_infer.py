@@ -257,6 +257,14 @@ def merge_accept(parts: list[dict]) -> dict:
     }
 
 
+def _calibration_lines() -> list[str]:
+    from he_aero.calibrate import DEFAULT_CALIBRATION, describe, load_calibration
+
+    if not DEFAULT_CALIBRATION.is_file():
+        return ["(no shipped calibration yet: make calibrate-default)"]
+    return describe(load_calibration()).splitlines()
+
+
 def report(speed_json: Path, accept_jsons: list[Path]) -> str:
     """docs/he-bench.md from the JSON files."""
     s = json.loads(Path(speed_json).read_text())
@@ -268,6 +276,12 @@ def report(speed_json: Path, accept_jsons: list[Path]) -> str:
         f"{s['rotation_keys']} rotation keys ({s['key_bytes'] / mb:.0f} MB sent once); session setup "
         f"(plan, keygen, key loading) {s['setup_seconds']} s. Machine: {s['machine']['cpus']} CPUs, load "
         f"{s['machine']['load_avg_1m']:.1f} at the end (shared with other jobs: read times as upper bounds).",
+        "",
+        "Shipped calibration (`he_aero/data/default-calibration.json`):",
+        "",
+        "```",
+        *_calibration_lines(),
+        "```",
         "",
         "| phase | tokens | wall s | inside SEAL | refresh rounds | MB up | MB down |",
         "|---|---|---|---|---|---|---|",
