@@ -37,30 +37,37 @@ FORMAT_VERSION = 1
 RINGS = (8192, 16384, 32768)
 
 OP_LATENCY_MS = {
-    # he_aero.ckks.oplatency.measure_op_latency at the top level of default_params(N), median of 3, on the
-    # project's 2-vCPU machine while other jobs ran (docs/kernels.json "op_latency_ms" has the latest run).
-    8192: {"rotate": 7.56, "ctct_mult": 8.80, "pt_mult": 0.99, "add": 0.078, "encrypt": 8.5, "decrypt": 1.47},
+    # he_aero.ckks.oplatency.measure_op_latency at the top level of default_params(N), median of 3, from
+    # docs/kernels.json (make bench-kernels, 2026-11-29, 2 shared vCPUs while other jobs ran)
+    8192: {
+        "rotate": 8.206,
+        "ctct_mult": 8.862,
+        "pt_mult": 1.043,
+        "add": 0.081,
+        "encrypt": 9.14,
+        "decrypt": 2.042,
+    },
     16384: {
-        "rotate": 61.2,
-        "ctct_mult": 75.8,
-        "pt_mult": 14.4,
-        "add": 0.41,
-        "encrypt": 43.7,
-        "decrypt": 22.6,
+        "rotate": 104.833,
+        "ctct_mult": 144.455,
+        "pt_mult": 23.286,
+        "add": 0.526,
+        "encrypt": 79.147,
+        "decrypt": 37.962,
     },
     32768: {
-        "rotate": 268.0,
-        "ctct_mult": 302.0,
-        "pt_mult": 27.7,
-        "add": 2.1,
-        "encrypt": 100.6,
-        "decrypt": 88.6,
+        "rotate": 774.679,
+        "ctct_mult": 818.894,
+        "pt_mult": 64.056,
+        "add": 2.622,
+        "encrypt": 194.494,
+        "decrypt": 187.979,
     },
 }
-KEY_BYTES = {  # one rotation key; public + relinearisation keys (serialised, measured as above)
-    8192: (2_055_349, 2_570_251),
-    16384: (20_649_126, 22_714_189),
-    32768: (198_945_099, 207_605_926),
+KEY_BYTES = {  # one rotation key; public + relinearisation keys (serialised, same run)
+    8192: (1_912_702, 2_388_740),
+    16384: (18_046_493, 19_847_412),
+    32768: (182_207_393, 189_803_839),
 }
 
 

@@ -23,16 +23,18 @@ product before its rescale (scale ~2^64) makes it ~2^32 times smaller relative t
 steps, the rotation chains of Q/K/V, head sums and spreads all rotate pending products.
 
 **Ring: N=8192, chain [60, 32, 32, 32, 60].** The planner (`he-aero plan --explain`) runs the real kernels
-symbolically on each candidate ring and estimates latency from the measured per-operation costs below.
-At the default model (d=128, 4 heads, T=64) N=8192 wins by ~5x over 16384 and ~17x over 32768: a rotation
-costs ~8-9x less at 8192 than at 16384 and ~35x less than at 32768, while the extra levels of the big rings
-only save refresh rounds, which are cheap here (one decrypt + encrypt per ciphertext on the client). Keys:
-~23 rotation keys, ~50 MB at N=8192 vs ~500 MB at 16384 and ~4.8 GB at 32768 (from the plan's key list).
-Why q0 = P = 60 and 32-bit primes: the special prime must be >= q0 (smaller P destroys rotations: measured
+symbolically on each candidate ring and estimates latency from the measured per-operation costs below
+(`plan.OP_LATENCY_MS`, copied from this file's latency table). A rotation costs an order of magnitude less
+at 8192 than at 16384 and about two orders less than at 32768, while the extra levels of the big rings only
+save refresh rounds, which are cheap here (one decrypt + encrypt per ciphertext on the client, a few MB per
+layer). For the default model the planner estimates N=8192 several times faster than 16384 and far faster
+than 32768, with ~23 rotation keys (~50 MB of public keys) against ~500 MB and ~5 GB.
+Why q0 = P = 60 and 32-bit primes: the special prime must be >= q0 (a smaller P destroys rotations: measured
 9 bits left with P < q0), and q0 = 60 leaves 27 bits of headroom at level 0 so a refresh mask of
-2^20 x bound (bound 64) fits at the last level: all 3 levels are usable between refreshes.
-The price: precision. Key-switching noise is ~2^-18 of a 2^32 scale per rotation; a 128 x 128 matmul keeps
-~13 bits on N(0,1) inputs, a whole layer ~13-14 bits (see tables). A 40-bit scale would leave only 2 levels.
+2^20 x bound (bound 64) fits at the last level: all three levels are usable between refreshes.
+The price is precision: key-switching noise is fixed in absolute size, so a 2^32 scale keeps ~12-15 bits
+through a matmul or a layer (tables below; pending rescales recover ~1.5 bits). A 2^40 scale would leave two
+levels, too few for a degree-7 polynomial between refreshes.
 
 **Layout: "features" (column-major blocks).** Ciphertext c, slot j*B + t holds X[t, c*F + j], B = a power of
 two >= T_max (64), F = slots / B feature blocks per ciphertext (64 at N=8192: X of 64 x 128 is two
