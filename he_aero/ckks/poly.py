@@ -46,8 +46,15 @@ class CkksOps(bsgs.Ops):
 
 
 def plan_depth(plan: Plan, mapped: bool = False) -> int:
-    """Levels the plan consumes on a ciphertext; `mapped`: input already t in [-1, 1] (affine folded)."""
-    return plan.depth - (plan.affine_levels if mapped else 0)
+    """Levels the plan consumes on a ciphertext; `mapped`: input already t in [-1, 1] (affine folded).
+    Equal to `Plan.depth` except that a first domain of width exactly 2 costs no level here (see
+    `shift_only`)."""
+    return sum(step_depth(s, mapped and i == 0) for i, s in enumerate(plan.steps))
+
+
+def shift_only(step) -> bool:
+    """A poly domain [a, a + 2] maps to [-1, 1] by t = x - a - 1: a plaintext addition, no level."""
+    return step.domain[1] - step.domain[0] == 2.0
 
 
 def affine(step) -> tuple[float, float]:
@@ -67,7 +74,7 @@ def evaluate_chebyshev(ev: Evaluator, coefficients, t: Ct, valid: tuple | None =
 def step_depth(step, mapped: bool = False) -> int:
     """Levels one plan step consumes (a poly's affine map counts unless `mapped` or the domain is [-1, 1])."""
     if step.op == "poly":
-        affine_levels = 0 if mapped or step.domain == (-1.0, 1.0) else 1
+        affine_levels = 0 if mapped or shift_only(step) else 1
         return bsgs.bsgs_cost(step.degree)[0] + affine_levels
     if step.op == "square":
         return step.times
@@ -149,8 +156,8 @@ def run_plan_batch(
             else:
                 src = _ensure(refresher, xs if i == 0 else ys, step_depth(step), f"{name} poly")
                 alpha, beta = affine(step)
-                if step.domain == (-1.0, 1.0):
-                    ts = src
+                if shift_only(step):  # includes [-1, 1] (beta = 0: nothing added)
+                    ts = [o.add_scalar(c, beta) for o, c in zip(ops, src, strict=True)]
                 else:
                     ts = [o.add_scalar(o.mul_scalar(c, alpha), beta) for o, c in zip(ops, src, strict=True)]
             ys = [evaluate_chebyshev(ev, step.coefficients, t, o.valid) for o, t in zip(ops, ts, strict=True)]

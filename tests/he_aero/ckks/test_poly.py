@@ -82,3 +82,11 @@ def test_masked_constants_keep_invalid_slots_zero(kit):
     a, b = plan.steps[0].domain
     x = (t * (b - a) + a + b) / 2
     assert_close_bits(y[valid == 1], plan.evaluate(x[valid == 1]), BITS - 4, "masked exp")
+
+
+def test_a_width_two_domain_maps_by_a_shift_without_a_level(kit):
+    plan = plan_reciprocal((0.5, 2.5), max_rel_error=1e-3, newton=0)
+    x = RNG.uniform(0.5, 2.5, SMALL.slots)
+    y = run_plan(kit.ev, plan, kit.enc(x))
+    assert SMALL.levels - y.level == plan_depth(plan) == plan.depth - 1 == bsgs.bsgs_cost(plan.degree)[0]
+    assert_close_bits(kit.dec(y), 1 / x, 9, "1/x on a width-2 domain")
