@@ -88,11 +88,18 @@ def entropy_distribution(ranges: dict) -> dict:
 
 
 def run(
-    steps: int, layers: int, d_model: int, heads: int, context: int, out_dir: Path, test_bytes: int | None
-):
-    """Train every row, return the list of result dicts (also written as each finishes)."""
+    steps: int,
+    layers: int,
+    d_model: int,
+    heads: int,
+    context: int,
+    out_dir: Path,
+    test_bytes: int | None,
+    rows: tuple[Row, ...] | list[Row] = ROWS,
+) -> list[dict]:
+    """Train the given rows; return their results (also written to out_dir/partial.json after each row)."""
     results = []
-    for row in ROWS:
+    for row in rows:
         cfg = DecoderConfig(
             variant=row.variant,
             attention=row.attention,
@@ -220,12 +227,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-bytes", type=int, default=None, help="cap on test bytes per row (default: all)")
     p.add_argument("--runs", type=Path, default=Path("runs/ablation"), help="where the checkpoints go")
     p.add_argument("--docs", type=Path, default=Path("docs"))
-    p.add_argument("--from-json", type=Path, default=None, help="only rewrite the docs from saved results")
+    p.add_argument("--only", action="append", choices=[r.name for r in ROWS], help="train only these rows")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only rewrite the docs from saved result lists",
+    )
     a = p.parse_args(argv)
     if a.from_json is not None:
-        results = json.loads(a.from_json.read_text())
+        saved = {r["row"]: r for f in a.from_json for r in json.loads(f.read_text())}
+        results = [saved[r.name] for r in ROWS if r.name in saved]  # the table keeps the ROWS order
     else:
-        results = run(a.steps, a.layers, a.d_model, a.heads, a.context, a.runs, a.test_bytes)
+        rows = [r for r in ROWS if a.only is None or r.name in a.only]
+        results = run(a.steps, a.layers, a.d_model, a.heads, a.context, a.runs, a.test_bytes, rows)
     a.docs.mkdir(parents=True, exist_ok=True)
     (a.docs / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
     (a.docs / "ablation.md").write_text(markdown(results))
