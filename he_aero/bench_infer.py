@@ -128,8 +128,8 @@ def accept(
             flush=True,
         )
     true_runs = []
+    session.server.ev.clear_cache()  # plaintext diagonals are cached per token count: one set at a time
     for prompt in prompts[:decode_prompts]:
-        session.server.ev.clear_cache()  # plaintext diagonals are cached per token count: one set at a time
         res = session.generate(prompt, GenerationConfig(max_new_tokens=new_tokens, verify=True))
         true_runs.append(
             {
