@@ -32,7 +32,7 @@ from approx.plans import Plan
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.linalg import block_spread, block_sum, horner, rotate_binary
 from he_aero.ckks.packing import FeatureLayout
-from he_aero.ckks.poly import affine, run_plan_batch, shift_only
+from he_aero.ckks.poly import affine, run_plan_batch
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 
@@ -55,15 +55,6 @@ class AttentionSpec:
             raise HeAeroError(f"{self.name}: {len(self.sink)} sink logits for {self.n_head} heads")
         if self.exp_plan.steps[0].op != "poly" or self.recip_plan.steps[0].op != "poly":
             raise HeAeroError(f"{self.name}: plans must start with a poly step")
-
-    @property
-    def recip_scale(self) -> float:
-        """s with the reciprocal plan's input x' = s * denominator. A plan whose polynomial domain is
-        [s, s + 2] (fitted on the denominator's range [1, den_max] scaled by s = 2 / (den_max - 1)) needs no
-        affine level: its map to [-1, 1] is a shift, and prefill folds s into the lag-selection product it
-        does anyway (numerator and denominator both scale by s, their ratio does not). Any other domain: 1."""
-        step = self.recip_plan.steps[0]
-        return step.domain[0] if shift_only(step) else 1.0
 
     def head_dim(self, layout: FeatureLayout) -> int:
         d = layout.n_features
@@ -169,15 +160,15 @@ def attention_prefill(
                 if rho:
                     vcur = ev.rotate(vcur, -(blk + 1))  # rot(V, -(r + rho B))
                 sel = np.zeros((hpc, dk, blk))
-                sel[:, rho, :] = spec.recip_scale  # folds the reciprocal's input scale (see recip_scale)
-                key = (spec.name, "lagsel", rho, spec.recip_scale)
+                sel[:, rho, :] = 1.0
+                key = (spec.name, "lagsel", rho)
                 w = ev.mul_plain(weights[a * groups + g], key, lambda s=sel: s.ravel(), rescale=False)
                 w = block_spread(ev, w, dk, blk)  # still pending: the spread's rotations add little noise
                 pairs[rho].append((ev.rescale(w), ev.rescale(vcur)))
                 dens[rho].append(w)
         nums.append(ev.rescale(horner(ev, [ev.dot(p, rescale=False) for p in pairs], blk)))
         den = ev.rescale(horner(ev, [ev.add_many(d) for d in dens], blk))
-        dens_all.append(ev.add_scalar(den, spec.recip_scale))  # s * (1 + sum of weights)
+        dens_all.append(ev.add_scalar(den, 1.0))
     return _normalise(ev, ref, spec, nums, dens_all, layout)
 
 
@@ -221,8 +212,4 @@ def attention_decode(
         for w, va in zip(stage[:n_ct], stage[n_ct:], strict=True)
     ]
     dens = [ev.add_scalar(block_sum(ev, w, blk, 1), 1.0) for w in stage[:n_ct]]  # row 0 = sum over rows
-    if spec.recip_scale != 1.0:  # no product to fold s into here: scale both (one level, like an affine map)
-        both = ref.ensure(nums + dens, 1, f"{spec.name} decode scale")
-        nums = [ev.mul_scalar(c, spec.recip_scale) for c in both[:n_ct]]
-        dens = [ev.mul_scalar(c, spec.recip_scale) for c in both[n_ct:]]
     return _normalise(ev, ref, spec, nums, dens, layout)

@@ -56,7 +56,10 @@ constants added only on valid slots, so masked slots stay exactly 0 without anot
 values: each lag's block is extracted and spread over the head's d_k blocks (in a window shifted by
 r mod d_k, with V shifted to match by the same rotation chain as K), multiplied by the lagged V and summed
 (one relinearisation per shift); the denominator 1 + sum of the spread weights is already broadcast; both
-are shifted back by a Horner scheme; out = numerator x (1/denominator). Decode: the new token's q (row 0)
+are shifted back by a Horner scheme; out = numerator x (1/denominator). (Tried and reverted: fitting 1/x
+on the denominator scaled to width 2, so its map is a shift and the scale rides on the lag selection. It
+saves 2 refresh rounds per layer, but the weights shrink ~100x against fixed-size noise: 2 bits worse, and
+one seed of the layer benchmark diverged.) Decode: the new token's q (row 0)
 is spread to all rows, scored against the cache with one product and a head sum; numerator and denominator
 are row sums; K/V are appended by power-of-two rotations (keys shared with the spreads).
 
