@@ -24,7 +24,7 @@ import tenseal.sealapi as seal
 from he_aero.ckks.keys import ClientKeys, _from_bytes, _to_bytes
 from he_aero.ckks.packing import FeatureLayout, pack, unpack
 from he_aero.errors import HeAeroError
-from he_aero.protocol import Kind, Message, RuntimeOffer, decode, encode, meta_field
+from he_aero.protocol import Kind, Message, RuntimeOffer, decode, encode, meta_field, rows_pack, rows_unpack
 
 PADDING_TOLERANCE = 1e-2
 """Slots the server leaves exactly 0 decrypt to CKKS noise (~1e-6 here); anything above this means the
@@ -89,10 +89,18 @@ class Client:
             )
         onehot = np.zeros((n, self.offer.vocab))
         onehot[np.arange(n), tokens] = 1.0
-        blobs = tuple(_to_bytes(keys.encrypt(v)) for v in pack(onehot, self.token_layout(n)))
-        return encode(
-            Message(Kind.TOKENS, self.session, {"position": int(position), "n_tokens": int(n)}, blobs)
-        )
+        rows = self._rows(n, position)
+        if rows:  # one decode token: SLOT-LAYOUT "rows" (protocol.rows_pack)
+            vectors = rows_pack(onehot[0], self.params.slots, self.offer.block)
+        else:  # SLOT-LAYOUT "features" with vocab features
+            vectors = pack(onehot, self.token_layout(n))
+        blobs = tuple(_to_bytes(keys.encrypt(v)) for v in vectors)
+        meta = {"position": int(position), "n_tokens": int(n), "layout": "rows" if rows else "features"}
+        return encode(Message(Kind.TOKENS, self.session, meta, blobs))
+
+    def _rows(self, n: int, position: int) -> bool:
+        """Decode steps (one token after the prompt) use the "rows" layout when the server offers it."""
+        return self.offer.decode_rows and n == 1 and position > 0
 
     def _load(self, keys: ClientKeys, blob: bytes, i: int, kind: str) -> seal.Ciphertext:
         try:
@@ -107,21 +115,34 @@ class Client:
         keys = self._require_keys("decrypt_logits")
         msg = decode(data, Kind.LOGITS, self.session)
         n, position = meta_field(msg, "n_tokens"), meta_field(msg, "position")
-        layout = FeatureLayout(self.params.slots, self.offer.block, self.offer.vocab, n)
-        if len(msg.parts) != layout.n_ct:
+        vocab, block = self.offer.vocab, self.offer.block
+        rows = self._rows(n, position)
+        if msg.meta.get("layout") != ("rows" if rows else "features"):
             raise HeAeroError(
-                f"client: LOGITS message has {len(msg.parts)} ciphertexts, expected {layout.n_ct}"
+                f"client: LOGITS message has layout {msg.meta.get('layout')!r}, not the expected one"
             )
+        layout = FeatureLayout(self.params.slots, block, vocab, n)
+        expected = -(-vocab // block) if rows else layout.n_ct
+        if len(msg.parts) != expected:
+            raise HeAeroError(f"client: LOGITS message has {len(msg.parts)} ciphertexts, expected {expected}")
         slots = [keys.decrypt(self._load(keys, b, i, "logits")) for i, b in enumerate(msg.parts)]
         self.decryptions["logits"] += len(slots)
-        logits = unpack(slots, layout)
-        return DecryptedLogits(logits, position, self._plausibility(slots, logits, layout))
+        if rows:  # chunk c of the logits in row t of block 0 of ciphertext c, every other slot 0
+            logits = rows_unpack(slots, vocab, block)[None, :]
+            real = [np.arange(self.params.slots) < min(block, vocab - c * block) for c in range(expected)]
+        else:
+            logits = unpack(slots, layout)
+            real = pack(np.ones((n, vocab)), layout)
+        return DecryptedLogits(logits, position, self._plausibility(slots, logits, real))
 
-    def _plausibility(self, slots, logits: np.ndarray, layout: FeatureLayout) -> str | None:
+    def _plausibility(self, slots, logits: np.ndarray, real) -> str | None:
+        """Why the logits are implausible (None if they are not); `real`: per ciphertext, the slots that
+        hold logits (every other slot must decrypt to ~0)."""
         if not np.all(np.isfinite(logits)):
             return "non-finite logits"
-        real = pack(np.ones((layout.n_tokens, layout.n_features)), layout)
-        pad = max(float(np.abs(s[m == 0]).max(initial=0.0)) for s, m in zip(slots, real, strict=True))
+        pad = max(
+            float(np.abs(s[~np.asarray(m, bool)]).max(initial=0.0)) for s, m in zip(slots, real, strict=True)
+        )
         if pad > PADDING_TOLERANCE:
             return f"padding slots decrypt to {pad:.3g}, not ~0: a foreign key or a broken ciphertext"
         lo, hi = self.offer.logit_domain

@@ -136,15 +136,18 @@ class Session:
     view, calibration, header : the model's linear view, its calibration and checkpoint header (server side).
     params : CKKS parameters (None: the server's default ring).
     channel : the byte link (tests pass one that tampers with frames).
+    server_options : passed to `Server` (hiding_bits, decode_rows).
     """
 
-    def __init__(self, view, calibration, header, params=None, channel: Channel | None = None):
+    def __init__(
+        self, view, calibration, header, params=None, channel: Channel | None = None, **server_options
+    ):
         self.view = view
         self.channel = channel or Channel()
         self.seconds: Counter = Counter()
         self._phase = "setup"
         t0 = time.perf_counter()
-        self.server = Server(view, calibration, header, params)
+        self.server = Server(view, calibration, header, params, **server_options)
         self.seconds["server_setup"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         self.client = Client(self.channel.send_to_client(self.server.offer(), "setup"))

@@ -32,6 +32,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from he_aero.errors import HeAeroError
 
 MAGIC = b"HEAERO"
@@ -218,6 +220,27 @@ class Channel:
         self.traffic.rounds[purpose] += 1
 
 
+# --- the "rows" slot layout: one token's vectors at decode -----------------------------------------------
+def rows_pack(vector, slots: int, block: int) -> list[np.ndarray]:
+    """A vector (length m) in SLOT-LAYOUT "rows": ciphertext c, slot j * block + t holds vector[c * block + t]
+    in EVERY block j (the chunk replicated across blocks; 0 past the end); ceil(m / block) ciphertexts.
+
+    Why (decode embeds one token): with the one-hot in this layout, a plaintext product puts
+    tok_emb[c * block + t, j] in slot j * block + t of chunk c, and a row sum (log2(block) rotations) leaves
+    x_j = tok_emb[token, j] in row 0 of block j, the "features" layout: 6 rotations and 5 plaintext products
+    instead of the matrix kernel's 37 and 256 at N=16384."""
+    v = np.asarray(vector, dtype=float).ravel()
+    n_ct = -(-v.size // block)
+    padded = np.zeros(n_ct * block)
+    padded[: v.size] = v
+    return [np.tile(padded[c * block : (c + 1) * block], slots // block) for c in range(n_ct)]
+
+
+def rows_unpack(vectors, length: int, block: int) -> np.ndarray:
+    """The inverse of `rows_pack` when chunk c is read from block 0 only (what the decode LM head leaves)."""
+    return np.concatenate([np.asarray(v, dtype=float)[:block] for v in vectors])[:length]
+
+
 # --- the offer: what the server tells the client before keys exist ----------------------------------------
 @dataclass(frozen=True)
 class RuntimeOffer:
@@ -242,6 +265,7 @@ class RuntimeOffer:
     refresh_bound: float
     hiding_bits: int
     model_sha256: str
+    decode_rows: bool  # decode tokens and logits use the "rows" layout (rows_pack) instead of "features"
 
     @property
     def params(self):
@@ -273,6 +297,7 @@ class RuntimeOffer:
                 refresh_bound=float(m["refresh_bound"]),
                 hiding_bits=int(m["hiding_bits"]),
                 model_sha256=str(m["model_sha256"]),
+                decode_rows=bool(m["decode_rows"]),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise HeAeroError(f"protocol: OFFER message: missing or malformed field ({exc})") from exc

@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import tenseal.sealapi as seal
 
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.keys import PublicBundle, ServerContext, _from_bytes, _to_bytes
 from he_aero.ckks.layer import EncryptedLayer
-from he_aero.ckks.linalg import PlainLinear
+from he_aero.ckks.linalg import PlainLinear, block_spread, block_sum
 from he_aero.ckks.packing import FeatureLayout, pack
 from he_aero.ckks.params import CkksParams
 from he_aero.ckks.refresh import Refresher
@@ -84,10 +85,20 @@ class Server:
     params : CKKS parameters; None lets the planner (he_aero/plan.py) choose the ring from the calibrated
         plans (tests pass small insecure rings).
     hiding_bits : statistical hiding of refresh masks (docs/security.md).
+    decode_rows : decode steps in the "rows" layout (protocol.rows_pack); None decides by shape: when the
+        model's features fit one ciphertext and the token upload is at most twice the "features" one's
+        (N=16384, T=64: 4 ciphertexts instead of 2, 6 rotations and 5 products instead of 37 and 256 for
+        the embedding, 34 rotations and 8 products instead of 29 and 256 for the LM head).
     """
 
     def __init__(
-        self, view, calibration, header: dict, params: CkksParams | None = None, hiding_bits=HIDING_BITS
+        self,
+        view,
+        calibration,
+        header: dict,
+        params: CkksParams | None = None,
+        hiding_bits=HIDING_BITS,
+        decode_rows: bool | None = None,
     ):
         calibration.check_checkpoint(header)
         if len(view.layers) != len(calibration.layers):
@@ -114,6 +125,14 @@ class Server:
         self.block = block_for(self.context)
         if self.block > self.params.slots:
             raise HeAeroError(f"context {self.context} does not fit {self.params.slots} slots")
+        per_ct = self.params.slots // self.block
+        if decode_rows is None:
+            decode_rows = self.d <= per_ct and -(-self.vocab // self.block) <= 2 * -(-self.vocab // per_ct)
+        if decode_rows and self.d > per_ct:
+            raise HeAeroError(
+                f"decode_rows: d={self.d} features do not fit one ciphertext of {per_ct} blocks"
+            )
+        self.rows = bool(decode_rows)
         self.layers = [
             EncryptedLayer(i, lay, c.exp_plan, c.recip_plan)
             for i, (lay, c) in enumerate(zip(view.layers, calibration.layers, strict=True))
@@ -142,13 +161,62 @@ class Server:
                 )
         return self._linears[key]
 
-    def _embed(self, ev: Evaluator, onehot: list[Ct], position: int, n: int) -> list[Ct]:
+    def _embed(self, ev: Evaluator, onehot: list[Ct], position: int, n: int, rows: bool = False) -> list[Ct]:
+        """x = onehot @ tok_emb + pos_emb[position : position + n] in the features layout."""
+        if rows:
+            return self._embed_rows(ev, onehot, position)
         xs = self._linear("embed", n)(ev, onehot)
         pos = pack(self.view.pos_emb[position : position + n], self.layout(n))
         return [
             ev.add_plain(x, ("pos", position, n, i), lambda v=v: v)
             for i, (x, v) in enumerate(zip(xs, pos, strict=True))
         ]
+
+    def _embed_rows(self, ev: Evaluator, onehot: list[Ct], position: int) -> list[Ct]:
+        """One token whose one-hot is in the "rows" layout: chunk c times P_c, P_c[j B + t] =
+        tok_emb[c B + t, j], summed over chunks (one rescale) and over rows (log2 B rotations: row 0 of
+        block j = x_j); a row-0 mask (one level) clears the partial sums left in rows >= 1; + pos_emb."""
+        B, F, layout = self.block, self.params.slots // self.block, self.layout(1)
+
+        def chunk(c):
+            p = np.zeros((F, B))  # (block j, row t)
+            part = self.view.tok_emb[c * B : (c + 1) * B]  # (<= B, d)
+            p[: self.d, : part.shape[0]] = part.T
+            return p.ravel()
+
+        terms = [(ct, ("embed-rows", c), lambda c=c: chunk(c)) for c, ct in enumerate(onehot)]
+        y = block_sum(ev, ev.dot_plain(terms, layout), B, 1)
+        x = ev.mul_plain(
+            y, ("row0", "features"), lambda: layout.row_mask() * (np.arange(self.params.slots) < self.d * B)
+        )
+        pos = pack(self.view.pos_emb[position : position + 1], layout)[0]
+        return [ev.add_plain(x, ("pos", position, 1, 0), lambda: pos, layout)]
+
+    def _lm_rows(self, ev: Evaluator, ref: Refresher, xs: list[Ct]) -> list[Ct]:
+        """Decode LM head: x (row 0 of each block, other rows 0) spread over the rows (log2 B rotations),
+        times Q_c[j B + t] = lm_head[j, c B + t], summed over blocks (log2 F rotations): logit c B + t lands
+        in row t of block 0 of chunk c; a mask (one level) clears the partial sums elsewhere; + the bias."""
+        B, F = self.block, self.params.slots // self.block
+        (x,) = ref.ensure(xs, 2, "lm head")
+        spread = block_spread(ev, x, B, 1)
+        out = []
+        for c in range(-(-self.vocab // B)):
+
+            def chunk(c=c):
+                q = np.zeros((F, B))
+                part = self.view.lm_head[:, c * B : (c + 1) * B]  # (d, <= B)
+                q[: self.d, : part.shape[1]] = part
+                return q.ravel()
+
+            z = block_sum(ev, ev.mul_plain(spread, ("lm-rows", c), chunk), F, B)
+            width = min(B, self.vocab - c * B)
+            z = ev.mul_plain(
+                z, ("block0", width), lambda w=width: (np.arange(self.params.slots) < w).astype(float)
+            )
+            bias = np.zeros(self.params.slots)
+            bias[:width] = self.view.lm_bias[c * B : c * B + width]
+            out.append(ev.add_plain(z, ("lm-rows-bias", c), lambda b=bias: b))
+        return out
 
     # --- the pipeline, shared by the real and the symbolic runs -------------------------------------------
     def _run(self, ev: Evaluator, ref: Refresher, onehot: list[Ct], position: int, n: int, caches, progress):
@@ -168,7 +236,8 @@ class Server:
             return out
 
         layout = self.layout(n)
-        xs = stage("embed", lambda: self._embed(ev, onehot, position, n), ev.lowest(onehot))
+        rows = self.rows and caches is not None  # decode steps: "rows" layout in and out
+        xs = stage("embed", lambda: self._embed(ev, onehot, position, n, rows), ev.lowest(onehot))
         new_caches = []
         for i, layer in enumerate(self.layers):
             lvl = ev.lowest(xs)
@@ -184,7 +253,10 @@ class Server:
                     lvl,
                 )
         lvl = ev.lowest(xs)
-        logits = stage("lm_head", lambda: self._linear("lm", n)(ev, ref.ensure(xs, 1, "lm head")), lvl)
+        if rows:
+            logits = stage("lm_head", lambda: self._lm_rows(ev, ref, xs), lvl)
+        else:
+            logits = stage("lm_head", lambda: self._linear("lm", n)(ev, ref.ensure(xs, 1, "lm head")), lvl)
         self.records = records
         return logits, (new_caches if caches is None else caches)
 
@@ -197,12 +269,13 @@ class Server:
         onehot = [Ct(None, ev.top, vocab_layout) for _ in range(vocab_layout.n_ct)]
         _, caches = self._run(ev, ref, onehot, 0, self.context, None, None)
         # decode steps: shorten the symbolic cache to each length (their rotations differ by length only)
-        one = [Ct(None, ev.top, self.layout(1, self.vocab)) for _ in range(vocab_layout.n_ct)]
+        one_layout = None if self.rows else self.layout(1, self.vocab)
+        one = [Ct(None, ev.top, one_layout) for _ in range(self._token_cts(self.rows))]
         for length in range(1, self.context):
             for c in caches:
                 c.length = length
             self._run(ev, ref, one, length, 1, caches, None)
-        self._linears = {k: v for k, v in self._linears.items() if k[1] == 1}  # keep only small maps warm
+        self._linears.clear()
         for layer in self.layers:
             layer._linears.clear()
         return tuple(sorted(ev.stats.steps_used))
@@ -235,6 +308,7 @@ class Server:
                 refresh_bound=self.calibration.activation_bound,
                 hiding_bits=self.hiding_bits,
                 model_sha256=str(self.header["weights_sha256"]),
+                decode_rows=self.rows,
             ).to_message()
         )
 
@@ -270,11 +344,15 @@ class Server:
         position, n = meta_field(msg, "position"), meta_field(msg, "n_tokens")
         if not (0 <= position and 1 <= n and position + n <= self.context):
             raise HeAeroError(f"server: tokens at positions {position}..{position + n - 1} leave the context")
-        layout = self.layout(n, self.vocab)
-        if len(msg.parts) != layout.n_ct:
+        rows = self.rows and n == 1 and position > 0  # the client's rule (Client._rows)
+        if msg.meta.get("layout") != ("rows" if rows else "features"):
             raise HeAeroError(
-                f"server: TOKENS message has {len(msg.parts)} ciphertexts, expected {layout.n_ct}"
+                f"server: TOKENS message has layout {msg.meta.get('layout')!r}, not the offered one"
             )
+        layout = None if rows else self.layout(n, self.vocab)
+        expected = self._token_cts(rows, n)
+        if len(msg.parts) != expected:
+            raise HeAeroError(f"server: TOKENS message has {len(msg.parts)} ciphertexts, expected {expected}")
         cts = []
         for i, blob in enumerate(msg.parts):
             try:
@@ -285,6 +363,10 @@ class Server:
                 raise HeAeroError(f"server: token ciphertext {i} is not a fresh top-level encryption")
             cts.append(Ct(ct, ev.top, layout))
         return cts, position, n
+
+    def _token_cts(self, rows: bool, n: int = 1) -> int:
+        """Ciphertexts in a TOKENS message: vocab / block in "rows", vocab / F in "features"."""
+        return -(-self.vocab // self.block) if rows else self.layout(n, self.vocab).n_ct
 
     def _refresher(self, ev: Evaluator, link: Callable[[bytes], bytes] | None) -> Refresher:
         def callback(blobs: list[bytes]) -> list[bytes]:
@@ -306,8 +388,9 @@ class Server:
             hiding_bits=self.hiding_bits,
         )
 
-    def _logits_message(self, cts: list[Ct], position: int, n: int) -> bytes:
-        meta = {"position": position, "n_tokens": n, "levels": [c.level for c in cts]}
+    def _logits_message(self, cts: list[Ct], position: int, n: int, rows: bool = False) -> bytes:
+        layout = "rows" if rows else "features"
+        meta = {"position": position, "n_tokens": n, "levels": [c.level for c in cts], "layout": layout}
         return encode(Message(Kind.LOGITS, self.session, meta, tuple(_to_bytes(c.data) for c in cts)))
 
     def prefill(self, data: bytes, refresh_link=None, progress=None) -> bytes:
@@ -332,7 +415,7 @@ class Server:
         logits, _ = self._run(
             ev, self._refresher(ev, refresh_link), onehot, position, 1, self.caches, progress
         )
-        return self._logits_message(logits, position, 1)
+        return self._logits_message(logits, position, 1, self.rows)
 
     def secret_material(self) -> list[str]:
         """Names of any attribute (one level deep, and the public context) that is a SEAL secret key or a

@@ -135,7 +135,7 @@ def _logits_frame(client, values, n, session, keys=None):
     keys = keys or client._keys
     layout = client.token_layout(n)
     blobs = tuple(_to_bytes(keys.encrypt(v)) for v in pack(values, layout))
-    return encode(Message(Kind.LOGITS, session, {"position": 0, "n_tokens": n}, blobs))
+    return encode(Message(Kind.LOGITS, session, {"position": 0, "n_tokens": n, "layout": "features"}, blobs))
 
 
 def test_client_flags_implausible_logits(tiny_session):

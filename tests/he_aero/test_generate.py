@@ -16,6 +16,7 @@ from he_aero.errors import HeAeroError
 from he_aero.generate import GenerationConfig, fit_prompt, pick_token
 from models.linear_view import view_forward
 from tests.conftest import assert_close_bits
+from tests.he_aero.conftest import small_ring_params
 
 PROMPT = list(b"if x:\n  ")  # 8 bytes = the tiny model's whole context
 
@@ -201,3 +202,29 @@ def test_bench_pipeline_runs_on_the_tiny_model(tiny_session, tmp_path):
     md = bench_infer.report(tmp_path / "s.json", [tmp_path / "a.json"])
     for part in ("| prefill | 8 |", "Operations per stage", "top-1 agreement 100.0%", "bits per byte on 1"):
         assert part in md
+
+
+def test_decode_in_the_rows_layout(tiny):
+    """Decode steps with the "rows" layout (one-hot and logits chunked over block rows): the same tokens and
+    logits as plaintext, and the client checks the layout it receives."""
+    from he_aero.generate import Session
+    from he_aero.protocol import rows_pack, rows_unpack
+
+    v = np.arange(20.0)
+    packed = rows_pack(v, 64, 8)  # 3 chunks of 8, each replicated over the 8 blocks
+    assert len(packed) == 3 and packed[1][8:16].tolist() == list(range(8, 16))
+    assert rows_unpack(packed, 20, 8).tolist() == v.tolist()
+    _, _, header, view, cal = tiny
+    session = Session(view, cal, header, small_ring_params(), decode_rows=True)
+    assert session.server.rows and session.client.offer.decode_rows
+    res = session.generate(bytes(PROMPT[:5]), GenerationConfig(max_new_tokens=3, verify=True))
+    assert res.flag is None and res.top1_agreement == 1.0 and res.max_abs_logit_error < 0.01
+    stages = {r.name: r.ops for r in res.decode_stages[0]}
+    assert stages["embed"]["rotations"] == 3  # log2(block = 8)
+    with pytest.raises(HeAeroError, match="layout"):  # a features-layout token where rows are expected
+        from he_aero.protocol import Kind, Message, decode, encode
+
+        msg = decode(session.client.encrypt_tokens([65], 5), Kind.TOKENS, session.client.session)
+        session.server.decode(
+            encode(Message(Kind.TOKENS, msg.session, {**msg.meta, "layout": "features"}, msg.parts))
+        )
