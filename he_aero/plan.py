@@ -37,37 +37,37 @@ FORMAT_VERSION = 1
 RINGS = (8192, 16384, 32768)
 
 OP_LATENCY_MS = {
-    # he_aero.ckks.oplatency.measure_op_latency at the top level of default_params(N), median of 3, from
-    # docs/kernels.json (make bench-kernels, 2026-11-29, 2 shared vCPUs while other jobs ran)
+    # he_aero.ckks.oplatency.measure_op_latency at the top level of default_params(N), median of 3, copied
+    # from docs/kernels.json (make bench-kernels, 2026-11-29, 2 shared vCPUs under other jobs: noisy, x2)
     8192: {
-        "rotate": 8.206,
-        "ctct_mult": 8.862,
-        "pt_mult": 1.043,
-        "add": 0.081,
-        "encrypt": 9.14,
-        "decrypt": 2.042,
+        "rotate": 3.432,
+        "ctct_mult": 13.548,
+        "pt_mult": 1.749,
+        "add": 0.084,
+        "encrypt": 16.916,
+        "decrypt": 1.486,
     },
     16384: {
-        "rotate": 104.833,
-        "ctct_mult": 144.455,
-        "pt_mult": 23.286,
-        "add": 0.526,
-        "encrypt": 79.147,
-        "decrypt": 37.962,
+        "rotate": 37.953,
+        "ctct_mult": 56.933,
+        "pt_mult": 5.64,
+        "add": 0.396,
+        "encrypt": 33.146,
+        "decrypt": 40.535,
     },
     32768: {
-        "rotate": 774.679,
-        "ctct_mult": 818.894,
-        "pt_mult": 64.056,
-        "add": 2.622,
-        "encrypt": 194.494,
-        "decrypt": 187.979,
+        "rotate": 318.401,
+        "ctct_mult": 646.096,
+        "pt_mult": 58.275,
+        "add": 2.58,
+        "encrypt": 158.519,
+        "decrypt": 155.567,
     },
 }
 KEY_BYTES = {  # one rotation key; public + relinearisation keys (serialised, same run)
-    8192: (1_912_702, 2_388_740),
-    16384: (18_046_493, 19_847_412),
-    32768: (182_207_393, 189_803_839),
+    8192: (1_905_621, 2_380_816),
+    16384: (18_044_269, 19_848_295),
+    32768: (182_210_946, 189_796_666),
 }
 
 

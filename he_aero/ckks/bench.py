@@ -38,7 +38,7 @@ MATMUL_CASES = {  # (d, T) per ring; the rest is skipped for time or memory (see
 SKIPPED = [
     "N=8192, d=768, T=128: 18,432 plaintext products, twice the d=768, T=64 row; same cost per product",
     "N=16384, d=256 T=128 and d=768: 1,024-4,608 plaintext products at the ct x pt latency above each",
-    "N=32768 beyond d=128, T=64: each plaintext product ~30 ms, each rotation key ~200 MB",
+    "N=32768 beyond d=128, T=64: plaintext products at the ct x pt latency above, ~180 MB per rotation key",
     "TenSEAL vector.matmul at N=32768: it needs TenSEAL's default Galois key set (~5 GB, 13 GB RAM)",
     "TenSEAL CKKSTensor.mm beyond d=128 at N=8192: d^2 ciphertext-plaintext products (16,384 at d=128)",
 ]
