@@ -67,13 +67,17 @@ def test_view_refuses_layernorm_variants_and_bad_lengths():
 
 
 def test_view_matches_the_shipped_default_model():
-    """Real trained weights (wider ranges than a random init) still match to 1e-5."""
+    """Real trained weights (logits up to ~25) match to 1e-5 against the module run in float64.
+
+    In float32 the module itself rounds at ~1e-6 relative, i.e. ~1.5e-5 absolute on these logits.
+    """
     from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
     if not (DEFAULT_CHECKPOINT / "config.json").is_file():
         pytest.skip("no shipped default checkpoint yet")
     model, _ = load_checkpoint(DEFAULT_CHECKPOINT)
     view = LinearView.from_model(model)
+    model = model.double()
     prompt = b"def read_config(path):\n    with open(path) as f:\n        return json.load(f)\n"
     tokens = np.frombuffer(prompt[: model.cfg.block_size], dtype=np.uint8).astype(np.int64)
     expected = model.logits(torch.from_numpy(tokens)[None])[0].detach().double().numpy()
