@@ -180,6 +180,26 @@ class Calibration:
     def block_size(self) -> int:
         return int(self.model_config["block_size"])
 
+    def planner_ranges(self):
+        """The planner's view of this calibration: windows, error targets and the activation bound."""
+        from he_aero.plan import Ranges  # the planner imports the kernels; keep loading a file light
+
+        return Ranges(
+            tuple(tuple(lay.z_domain) for lay in self.layers),
+            self.activation_bound,
+            exp_error=self.config.exp_max_rel_error,
+            exp_error_kind="rel",
+            recip_rel_error=self.config.recip_max_rel_error,
+            denominator=tuple(tuple(lay.denominator_domain) for lay in self.layers),
+        )
+
+    def model_shape(self):
+        """The model's shape as the planner needs it (from the config this calibration is bound to)."""
+        from he_aero.plan import ModelShape
+
+        cfg = self.model_config
+        return ModelShape(cfg["d_model"], cfg["n_head"], cfg["n_layer"], cfg["block_size"])
+
     def to_dict(self) -> dict:
         return {
             "format_version": FORMAT_VERSION,

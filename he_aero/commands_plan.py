@@ -35,16 +35,7 @@ def plan(calibration, calibrated_plans, d_model, heads, layers, context, z_windo
         from he_aero.calibrate import load_calibration
 
         cal = load_calibration(calibration)
-        cfg = cal.model_config
-        shape = ModelShape(cfg["d_model"], cfg["n_head"], cfg["n_layer"], cfg["block_size"])
-        ranges = Ranges(
-            tuple(tuple(lay.z_domain) for lay in cal.layers),
-            cal.activation_bound,
-            exp_error=cal.config.exp_max_rel_error,
-            exp_error_kind="rel",
-            recip_rel_error=cal.config.recip_max_rel_error,
-            denominator=tuple(tuple(lay.denominator_domain) for lay in cal.layers),
-        )
+        shape, ranges = cal.model_shape(), cal.planner_ranges()
         if calibrated_plans:
             plans = [(lay.exp_plan, lay.recip_plan) for lay in cal.layers]
     else:

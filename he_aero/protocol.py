@@ -112,10 +112,12 @@ def decode(data: bytes, expect: Kind, session: bytes | None = None) -> Message:
         p += _LEN.size + n
         lengths.append(n)
     if p + DIGEST_BYTES != len(data):
-        problem = (
-            "truncated" if p + DIGEST_BYTES > len(data) else f"{len(data) - p - DIGEST_BYTES} extra bytes"
+        # A cut frame and a flipped bit in a length field look the same from here: name both.
+        extra = len(data) - p - DIGEST_BYTES
+        problem = "too short" if extra < 0 else f"{extra} extra bytes"
+        raise HeAeroError(
+            f"protocol: {what} is truncated or corrupted ({problem}: the frame's lengths do not add up)"
         )
-        raise HeAeroError(f"protocol: {what} {problem} (the frame's lengths do not add up)")
     if hashlib.sha256(data[:p]).digest() != data[p:]:
         raise HeAeroError(f"protocol: {what} is corrupted (SHA-256 digest mismatch)")
     try:

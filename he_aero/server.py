@@ -112,12 +112,13 @@ class Server:
         self.context = view.pos_emb.shape[0]
         self.plan = None
         if params is None:
-            from he_aero.plan import ModelShape, Ranges, make_plan
+            from he_aero.plan import make_plan
 
-            shape = ModelShape(self.d, int(view.layers[0].n_head), len(view.layers), self.context)
-            ranges = Ranges(tuple(c.z_domain for c in calibration.layers), calibration.activation_bound)
-            plans = [(c.exp_plan, c.recip_plan) for c in calibration.layers]
-            self.plan = make_plan(shape, ranges, plans=plans, hiding_bits=self.hiding_bits)
+            # The planner fits the exp and 1/x plans to each candidate ring's refresh budget on the
+            # calibrated windows (the calibration's own plans assume a deep chain and would rule out
+            # N=8192, the fastest ring), so the layers below run the chosen ring's plans.
+            shape, ranges = calibration.model_shape(), calibration.planner_ranges()
+            self.plan = make_plan(shape, ranges, hiding_bits=self.hiding_bits)
             params = self.plan.chosen.params
         self.params = params
         if not self.params.insecure_for_tests:
@@ -133,9 +134,14 @@ class Server:
                 f"decode_rows: d={self.d} features do not fit one ciphertext of {per_ct} blocks"
             )
         self.rows = bool(decode_rows)
+        plans = (
+            self.plan.chosen.plans
+            if self.plan is not None
+            else [(c.exp_plan, c.recip_plan) for c in calibration.layers]
+        )
         self.layers = [
-            EncryptedLayer(i, lay, c.exp_plan, c.recip_plan)
-            for i, (lay, c) in enumerate(zip(view.layers, calibration.layers, strict=True))
+            EncryptedLayer(i, lay, exp_plan, recip_plan)
+            for i, (lay, (exp_plan, recip_plan)) in enumerate(zip(view.layers, plans, strict=True))
         ]
         self._linears: dict = {}
         self.rotation_steps = self._rotation_steps()
