@@ -52,8 +52,8 @@ calibrate-default: $(STAMP) ## calibrate the shipped model on training text -> h
 	$(BIN)/he-aero calibrate --out he_aero/data/default-calibration.json
 
 ACCEPT_PROMPTS ?= 20
-DECODE_PROMPTS ?= 2
-BPB_WINDOWS ?= 2
+DECODE_PROMPTS ?= 8
+BPB_WINDOWS ?= 8
 bench-he: $(STAMP) ## encrypted prefill 16/32/64, decode, op counts, accuracy on tests/data -> docs/he-bench.md
 	$(BIN)/python -m he_aero.bench_infer speed --lengths 16 32 64 --decode 3 --out docs/he-bench.json
 	$(BIN)/python -m he_aero.bench_infer accept --prompts $(ACCEPT_PROMPTS) --decode-prompts $(DECODE_PROMPTS) \
