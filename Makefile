@@ -42,14 +42,14 @@ ABLATION_STEPS ?= 6000
 ABLATION_LAYERS ?= 3
 train-default: $(STAMP) ## train the shipped default model into models/checkpoints/default (~1 h on one core)
 	OMP_NUM_THREADS=1 $(BIN)/he-aero train --variant softmax-only --attention sink --layers 3 --d-model 128 \
-		--heads 4 --context 64 --entropy-reg --temperature --range-weight 1000.0 --steps 20000 --batch-size 32 \
+		--heads 4 --context 64 --entropy-reg --temperature --range-weight 1000.0 --steps 20000 --batch-size 32 --force \
 		--lr 6e-3 --warmup 300 --eval-every 500 --seed 0 --threads 1 --out models/checkpoints/default
 
 ablation: $(STAMP) ## AERO ablation, equal size/steps/seed -> docs/ablation.{md,json} (ABLATION_STEPS, _LAYERS)
 	OMP_NUM_THREADS=1 $(BIN)/python -m models.ablation --steps $(ABLATION_STEPS) --layers $(ABLATION_LAYERS) --runs runs/ablation --docs docs
 
 calibrate-default: $(STAMP) ## calibrate the shipped model on training text -> he_aero/data/default-calibration.json
-	$(BIN)/he-aero calibrate --out he_aero/data/default-calibration.json
+	$(BIN)/he-aero calibrate --force --out he_aero/data/default-calibration.json
 
 ACCEPT_PROMPTS ?= 20
 DECODE_PROMPTS ?= 8

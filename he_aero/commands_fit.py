@@ -8,6 +8,7 @@ import click
 
 from approx.errors import ApproxError
 from approx.functions import FUNCTIONS
+from he_aero.cli_options import force_option, output_option
 
 
 def _finite(ctx, param, value):
@@ -61,10 +62,11 @@ def _plot(plan, path) -> None:
     "--max-error", type=float, callback=_finite, help="find the least-depth plan meeting this bound"
 )
 @click.option("--relative", is_flag=True, help="bound the relative error (default: absolute)")
-@click.option("--out", type=click.Path(dir_okay=False), help="write the coefficient file (JSON)")
-@click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG of the fit and its error")
+@output_option("--out", help="write the coefficient file (JSON)")
+@output_option("--plot", help="write a PNG of the fit and its error")
+@force_option
 @click.option("--list", "list_", is_flag=True, help="name the supported functions and exit")
-def fit(function, domain, degree, max_error, relative, out, plot, list_):
+def fit(function, domain, degree, max_error, relative, out, plot, list_, force):
     """Fit FUNCTION on [A, B] and print degree, depth, multiplications and certified error."""
     if list_:
         for f in FUNCTIONS.values():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from he_aero.cli_options import force_option, output_option
 from he_aero.errors import HeAeroError
 
 
@@ -49,10 +50,9 @@ def _mb(n: int) -> str:
     show_default=True,
     help="certified relative error of the 1/x plans",
 )
-@click.option(
-    "--out", type=click.Path(dir_okay=False), required=True, help="calibration file to write (JSON)"
-)
-def calibrate(checkpoint, samples, margin, exp_error, recip_error, out) -> None:
+@output_option("--out", required=True, help="calibration file to write (JSON)")
+@force_option
+def calibrate(checkpoint, samples, margin, exp_error, recip_error, out, force) -> None:
     """Measure the ranges the encrypted runtime must cover on CHECKPOINT (default: the shipped model) over
     training text, widen them by a margin, fit the approximation plans, and write a calibration file
     bound to the checkpoint's weights."""
@@ -300,9 +300,8 @@ def _json(res) -> dict:
 @click.option(
     "--explain", is_flag=True, help="print the parameters, plans, levels and op counts before running"
 )
-@click.option(
-    "--json", "json_out", type=click.Path(dir_okay=False), default=None, help="write the results as JSON"
-)
+@output_option("--json", "json_out", default=None, help="write the results as JSON")
+@force_option
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @click.option(
     "--test-ring",
@@ -324,6 +323,7 @@ def encrypt_infer(
     json_out,
     no_progress,
     test_ring,
+    force,
 ) -> None:
     """Continue the prompt in PROMPT_FILE under CKKS encryption: the server runs the model on ciphertexts
     and only this client's secret key decrypts the logits."""

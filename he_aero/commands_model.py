@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from he_aero.cli_options import force_option, output_option
 from models.decoder import ATTENTIONS, VARIANTS
 
 
@@ -45,7 +46,8 @@ CHECKPOINT_ARG = click.argument("checkpoint", required=False, type=click.Path(fi
 @click.option("--test-bytes", type=click.IntRange(1), default=None, help="cap on test bytes (default: all)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="output checkpoint directory")
+@output_option("--out", directory=True, required=True, help="output checkpoint directory")
+@force_option
 def train(**kw) -> None:
     """Train a decoder from scratch on the corpus's train split; write checkpoint, log and metrics to OUT."""
     from models.decoder import DecoderConfig

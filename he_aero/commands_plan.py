@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from he_aero.cli_options import force_option, output_option
+
 
 @click.command("plan")
 @click.option(
@@ -24,7 +26,8 @@ import click
 @click.option("--ring", "rings", type=click.Choice(["8192", "16384", "32768"]), multiple=True,
               help="candidate ring degrees (default: all three)")  # fmt: skip
 @click.option("--explain", is_flag=True, help="print the comparison, the choice and every stage's level")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the plan as JSON")
+@output_option("--json", "json_out", help="write the plan as JSON")
+@force_option
 def plan(calibration, calibrated_plans, d_model, heads, layers, context, z_window, bound, **out):
     """Plan the encrypted runtime for a model (shape options, or a calibration file)."""
     from he_aero.errors import HeAeroError
