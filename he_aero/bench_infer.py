@@ -167,6 +167,20 @@ def _machine() -> dict:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]}
 
 
+def _phase_row(stages: list[dict], wall: float, before: dict, after: dict) -> dict:
+    """One prefill or decode measurement: times, SEAL share, bytes each way, refresh rounds."""
+    server_s = sum(s["seconds"] for s in stages)
+    return {
+        "wall_seconds": round(wall, 2),
+        "server_seconds": round(server_s, 2),
+        "seal_share": round(sum(s["seal_seconds"] for s in stages) / server_s, 3),
+        "bytes_to_server": after["bytes_client_to_server"] - before["bytes_client_to_server"],
+        "bytes_to_client": after["bytes_server_to_client"] - before["bytes_server_to_client"],
+        "refresh_rounds": sum(s["refresh_rounds"] for s in stages),
+        "stages": stages,
+    }
+
+
 def _stage_rows(records) -> list[dict]:
     return [{"name": r.name, "seconds": round(r.seconds, 3), **r.ops, "level_in": r.level_in,
              "level_out": r.level_out} for r in records]  # fmt: skip
@@ -188,19 +202,7 @@ def speed(lengths: list[int], decode: int, session=None) -> dict:
         _, wall = session._exchange("prefill", tokens, 0, None)
         stages = _stage_rows(srv.records)
         after = session.channel.traffic.summary()
-        server_s = sum(s["seconds"] for s in stages)
-        runs.append(
-            {
-                "tokens": n,
-                "wall_seconds": round(wall, 2),
-                "server_seconds": round(server_s, 2),
-                "seal_share": round(sum(s["seal_seconds"] for s in stages) / server_s, 3),
-                "bytes_to_server": after["bytes_client_to_server"] - before["bytes_client_to_server"],
-                "bytes_to_client": after["bytes_server_to_client"] - before["bytes_server_to_client"],
-                "refresh_rounds": sum(s["refresh_rounds"] for s in stages),
-                "stages": stages,
-            }
-        )
+        runs.append({"tokens": n, **_phase_row(stages, wall, before, after)})
         print(f"prefill {n}: {wall:.1f} s", flush=True)
     dec = []
     tokens = list(text[start : start + lengths[0]])
@@ -211,18 +213,7 @@ def speed(lengths: list[int], decode: int, session=None) -> dict:
         _, wall = session._exchange("decode", [tokens[-1]], len(tokens) + i, None)
         after = session.channel.traffic.summary()
         stages = _stage_rows(srv.records)
-        server_s = sum(s["seconds"] for s in stages)
-        dec.append(
-            {
-                "cache_length": len(tokens) + i + 1,
-                "wall_seconds": round(wall, 2),
-                "seal_share": round(sum(s["seal_seconds"] for s in stages) / server_s, 3),
-                "bytes_to_server": after["bytes_client_to_server"] - before["bytes_client_to_server"],
-                "bytes_to_client": after["bytes_server_to_client"] - before["bytes_server_to_client"],
-                "refresh_rounds": sum(s["refresh_rounds"] for s in stages),
-                "stages": stages,
-            }
-        )
+        dec.append({"cache_length": len(tokens) + i + 1, **_phase_row(stages, wall, before, after)})
         print(f"decode {i + 1}: {wall:.1f} s", flush=True)
     p = srv.params
     return {

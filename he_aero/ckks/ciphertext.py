@@ -348,22 +348,19 @@ class Evaluator:
         return self._finish(out, rescale)
 
     def add(self, a: Ct, b: Ct, layout=None) -> Ct:
-        a, b = self._pair(a, b)
-        out = self._new(a.level, layout or a.layout)
-        out.pending = a.pending
-        if not self.symbolic:
-            with self._timer:
-                self._ev.add(a.data, b.data, out.data)
-        self.stats.adds += 1
-        return out
+        return self._additive("add", a, b, layout)
 
     def sub(self, a: Ct, b: Ct, layout=None) -> Ct:
+        return self._additive("sub", a, b, layout)
+
+    def _additive(self, op: str, a: Ct, b: Ct, layout) -> Ct:
+        """a + b or a - b (SEAL's `add` / `sub`) after aligning levels; counted as one addition."""
         a, b = self._pair(a, b)
         out = self._new(a.level, layout or a.layout)
         out.pending = a.pending
         if not self.symbolic:
             with self._timer:
-                self._ev.sub(a.data, b.data, out.data)
+                getattr(self._ev, op)(a.data, b.data, out.data)
         self.stats.adds += 1
         return out
 
