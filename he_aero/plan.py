@@ -1,40 +1,46 @@
-"""The planner: ring degree, modulus chain, levels per stage, refresh points and rotation keys, decided before
-anything is encrypted.
+"""The plan (compile) stage: checkpoint + calibration -> the execution plan the server loads and runs.
 
-How: for each candidate ring (N = 8192 / 16384 / 32768, `default_params`) the real kernels of
-`he_aero.ckks.layer` run on a *symbolic* evaluator (levels and counts, no SEAL objects): one prefill of
-T_max tokens and one decode step at the last position, every layer. That yields, exactly as the runtime will
-do them, the level at every stage, where refreshes fall (rounds, ciphertexts, bytes), the rotation steps the
-keys must cover, and operation counts by level. Latency is estimated from measured per-operation costs
-(`OP_LATENCY_MS`, scaled by the primes left at each level); bytes from ciphertext and key sizes.
+Stage 2 of the lifecycle (calibrate -> plan -> keygen -> encrypt -> run). Everything the runtime decides
+before a key exists is decided here, once, and written to a versioned plan file bound to the checkpoint's
+weights and to the exact calibration (their SHA-256): the ring and modulus chain, the slot layout, the
+approximation plans that run (exp and 1/x per layer, fitted to the ring's levels between refreshes), the
+refresh bound and hiding, the rotation steps the client must make keys for, and per-stage levels, refresh
+points and operation counts. The server loads a plan and never fits anything.
 
-Approximation plans: given ones are used as they are (a ring whose refresh budget cannot hold one of their
-steps is infeasible, and the reason says which); otherwise `approx` fits, per ring, the plan of least depth
-whose single polynomial step fits between two refreshes (more squarings / Newton steps on small rings).
+How the ring is chosen: for each candidate ring (N = 8192 / 16384 / 32768, `default_params`) the least-depth
+exp and 1/x plans whose single polynomial step fits between two refreshes are fitted (more squarings /
+Newton steps on small rings), then the real pipeline (he_aero/ckks/pipeline.py) runs on a *symbolic*
+evaluator (levels and counts, no SEAL objects): one prefill of T_max tokens and one decode step at the last
+position. Latency is estimated from measured per-operation costs (`OP_LATENCY_MS`, scaled by the primes left
+at each level), bytes from ciphertext and key sizes; the lowest estimated prefill + 16 decode steps wins.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-
-import numpy as np
+from pathlib import Path
 
 from approx.errors import ApproxError
 from approx.plans import Plan, plan_exp, plan_reciprocal
-from he_aero.ckks.attention import KVCache
+from he_aero import __version__
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.layer import EncryptedLayer
-from he_aero.ckks.packing import feature_layout
+from he_aero.ckks.packing import block_for, feature_layout, rows_count
 from he_aero.ckks.params import CkksParams, default_params
+from he_aero.ckks.pipeline import Pipeline, shape_only_view
 from he_aero.ckks.poly import atomic_depth, step_depth
-from he_aero.ckks.refresh import Refresher
+from he_aero.ckks.refresh import HIDING_BITS, Refresher
 from he_aero.errors import HeAeroError
 
 FORMAT_VERSION = 1
+KIND = "he-aero plan"
 RINGS = (8192, 16384, 32768)
+DEFAULT_PLAN = Path(__file__).parent / "data" / "default-plan.json"
+DECODE_STEPS_IN_COST = 16
+"""The ring choice minimises the estimated prefill + this many decode steps."""
 
 OP_LATENCY_MS = {
     # he_aero.ckks.oplatency.measure_op_latency at the top level of default_params(N), median of 3, copied
@@ -73,21 +79,61 @@ KEY_BYTES = {  # one rotation key; public + relinearisation keys (serialised, sa
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the planner needs of the model: sizes, per-layer sink logits (only their count matters)."""
+    """What the planner needs of the model: sizes only (a symbolic run's counts do not depend on values)."""
 
     d_model: int
     n_head: int
     n_layer: int
     t_max: int
+    vocab: int = 256
 
     def __post_init__(self):
-        for name in ("d_model", "n_head", "n_layer", "t_max"):
-            if int(getattr(self, name)) < 1:
-                raise HeAeroError(f"model shape: {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("d_model", "n_head", "n_layer", "t_max", "vocab"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise HeAeroError(f"model shape: {name} must be an integer >= 1, got {value!r}")
         if self.d_model % self.n_head:
             raise HeAeroError(
                 f"model shape: d_model {self.d_model} is not a multiple of n_head {self.n_head}"
             )
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ModelShape:
+        """From a checkpoint's `config` (models.decoder.DecoderConfig.to_dict())."""
+        try:
+            return cls(
+                int(cfg["d_model"]), int(cfg["n_head"]), int(cfg["n_layer"]), int(cfg["block_size"]),
+                int(cfg.get("vocab_size", 256)),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HeAeroError(f"model config: missing or malformed size field ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """How hard the plan stage fits, how much a refresh hides, which rings it compares.
+
+    Attributes
+    ----------
+    exp_max_rel_error, recip_max_rel_error : certified relative error bounds of the exp and 1/x plans.
+    hiding_bits : statistical hiding of a refresh mask per slot, in bits (docs/security.md).
+    rings : candidate ring degrees.
+    """
+
+    exp_max_rel_error: float = 1e-4
+    recip_max_rel_error: float = 1e-4
+    hiding_bits: int = HIDING_BITS
+    rings: tuple[int, ...] = RINGS
+
+    def __post_init__(self):
+        for name in ("exp_max_rel_error", "recip_max_rel_error"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < 1):
+                raise HeAeroError(f"plan {name}: expected a number in (0, 1), got {v!r}")
+        if isinstance(self.hiding_bits, bool) or not isinstance(self.hiding_bits, int):
+            raise HeAeroError(f"plan hiding_bits: expected an integer, got {self.hiding_bits!r}")
+        if not self.rings or any(r not in RINGS for r in self.rings):
+            raise HeAeroError(f"plan rings: expected some of {list(RINGS)}, got {list(self.rings)}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +156,18 @@ class Ranges:
         if not self.activation_bound > 0:
             raise HeAeroError(f"ranges: activation_bound must be > 0, got {self.activation_bound}")
 
+    @classmethod
+    def from_calibration(cls, cal, config: PlanConfig) -> Ranges:
+        """The planner's view of a calibration: its windows and bound, the plan stage's error targets."""
+        return cls(
+            tuple(tuple(lay.z_domain) for lay in cal.layers),
+            cal.activation_bound,
+            exp_error=config.exp_max_rel_error,
+            exp_error_kind="rel",
+            recip_rel_error=config.recip_max_rel_error,
+            denominator=tuple(tuple(lay.denominator_domain) for lay in cal.layers),
+        )
+
 
 @dataclass
 class RingReport:
@@ -121,110 +179,46 @@ class RingReport:
     usable_levels: int = 0
     refresh_min_level: int = 0
     plans: list = field(default_factory=list)  # per layer: (exp Plan, recip Plan)
+    block: int = 0
+    decode_rows: bool = False
     prefill: dict = field(default_factory=dict)
     decode: dict = field(default_factory=dict)
     stages: list = field(default_factory=list)  # prefill level assignment: one dict per stage
-    rotation_steps: tuple = ()
-    key_bytes: int = 0
+    key_bytes_base: int = 0  # public + relinearisation keys; add KEY_BYTES[N][0] per rotation step
 
-    def to_dict(self) -> dict:
+    @property
+    def cost(self) -> float:
+        return self.prefill["latency_s"] + DECODE_STEPS_IN_COST * self.decode["latency_s"]
+
+    def row(self, chosen: bool) -> dict:
+        """The comparison-table row (what `ExecutionPlan.explain` prints)."""
         out = {
             "poly_modulus_degree": self.params.poly_modulus_degree,
-            "coeff_mod_bit_sizes": list(self.params.coeff_mod_bit_sizes),
-            "scale_bits": self.params.scale_bits,
+            "levels": self.params.levels,
             "feasible": self.feasible,
             "reason": self.reason,
+            "chosen": chosen,
         }
         if self.feasible:
             out.update(
                 usable_levels=self.usable_levels,
-                refresh_min_level=self.refresh_min_level,
-                plans=[{"exp": e.describe(), "recip": r.describe()} for e, r in self.plans],
-                prefill=self.prefill,
-                decode=self.decode,
-                stages=self.stages,
-                rotation_steps=list(self.rotation_steps),
-                key_bytes=self.key_bytes,
+                prefill_latency_s=self.prefill["latency_s"],
+                decode_latency_s=self.decode["latency_s"],
+                prefill_refresh_rounds=self.prefill["refresh_rounds"],
+                decode_refresh_rounds=self.decode["refresh_rounds"],
+                prefill_refresh_mb=self.prefill["refresh_mb"],
+                decode_refresh_mb=self.decode["refresh_mb"],
             )
         return out
 
 
 @dataclass
-class HePlan:
-    """The planner's decision: the chosen ring and all candidates, with the reason."""
+class RingChoice:
+    """The planner's decision: every candidate ring, the chosen one and why."""
 
-    shape: ModelShape
-    ranges: Ranges
-    hiding_bits: int
     candidates: list[RingReport]
     chosen: RingReport
     why: str
-
-    def to_dict(self) -> dict:
-        return {
-            "format_version": FORMAT_VERSION,
-            "shape": vars(self.shape),
-            "ranges": {
-                "z_window": [list(w) for w in self.ranges.z_window],
-                "activation_bound": self.ranges.activation_bound,
-            },
-            "hiding_bits": self.hiding_bits,
-            "chosen": self.chosen.params.poly_modulus_degree,
-            "why": self.why,
-            "candidates": [c.to_dict() for c in self.candidates],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def explain(self) -> str:
-        """Human-readable plan: the comparison table, the choice and why, then the chosen ring's stages."""
-        lines = [
-            f"model: d={self.shape.d_model} heads={self.shape.n_head} layers={self.shape.n_layer} "
-            f"T_max={self.shape.t_max}; refresh masks hide {self.hiding_bits} bits, |x| <= "
-            f"{self.ranges.activation_bound:g}",
-            "",
-            f"{'N':>6} {'levels':>6} {'usable':>6} {'prefill s':>9} {'decode s':>8} {'rounds p/d':>10} "
-            f"{'MB p/d':>13} {'keys MB':>8}  note",
-        ]
-        for c in self.candidates:
-            p = c.params
-            if not c.feasible:
-                lines.append(
-                    f"{p.poly_modulus_degree:>6} {p.levels:>6} {'-':>6} {'-':>9} {'-':>8} {'-':>10} "
-                    f"{'-':>13} {'-':>8}  infeasible: {c.reason}"
-                )
-                continue
-            pre, dec = c.prefill, c.decode
-            lines.append(
-                f"{p.poly_modulus_degree:>6} {p.levels:>6} {c.usable_levels:>6} {pre['latency_s']:>9.1f} "
-                f"{dec['latency_s']:>8.2f} {pre['refresh_rounds']:>4}/{dec['refresh_rounds']:<5} "
-                f"{pre['refresh_mb']:>6.1f}/{dec['refresh_mb']:<6.1f} {c.key_bytes / 1e6:>8.1f}  "
-                f"{'<- chosen' if c is self.chosen else ''}"
-            )
-        ch = self.chosen
-        lines += ["", f"choice: N={ch.params.poly_modulus_degree}. {self.why}", "", ch.params.describe()]
-        for i, (e, r) in enumerate(ch.plans):
-            lines.append(
-                f"layer {i}: exp: {e.describe()} (err {e.max_error:.2g}); 1/x: {r.describe()} "
-                f"(err {r.max_error:.2g})"
-            )
-        lines.append(f"rotation keys: {len(ch.rotation_steps)} steps {list(ch.rotation_steps)}")
-        lines.append("prefill stages (level on entry, levels needed, ciphertexts refreshed):")
-        for s in ch.stages:
-            mark = f"  REFRESH x{s['refreshed']}" if s["refreshed"] else ""
-            lines.append(f"  {s['stage']:<28} level {s['level_in']:>2}  needs {s['need']}{mark}")
-        return "\n".join(lines)
-
-
-def _layer_arrays(shape: ModelShape, index: int):
-    """Shape-only stand-in for a LayerView: counts do not depend on values (all diagonals non-zero)."""
-    d = shape.d_model
-    ones, vec = np.ones((d, d)), np.ones(d)
-    return SimpleNamespace(
-        w_q=ones, b_q=vec, w_k=ones, b_k=vec, w_v=ones, b_v=vec, w_o=ones, b_o=vec,
-        w_mix=ones, b_mix=vec, sink=np.zeros(shape.n_head), n_head=shape.n_head,
-    )  # fmt: skip
 
 
 def denominator_domain(z_window, t_max: int) -> tuple[float, float]:
@@ -259,31 +253,13 @@ def fit_plans(window, denominator, ranges: Ranges, usable: int) -> tuple[Plan, P
     return exp, recip
 
 
-def _run(params, shape, plans, ranges, hiding_bits, allow_refresh=True):
-    """Symbolic prefill (T_max tokens) and decode (last position) through every layer."""
-    out = {}
-    block = 1 << max(0, (shape.t_max - 1).bit_length())
-    layout = feature_layout(params.slots, shape.t_max, shape.d_model, block=block)
-    steps: set = set()
-    for phase in ("prefill", "decode"):
-        ev = Evaluator(params)
-        ref = Refresher(ev, None, ranges.activation_bound, hiding_bits, allow=allow_refresh)
-        lay = layout if phase == "prefill" else layout.with_tokens(1)
-        xs = [Ct(None, params.levels, lay) for _ in range(lay.n_ct)]
-        for i in range(shape.n_layer):
-            layer = EncryptedLayer(i, _layer_arrays(shape, i), *plans[i])
-            if phase == "prefill":
-                xs, _ = layer.prefill(ev, ref, xs, lay)
-            else:
-                cache = KVCache(
-                    [Ct(None, params.levels)] * lay.n_ct,
-                    [Ct(None, params.levels)] * lay.n_ct,
-                    shape.t_max - 1,
-                )
-                xs = layer.decode(ev, ref, xs, cache, lay)
-        steps |= ev.stats.steps_used
-        out[phase] = (ev, ref, xs)
-    return out, tuple(sorted(steps))
+def decode_rows_for(params: CkksParams, block: int, d_model: int, vocab: int) -> bool:
+    """Decode in the "rows" layout when the model's features fit one ciphertext and the token upload is at
+    most twice the "features" one's (N=16384, T=64: 4 ciphertexts instead of 2, 6 rotations and 5 products
+    instead of 37 and 256 for the embedding, 34 rotations and 8 products instead of 29 and 256 for the LM
+    head)."""
+    per_ct = params.slots // block
+    return d_model <= per_ct and rows_count(vocab, block) <= 2 * -(-vocab // per_ct)
 
 
 def _latency(stats, ref, params) -> float:
@@ -309,10 +285,28 @@ def _phase_summary(ev, ref, params) -> dict:
     return s
 
 
+def _fit_for_ring(shape: ModelShape, ranges: Ranges, usable: int) -> list:
+    cache: dict = {}
+    plans = []
+    dens = ranges.denominator or tuple(denominator_domain(w, shape.t_max) for w in ranges.z_window)
+    for w, den in zip(ranges.z_window, dens, strict=True):
+        key = (tuple(w), tuple(den))
+        if key not in cache:
+            cache[key] = fit_plans(*key, ranges, usable)
+        plans.append(cache[key])
+    return plans
+
+
 def evaluate_ring(
-    params: CkksParams, shape: ModelShape, ranges: Ranges, hiding_bits: int, plans: list | None
+    params: CkksParams,
+    shape: ModelShape,
+    ranges: Ranges,
+    hiding_bits: int,
+    plans: list | None,
+    decode_rows: bool | None = None,
 ) -> RingReport:
-    """Plan one ring (see the module docstring); infeasible rings carry the reason."""
+    """Plan one ring (see the module docstring); infeasible rings carry the reason. `decode_rows` None
+    decides the decode layout by shape (`decode_rows_for`)."""
     report = RingReport(params, False)
     try:
         probe = Refresher(Evaluator(params), None, ranges.activation_bound, hiding_bits)
@@ -323,14 +317,7 @@ def evaluate_ring(
     report.usable_levels, report.refresh_min_level = usable, floor
     if plans is None:
         try:
-            cache: dict = {}
-            plans = []
-            dens = ranges.denominator or tuple(denominator_domain(w, shape.t_max) for w in ranges.z_window)
-            for w, den in zip(ranges.z_window, dens, strict=True):
-                key = (tuple(w), tuple(den))
-                if key not in cache:
-                    cache[key] = fit_plans(*key, ranges, usable)
-                plans.append(cache[key])
+            plans = _fit_for_ring(shape, ranges, usable)
         except HeAeroError as exc:
             report.reason = str(exc)
             return report
@@ -347,26 +334,80 @@ def evaluate_ring(
             f"the ring leaves {usable}"
         )
         return report
-    report.plans = plans
-    runs, steps = _run(params, shape, plans, ranges, hiding_bits)
-    report.prefill = _phase_summary(*runs["prefill"][:2], params)
-    report.decode = _phase_summary(*runs["decode"][:2], params)
-    report.stages = runs["prefill"][1].trace
-    report.rotation_steps = steps
-    rot_key, base = KEY_BYTES[params.poly_modulus_degree]
-    report.key_bytes = base + rot_key * len(steps)
+    report.plans = list(plans)
+    report.block = block_for(shape.t_max)
+    if report.block > params.slots:
+        report.reason = f"context {shape.t_max} does not fit {params.slots} slots"
+        return report
+    if decode_rows is None:
+        decode_rows = decode_rows_for(params, report.block, shape.d_model, shape.vocab)
+    report.decode_rows = decode_rows
+    pipe = Pipeline(
+        shape_only_view(shape.d_model, shape.n_head, shape.n_layer, shape.t_max, shape.vocab),
+        plans, params, report.block, report.decode_rows,
+    )  # fmt: skip
+    bound = ranges.activation_bound
+    ev, ref, caches, _ = pipe.symbolic_prefill(shape.t_max, bound, hiding_bits)
+    report.prefill = _phase_summary(ev, ref, params)
+    report.stages = ref.trace
+    for c in caches:  # the costliest decode step: the last position
+        c.length = shape.t_max - 1
+    dev, dref, _ = pipe.symbolic_decode(caches, bound, hiding_bits)
+    report.decode = _phase_summary(dev, dref, params)
+    report.key_bytes_base = KEY_BYTES[params.poly_modulus_degree][1]
     report.feasible = True
     return report
+
+
+def choose_ring(
+    shape: ModelShape,
+    ranges: Ranges,
+    plans: list | None = None,
+    hiding_bits: int = HIDING_BITS,
+    rings=RINGS,
+) -> RingChoice:
+    """Compare the rings; choose the lowest estimated prefill + DECODE_STEPS_IN_COST decode steps."""
+    if len(ranges.z_window) != shape.n_layer:
+        raise HeAeroError(f"ranges: {len(ranges.z_window)} z windows for {shape.n_layer} layers")
+    if plans is not None and len(plans) != shape.n_layer:
+        raise HeAeroError(f"plans: {len(plans)} for {shape.n_layer} layers")
+    cands = [evaluate_ring(default_params(n), shape, ranges, hiding_bits, plans) for n in rings]
+    ok = [c for c in cands if c.feasible]
+    if not ok:
+        raise HeAeroError("no ring can run this model: " + "; ".join(
+            f"N={c.params.poly_modulus_degree}: {c.reason}" for c in cands))  # fmt: skip
+    best = min(ok, key=lambda c: c.cost)
+    if not math.isfinite(best.cost):
+        raise HeAeroError("planner: non-finite latency estimate")
+    why = (
+        f"lowest estimated latency (prefill {best.prefill['latency_s']:.1f} s + {DECODE_STEPS_IN_COST} "
+        f"decode steps x {best.decode['latency_s']:.2f} s)"
+    )
+    for c in cands:
+        if c is best:
+            continue
+        if c.feasible:
+            why += (
+                f"; N={c.params.poly_modulus_degree} would take {c.cost / best.cost:.1f}x as long with "
+                f"{best.prefill['refresh_rounds'] - c.prefill['refresh_rounds']} fewer prefill refresh rounds"
+            )
+        else:
+            why += f"; N={c.params.poly_modulus_degree} is out: {c.reason}"
+    return RingChoice(cands, best, why)
 
 
 def layer_depths(shape: ModelShape, plans: list) -> list[int]:
     """Levels each layer consumes with no refresh at all (on an unbounded chain)."""
     deep = CkksParams(8192, (60,) + (32,) * 60 + (60,), 32, insecure_for_tests=True)
+    layout = feature_layout(deep.slots, shape.t_max, shape.d_model)
+    view = shape_only_view(shape.d_model, shape.n_head, 1, shape.t_max)
     out = []
     for i in range(shape.n_layer):
-        one = ModelShape(shape.d_model, shape.n_head, 1, shape.t_max)
-        runs, _ = _run(deep, one, [plans[i]], Ranges(((-1.0, 1.0),)), 20, allow_refresh=False)
-        out.append(deep.levels - min(c.level for c in runs["prefill"][2]))
+        ev = Evaluator(deep)
+        ref = Refresher(ev, None, 1.0, HIDING_BITS, allow=False)
+        xs = [Ct(None, deep.levels, layout) for _ in range(layout.n_ct)]
+        xs, _ = EncryptedLayer(i, view.layers[0], *plans[i]).prefill(ev, ref, xs, layout)
+        out.append(deep.levels - ev.lowest(xs))
     return out
 
 
@@ -374,7 +415,7 @@ def check_depth_budget(shape: ModelShape, plans: list, params: CkksParams, refre
     """Raise before any encryption if the model cannot run on `params`: without refresh each layer's whole
     depth must fit the chain; with refresh, every plan step must fit between two refreshes."""
     if refresh:
-        rep = evaluate_ring(params, shape, Ranges(((-1.0, 1.0),) * shape.n_layer), 20, plans)
+        rep = evaluate_ring(params, shape, Ranges(((-1.0, 1.0),) * shape.n_layer), HIDING_BITS, plans)
         if not rep.feasible:
             raise HeAeroError(f"depth budget on {params.describe()}: {rep.reason}")
         return
@@ -387,43 +428,380 @@ def check_depth_budget(shape: ModelShape, plans: list, params: CkksParams, refre
         )
 
 
-def make_plan(
-    shape: ModelShape,
-    ranges: Ranges,
-    plans: list | None = None,
-    hiding_bits: int = 20,
-    rings=RINGS,
-) -> HePlan:
-    """Compare the rings and choose the one with the lowest estimated prefill + 16 decode steps latency."""
-    if len(ranges.z_window) != shape.n_layer:
-        raise HeAeroError(f"ranges: {len(ranges.z_window)} z windows for {shape.n_layer} layers")
-    if plans is not None and len(plans) != shape.n_layer:
-        raise HeAeroError(f"plans: {len(plans)} for {shape.n_layer} layers")
-    cands = [evaluate_ring(default_params(n), shape, ranges, hiding_bits, plans) for n in rings]
-    ok = [c for c in cands if c.feasible]
-    if not ok:
-        raise HeAeroError("no ring can run this model: " + "; ".join(
-            f"N={c.params.poly_modulus_degree}: {c.reason}" for c in cands))  # fmt: skip
+# --- the artifact -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerPlan:
+    """What runs in one layer's attention: exp on the z window, 1/x on the denominator range."""
 
-    def cost(c):
-        return c.prefill["latency_s"] + 16 * c.decode["latency_s"]
+    exp: Plan
+    reciprocal: Plan
+    z_domain: tuple[float, float]
+    denominator_domain: tuple[float, float]
 
-    best = min(ok, key=cost)
-    others = [c for c in ok if c is not best]
-    why = (
-        f"lowest estimated latency (prefill {best.prefill['latency_s']:.1f} s + 16 decode steps x "
-        f"{best.decode['latency_s']:.2f} s)"
-    )
-    if others:
-        why += "; " + "; ".join(
-            f"N={c.params.poly_modulus_degree} would take {cost(c) / cost(best):.1f}x as long with "
-            f"{best.prefill['refresh_rounds'] - c.prefill['refresh_rounds']} fewer prefill refresh rounds, "
-            f"{c.key_bytes / max(best.key_bytes, 1):.0f}x the key bytes"
-            for c in others
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """The compiled plan (module docstring): everything the server runs and the client is offered.
+
+    Build with `compile_plan`, read with `load_plan`; `sha256` identifies it (the offer carries it)."""
+
+    weights_sha256: str
+    calibration_sha256: str
+    shape: ModelShape
+    params: CkksParams
+    block: int
+    decode_rows: bool
+    layers: tuple[LayerPlan, ...]
+    activation_bound: float  # bound on |x| of any refreshed value: the refresh mask's scale
+    hiding_bits: int
+    logit_domain: tuple[float, float]  # the client's plausibility check
+    rotation_steps: tuple[int, ...]
+    usable_levels: int
+    refresh_min_level: int
+    estimates: dict = field(default_factory=dict, compare=False)  # prefill / decode counts and latency
+    stages: tuple = field(default=(), compare=False)  # prefill levels: {stage, need, level_in, refreshed}
+    comparison: tuple = field(default=(), compare=False)  # one RingReport.row per candidate ring
+    why: str = field(default="", compare=False)
+    producer: str = field(default=f"he-aero {__version__}", compare=False)
+
+    @property
+    def plans(self) -> list[tuple[Plan, Plan]]:
+        """Per layer (exp, reciprocal): what `Pipeline` takes."""
+        return [(lay.exp, lay.reciprocal) for lay in self.layers]
+
+    @property
+    def key_bytes(self) -> int:
+        """Estimated serialised size of the client's keys (public, relinearisation, rotations)."""
+        rot, base = KEY_BYTES.get(self.params.poly_modulus_degree, (0, 0))
+        return base + rot * len(self.rotation_steps)
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the canonical JSON of `to_dict()`."""
+        return hashlib.sha256(_canonical(self.to_dict())).hexdigest()
+
+    def check_checkpoint(self, header: dict) -> None:
+        """Refuse weights this plan was not compiled for."""
+        sha = str(header.get("weights_sha256"))
+        if sha != self.weights_sha256:
+            raise HeAeroError(
+                f"the plan was compiled for checkpoint weights {self.weights_sha256[:12]}..., not "
+                f"{sha[:12]}...: run `he-aero plan --checkpoint CHECKPOINT --calibration FILE --out PLAN`"
+            )
+
+    def to_dict(self) -> dict:
+        p = self.params
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": KIND,
+            "producer": self.producer,
+            "checkpoint": {"weights_sha256": self.weights_sha256, "shape": vars(self.shape)},
+            "calibration_sha256": self.calibration_sha256,
+            "ckks": {
+                "poly_modulus_degree": p.poly_modulus_degree,
+                "coeff_mod_bit_sizes": list(p.coeff_mod_bit_sizes),
+                "scale_bits": p.scale_bits,
+                "insecure_for_tests": p.insecure_for_tests,
+            },
+            "layout": {"block": self.block, "decode_rows": self.decode_rows},
+            "layers": [
+                {
+                    "z_domain": list(lay.z_domain),
+                    "denominator_domain": list(lay.denominator_domain),
+                    "exp": lay.exp.to_dict(),
+                    "reciprocal": lay.reciprocal.to_dict(),
+                }
+                for lay in self.layers
+            ],
+            "refresh": {
+                "activation_bound": self.activation_bound,
+                "hiding_bits": self.hiding_bits,
+                "usable_levels": self.usable_levels,
+                "min_level": self.refresh_min_level,
+            },
+            "logit_domain": list(self.logit_domain),
+            "rotation_steps": list(self.rotation_steps),
+            "estimates": self.estimates,
+            "stages": list(self.stages),
+            "comparison": {"rings": list(self.comparison), "why": self.why},
+        }
+
+    @classmethod
+    def from_dict(cls, data, where: str = "plan") -> ExecutionPlan:
+        """Validate a plan dictionary; HeAeroError names the bad field."""
+        reader = _Reader(where)
+        if not isinstance(data, dict):
+            raise HeAeroError(f"{where}: expected a JSON object")
+        if reader.need(data, "kind") != KIND:
+            raise HeAeroError(f"{where}: field 'kind' is {data['kind']!r}, not {KIND!r} (not a plan file)")
+        version = reader.need(data, "format_version")
+        if version != FORMAT_VERSION:
+            raise HeAeroError(
+                f"{where}: format_version {version!r}, this he-aero reads {FORMAT_VERSION} (re-run `he-aero plan`)"
+            )
+        ckpt = reader.need(data, "checkpoint")
+        sha = reader.need(ckpt, "weights_sha256", "checkpoint.")
+        cal_sha = reader.need(data, "calibration_sha256")
+        for name, value in (("checkpoint.weights_sha256", sha), ("calibration_sha256", cal_sha)):
+            if not isinstance(value, str) or len(value) != 64:
+                raise HeAeroError(f"{where}: field {name!r} is not a SHA-256 hex digest")
+        try:
+            shape = ModelShape(**reader.need(ckpt, "shape", "checkpoint."))
+        except TypeError as exc:
+            raise HeAeroError(f"{where}: field 'checkpoint.shape': {exc}") from exc
+        except HeAeroError as exc:
+            raise HeAeroError(f"{where}: field 'checkpoint.shape': {exc}") from exc
+        ck = reader.need(data, "ckks")
+        try:
+            params = CkksParams(
+                reader.integer(ck, "poly_modulus_degree", "ckks."),
+                tuple(reader.need(ck, "coeff_mod_bit_sizes", "ckks.")),
+                reader.integer(ck, "scale_bits", "ckks."),
+                bool(reader.need(ck, "insecure_for_tests", "ckks.")),
+            )
+        except (HeAeroError, TypeError, ValueError) as exc:
+            raise HeAeroError(f"{where}: field 'ckks': {exc}") from exc
+        layout = reader.need(data, "layout")
+        raw_layers = reader.need(data, "layers")
+        if not isinstance(raw_layers, list) or len(raw_layers) != shape.n_layer:
+            raise HeAeroError(f"{where}: field 'layers' must list {shape.n_layer} layers")
+        layers = []
+        for i, raw in enumerate(raw_layers):
+            ctx = f"layers[{i}]."
+            try:
+                exp = Plan.from_dict(reader.need(raw, "exp", ctx))
+                recip = Plan.from_dict(reader.need(raw, "reciprocal", ctx))
+            except ApproxError as exc:
+                raise HeAeroError(f"{where}: layers[{i}] plan: {exc}") from exc
+            if exp.function != "exp" or recip.function != "reciprocal":
+                raise HeAeroError(f"{where}: layers[{i}]: expected an exp and a reciprocal plan")
+            z = reader.pair(reader.need(raw, "z_domain", ctx), f"{ctx}z_domain")
+            den = reader.pair(reader.need(raw, "denominator_domain", ctx), f"{ctx}denominator_domain")
+            layers.append(LayerPlan(exp, recip, z, den))
+        refresh = reader.need(data, "refresh")
+        bound = reader.need(refresh, "activation_bound", "refresh.")
+        if (
+            isinstance(bound, bool)
+            or not isinstance(bound, (int, float))
+            or not (math.isfinite(bound) and bound > 0)
+        ):
+            raise HeAeroError(f"{where}: field 'refresh.activation_bound' must be a positive number")
+        steps = reader.need(data, "rotation_steps")
+        if not isinstance(steps, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in steps
+        ):
+            raise HeAeroError(f"{where}: field 'rotation_steps' must be a list of integers")
+        comparison = data.get("comparison", {})
+        block = reader.integer(layout, "block", "layout.")
+        if block < shape.t_max or block & (block - 1) or block > params.slots:
+            raise HeAeroError(
+                f"{where}: field 'layout.block' {block} must be a power of two holding the context"
+            )
+        return cls(
+            weights_sha256=sha,
+            calibration_sha256=cal_sha,
+            shape=shape,
+            params=params,
+            block=block,
+            decode_rows=bool(reader.need(layout, "decode_rows", "layout.")),
+            layers=tuple(layers),
+            activation_bound=float(bound),
+            hiding_bits=reader.integer(refresh, "hiding_bits", "refresh."),
+            logit_domain=reader.pair(reader.need(data, "logit_domain"), "logit_domain"),
+            rotation_steps=tuple(steps),
+            usable_levels=reader.integer(refresh, "usable_levels", "refresh."),
+            refresh_min_level=reader.integer(refresh, "min_level", "refresh."),
+            estimates=data.get("estimates", {}),
+            stages=tuple(data.get("stages", ())),
+            comparison=tuple(comparison.get("rings", ())) if isinstance(comparison, dict) else (),
+            why=str(comparison.get("why", "")) if isinstance(comparison, dict) else "",
+            producer=str(data.get("producer", "")),
         )
-    for c in cands:
-        if not c.feasible:
-            why += f"; N={c.params.poly_modulus_degree} is out: {c.reason}"
-    if math.isfinite(cost(best)):
-        return HePlan(shape, ranges, hiding_bits, cands, best, why)
-    raise HeAeroError("planner: non-finite latency estimate")
+
+    def save(self, path: Path | str) -> Path:
+        """Write the plan as JSON (atomically: a reader never sees half a file)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            raise HeAeroError(f"plan {path}: cannot write ({exc.strerror or exc})") from exc
+        return path
+
+    def summary(self) -> str:
+        """One line: ring, estimated latency, rotation keys."""
+        est = self.estimates
+        return (
+            f"N={self.params.poly_modulus_degree} {list(self.params.coeff_mod_bit_sizes)}: prefill ~"
+            f"{est.get('prefill', {}).get('latency_s', float('nan')):.1f} s, decode ~"
+            f"{est.get('decode', {}).get('latency_s', float('nan')):.2f} s/token, "
+            f"{len(self.rotation_steps)} rotation keys (~{self.key_bytes / 1e6:.0f} MB of keys)"
+        )
+
+    def explain(self) -> str:
+        """What runs, once: the ring comparison and the choice, the chain, the plans, the stages."""
+        s, p = self.shape, self.params
+        lines = [
+            f"model: d={s.d_model} heads={s.n_head} layers={s.n_layer} T_max={s.t_max} vocab={s.vocab}; "
+            f"weights {self.weights_sha256[:12]}..., calibration {self.calibration_sha256[:12]}...",
+            "",
+            f"{'N':>6} {'levels':>6} {'usable':>6} {'prefill s':>9} {'decode s':>8} {'rounds p/d':>10} "
+            f"{'MB p/d':>13}  note",
+        ]
+        for r in self.comparison:
+            if not r["feasible"]:
+                lines.append(
+                    f"{r['poly_modulus_degree']:>6} {r['levels']:>6} {'-':>6} {'-':>9} {'-':>8} {'-':>10} "
+                    f"{'-':>13}  infeasible: {r['reason']}"
+                )
+                continue
+            lines.append(
+                f"{r['poly_modulus_degree']:>6} {r['levels']:>6} {r['usable_levels']:>6} "
+                f"{r['prefill_latency_s']:>9.1f} {r['decode_latency_s']:>8.2f} "
+                f"{r['prefill_refresh_rounds']:>4}/{r['decode_refresh_rounds']:<5} "
+                f"{r['prefill_refresh_mb']:>6.1f}/{r['decode_refresh_mb']:<6.1f}  "
+                f"{'<- chosen' if r['chosen'] else ''}"
+            )
+        lines += ["", f"choice: N={p.poly_modulus_degree}. {self.why}", "", p.describe()]
+        lines.append(
+            f"refresh: masks hide {self.hiding_bits} bits per slot, |x| <= {self.activation_bound:.4g}; a refresh "
+            f"needs level >= {self.refresh_min_level}, so {self.usable_levels} levels between refreshes"
+        )
+        lines.append(
+            f"slot layout: features, {self.block}-slot token blocks, {p.slots // self.block} features per "
+            f"ciphertext; decode in the {'rows' if self.decode_rows else 'features'} layout"
+        )
+        for i, lay in enumerate(self.layers):
+            e, r = lay.exp, lay.reciprocal
+            lines.append(
+                f"layer {i}: exp on [{lay.z_domain[0]:.2f}, {lay.z_domain[1]:.2f}]: {e.describe()} (rel err "
+                f"{e.max_error:.2g}); 1/x on [1, {lay.denominator_domain[1]:.1f}]: {r.describe()} (rel err "
+                f"{r.max_error:.2g})"
+            )
+        lines.append(f"rotation keys: {len(self.rotation_steps)} steps {list(self.rotation_steps)}")
+        for phase in ("prefill", "decode"):
+            est = self.estimates.get(phase)
+            if est:
+                lines.append(
+                    f"{phase} (counted): rotations {est['rotations']}, ct*ct {est['ctct_mults']}, ct*pt "
+                    f"{est['pt_mults']}, refresh rounds {est['refresh_rounds']} ({est['refreshed_ciphertexts']} "
+                    f"ciphertexts, {est['refresh_mb']} MB), ~{est['latency_s']} s"
+                )
+        lines.append("prefill stages (level on entry, levels needed, ciphertexts refreshed):")
+        for st in self.stages:
+            mark = f"  REFRESH x{st['refreshed']}" if st["refreshed"] else ""
+            lines.append(f"  {st['stage']:<28} level {st['level_in']:>2}  needs {st['need']}{mark}")
+        return "\n".join(lines)
+
+
+def _canonical(data: dict) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+class _Reader:
+    """Field access for `from_dict` with errors that name the field."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def need(self, d, key, ctx=""):
+        if not isinstance(d, dict) or key not in d:
+            raise HeAeroError(f"{self.where}: missing field {ctx}{key!r}")
+        return d[key]
+
+    def integer(self, d, key, ctx="") -> int:
+        value = self.need(d, key, ctx)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HeAeroError(f"{self.where}: field {ctx}{key!r} must be an integer, got {value!r}")
+        return value
+
+    def pair(self, value, name) -> tuple[float, float]:
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError) as exc:
+            raise HeAeroError(f"{self.where}: field {name!r} must be [lo, hi], got {value!r}") from exc
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise HeAeroError(f"{self.where}: field {name!r} must be finite with lo < hi, got {value!r}")
+        return lo, hi
+
+
+def load_plan(path: Path | str | None = None) -> ExecutionPlan:
+    """Read and validate a plan file (default: the shipped one, for the shipped default checkpoint)."""
+    path = Path(path) if path is not None else DEFAULT_PLAN
+    if not path.is_file():
+        hint = " (the shipped default is made by `make plan-default`)" if path == DEFAULT_PLAN else ""
+        raise HeAeroError(f"plan {path}: no such file{hint}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HeAeroError(f"plan {path}: not valid JSON ({exc})") from exc
+    return ExecutionPlan.from_dict(data, where=f"plan {path}")
+
+
+def compile_plan(
+    header: dict,
+    calibration,
+    config: PlanConfig | None = None,
+    params: CkksParams | None = None,
+    decode_rows: bool | None = None,
+) -> ExecutionPlan:
+    """The plan stage: choose the ring (or take `params`: tests pin small rings), fit the plans for it, count
+    everything symbolically, collect the rotation steps.
+
+    Parameters
+    ----------
+    header : the checkpoint header (`models.checkpoint.load_checkpoint`'s second value): its weights'
+        SHA-256 and config (the shape).
+    calibration : a `he_aero.calibrate.Calibration` made for those weights.
+    config : error targets, hiding, candidate rings (default PlanConfig()).
+    params : run on exactly this ring instead of comparing `config.rings`.
+    decode_rows : force the decode layout (None: by shape, `decode_rows_for`).
+
+    Raises HeAeroError when the calibration belongs to other weights or no ring can run the model."""
+    config = config or PlanConfig()
+    calibration.check_checkpoint(header)
+    shape = ModelShape.from_config(header.get("config", {}))
+    if len(calibration.layers) != shape.n_layer:
+        raise HeAeroError(
+            f"calibration has {len(calibration.layers)} layers, the model {shape.n_layer}: wrong calibration"
+        )
+    ranges = Ranges.from_calibration(calibration, config)
+    if params is None:
+        if decode_rows is not None:
+            raise HeAeroError("plan: forcing the decode layout needs a given ring (params)")
+        choice = choose_ring(shape, ranges, None, config.hiding_bits, config.rings)
+    else:
+        report = evaluate_ring(params, shape, ranges, config.hiding_bits, None, decode_rows)
+        if not report.feasible:
+            raise HeAeroError(f"plan: {params.describe()} cannot run this model: {report.reason}")
+        choice = RingChoice([report], report, "the ring was given")
+    best = choice.chosen
+    pipe = Pipeline(
+        shape_only_view(shape.d_model, shape.n_head, shape.n_layer, shape.t_max, shape.vocab),
+        best.plans, best.params, best.block, best.decode_rows,
+    )  # fmt: skip
+    steps = pipe.rotation_steps(ranges.activation_bound, config.hiding_bits)
+    layers = tuple(
+        LayerPlan(e, r, tuple(lay.z_domain), tuple(lay.denominator_domain))
+        for (e, r), lay in zip(best.plans, calibration.layers, strict=True)
+    )
+    return ExecutionPlan(
+        weights_sha256=str(header["weights_sha256"]),
+        calibration_sha256=calibration.sha256,
+        shape=shape,
+        params=best.params,
+        block=best.block,
+        decode_rows=best.decode_rows,
+        layers=layers,
+        activation_bound=float(calibration.activation_bound),
+        hiding_bits=config.hiding_bits,
+        logit_domain=tuple(calibration.logit_domain),
+        rotation_steps=steps,
+        usable_levels=best.usable_levels,
+        refresh_min_level=best.refresh_min_level,
+        estimates={"prefill": best.prefill, "decode": best.decode},
+        stages=tuple(best.stages),
+        comparison=tuple(c.row(c is best) for c in choice.candidates),
+        why=choice.why,
+    )

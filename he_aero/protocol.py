@@ -32,8 +32,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from he_aero.errors import HeAeroError
 
 MAGIC = b"HEAERO"
@@ -222,27 +220,6 @@ class Channel:
         self.traffic.rounds[purpose] += 1
 
 
-# --- the "rows" slot layout: one token's vectors at decode -----------------------------------------------
-def rows_pack(vector, slots: int, block: int) -> list[np.ndarray]:
-    """A vector (length m) in SLOT-LAYOUT "rows": ciphertext c, slot j * block + t holds vector[c * block + t]
-    in EVERY block j (the chunk replicated across blocks; 0 past the end); ceil(m / block) ciphertexts.
-
-    Why (decode embeds one token): with the one-hot in this layout, a plaintext product puts
-    tok_emb[c * block + t, j] in slot j * block + t of chunk c, and a row sum (log2(block) rotations) leaves
-    x_j = tok_emb[token, j] in row 0 of block j, the "features" layout: 6 rotations and 5 plaintext products
-    instead of the matrix kernel's 37 and 256 at N=16384."""
-    v = np.asarray(vector, dtype=float).ravel()
-    n_ct = -(-v.size // block)
-    padded = np.zeros(n_ct * block)
-    padded[: v.size] = v
-    return [np.tile(padded[c * block : (c + 1) * block], slots // block) for c in range(n_ct)]
-
-
-def rows_unpack(vectors, length: int, block: int) -> np.ndarray:
-    """The inverse of `rows_pack` when chunk c is read from block 0 only (what the decode LM head leaves)."""
-    return np.concatenate([np.asarray(v, dtype=float)[:block] for v in vectors])[:length]
-
-
 # --- the offer: what the server tells the client before keys exist ----------------------------------------
 @dataclass(frozen=True)
 class RuntimeOffer:
@@ -250,14 +227,15 @@ class RuntimeOffer:
 
     Everything here is public: CKKS parameters, the rotation steps the kernels use (the client makes exactly
     those keys), the slot layout (block = slots per feature column, a power of two >= the context length),
-    model shape, the calibrated logit range (the client's plausibility check) and the refresh settings
-    (mask bound and hiding bits, so the client can check the hiding it is promised).
+    model shape, the calibrated logit range (the client's plausibility check), the refresh settings (mask
+    bound and hiding bits, so the client can check the hiding it is promised) and the SHA-256 of the weights
+    and of the plan. The offer states; the client decides (he_aero/client/policy.py): nothing in it can
+    lower the client's security requirements.
     """
 
     poly_modulus_degree: int
     coeff_mod_bit_sizes: tuple[int, ...]
     scale_bits: int
-    insecure_for_tests: bool
     rotation_steps: tuple[int, ...]
     block: int
     context: int
@@ -267,15 +245,8 @@ class RuntimeOffer:
     refresh_bound: float
     hiding_bits: int
     model_sha256: str
-    decode_rows: bool  # decode tokens and logits use the "rows" layout (rows_pack) instead of "features"
-
-    @property
-    def params(self):
-        from he_aero.ckks.params import CkksParams
-
-        return CkksParams(
-            self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits, self.insecure_for_tests
-        )
+    plan_sha256: str
+    decode_rows: bool  # decode tokens and logits use the "rows" layout (packing.rows_pack)
 
     def to_message(self) -> Message:
         meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -289,7 +260,6 @@ class RuntimeOffer:
                 poly_modulus_degree=int(m["poly_modulus_degree"]),
                 coeff_mod_bit_sizes=tuple(int(b) for b in m["coeff_mod_bit_sizes"]),
                 scale_bits=int(m["scale_bits"]),
-                insecure_for_tests=bool(m["insecure_for_tests"]),
                 rotation_steps=tuple(int(s) for s in m["rotation_steps"]),
                 block=int(m["block"]),
                 context=int(m["context"]),
@@ -299,6 +269,7 @@ class RuntimeOffer:
                 refresh_bound=float(m["refresh_bound"]),
                 hiding_bits=int(m["hiding_bits"]),
                 model_sha256=str(m["model_sha256"]),
+                plan_sha256=str(m["plan_sha256"]),
                 decode_rows=bool(m["decode_rows"]),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:

@@ -1,4 +1,4 @@
-"""Ciphertexts with an exact level and scale, and the server's evaluator on `tenseal.sealapi`.
+"""Ciphertexts with an exact level and scale, and the server's evaluator (SEAL calls via `ckks.backend`).
 
 Scale discipline (why): SEAL's primes are only close to 2^s, and TenSEAL's reset to the nominal scale after
 each rescale costs precision. Here every ciphertext at level l has scale exactly S_l, a per-level constant:
@@ -26,10 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
-import tenseal.sealapi as seal
-
-from he_aero.ckks.keys import ServerContext, chain_tables
+from he_aero.ckks.backend import PublicContext, SealOps, chain_tables, is_fresh, load_ciphertext, to_bytes
 from he_aero.ckks.params import CkksParams
 from he_aero.errors import HeAeroError
 
@@ -39,7 +36,7 @@ class Ct:
     """One ciphertext: the SEAL object (None when symbolic), its level, what its slots hold (`layout`), and
     whether a product's rescale is still pending (scale ~ S_level^2; see `Evaluator.rescale`)."""
 
-    data: seal.Ciphertext | None
+    data: object | None  # the backend's ciphertext handle (he_aero/ckks/backend.py)
     level: int
     layout: object = None
     pending: bool = False
@@ -111,7 +108,7 @@ class Evaluator:
     server : the public context; None runs symbolically (levels and counts only, no SEAL objects).
     """
 
-    def __init__(self, params: CkksParams, server: ServerContext | None = None):
+    def __init__(self, params: CkksParams, server: PublicContext | None = None):
         self.params = params
         self.server = server
         self.symbolic = server is None
@@ -133,25 +130,16 @@ class Evaluator:
         self.stats = OpStats()
         self._cache: dict = {}
         if not self.symbolic:
-            self._ev = seal.Evaluator(ctx)
-            self._enc = seal.CKKSEncoder(ctx)
+            self._ops = SealOps(server)
             self._timer = _Timer(self)
 
     # --- plaintexts ----------------------------------------------------------------------------------------
-    def _encode(self, values, level: int, scale: float) -> seal.Plaintext | None:
+    def _encode(self, values, level: int, scale: float):
         if self.symbolic:
             return None
-        pt = seal.Plaintext()
         self.stats.encodes += 1
         with self._timer:
-            if np.isscalar(values):
-                self._enc.encode(float(values), self.parms_ids[level], scale, pt)
-            else:
-                v = np.zeros(self.slots)
-                arr = np.asarray(values, dtype=float).ravel()
-                v[: arr.size] = arr
-                self._enc.encode(v.tolist(), self.parms_ids[level], scale, pt)
-        return pt
+            return self._ops.encode(values, self.parms_ids[level], scale, self.slots)
 
     def _mul_scale(self, level: int) -> float:
         """Scale of a plaintext factor at `level` so the rescaled product lands exactly on S_{level-1}."""
@@ -183,11 +171,10 @@ class Evaluator:
         """Finish a pending product (no-op otherwise): the level drops by one, the scale lands on S_level."""
         if not a.pending:
             return a
-        out = self._new(a.level, a.layout)
+        out = Ct(None, a.level - 1, a.layout)
         if not self.symbolic:
             with self._timer:
-                self._ev.rescale_to_next(a.data, out.data)
-        out.level = a.level - 1
+                out.data = self._ops.rescale(a.data)
         return out
 
     def _finish(self, out: Ct, rescale: bool) -> Ct:
@@ -205,13 +192,10 @@ class Evaluator:
                 f"(chain of {self.top} levels); a refresh must come before this operation"
             )
 
-    def _new(self, level: int, layout=None) -> Ct:
-        return Ct(None if self.symbolic else seal.Ciphertext(), level, layout)
-
     def _rescaled(self, out: Ct) -> Ct:
         if not self.symbolic:
             with self._timer:
-                self._ev.rescale_to_next_inplace(out.data)
+                self._ops.rescale_inplace(out.data)
         return out
 
     def align(self, a: Ct, level: int) -> Ct:
@@ -225,16 +209,13 @@ class Evaluator:
         if not self.symbolic:
             src = a.data
             if a.level > level + 1:
-                tmp = seal.Ciphertext()
                 with self._timer:
-                    self._ev.mod_switch_to(a.data, self.parms_ids[level + 1], tmp)
-                src = tmp
+                    src = self._ops.mod_switch(a.data, self.parms_ids[level + 1])
             pt = self._encode(
                 1.0, level + 1, self.primes[level + 1] * self.scales[level] / self.scales[a.level]
             )
-            out = self._new(level + 1, a.layout)
             with self._timer:
-                self._ev.multiply_plain(src, pt, out.data)
+                out = Ct(self._ops.multiply_plain(src, pt), level + 1, a.layout)
             self._rescaled(out)
         self.stats.pt_mults[level + 1] += 1
         out.level = level
@@ -252,14 +233,11 @@ class Evaluator:
         """ct x ct: multiply, relinearise, rescale (one level; `rescale=False` leaves it pending)."""
         a, b = self._pair(self.rescale(a), self.rescale(b))
         self._need(a, "a ciphertext product")
-        out = self._new(a.level, layout or a.layout)
+        out = Ct(None, a.level, layout or a.layout)
         if not self.symbolic:
             with self._timer:
-                if a is b:
-                    self._ev.square(a.data, out.data)
-                else:
-                    self._ev.multiply(a.data, b.data, out.data)
-                self._ev.relinearize_inplace(out.data, self.server.relin_keys)
+                out.data = self._ops.multiply(a.data, a.data if a is b else b.data)
+                self._ops.relinearize_inplace(out.data)
         self.stats.ctct_mults[a.level] += 1
         self.stats.relins += 1
         return self._finish(out, rescale)
@@ -272,23 +250,22 @@ class Evaluator:
         pairs = [(self.rescale(a), self.rescale(b)) for a, b in pairs]
         level = min(min(a.level, b.level) for a, b in pairs)
         self._need(Ct(None, level), "a ciphertext product")
-        out = self._new(level, layout or pairs[0][0].layout)
+        out = Ct(None, level, layout or pairs[0][0].layout)
         for i, (a, b) in enumerate(pairs):
             a, b = self.align(a, level), self.align(b, level)
             self.stats.ctct_mults[level] += 1
             if self.symbolic:
                 continue
             with self._timer:
+                prod = self._ops.multiply(a.data, a.data if a is b else b.data)
                 if i == 0:
-                    self._ev.multiply(a.data, b.data, out.data)
+                    out.data = prod
                 else:
-                    tmp = seal.Ciphertext()
-                    self._ev.multiply(a.data, b.data, tmp)
-                    self._ev.add_inplace(out.data, tmp)
+                    self._ops.add_inplace(out.data, prod)
             self.stats.adds += i > 0
         if not self.symbolic:
             with self._timer:
-                self._ev.relinearize_inplace(out.data, self.server.relin_keys)
+                self._ops.relinearize_inplace(out.data)
         self.stats.relins += 1
         return self._finish(out, rescale)
 
@@ -322,7 +299,7 @@ class Evaluator:
         terms = [(self.rescale(c), k, m) for c, k, m in terms]
         level = min(c.level for c, _, _ in terms)
         self._need(Ct(None, level), "a plaintext product")
-        out = self._new(level, layout or terms[0][0].layout)
+        out = Ct(None, level, layout or terms[0][0].layout)
         for i, (c, key, make) in enumerate(terms):
             c = self.align(c, level)
             pt = self.plaintext(key, make, level, True)
@@ -330,20 +307,19 @@ class Evaluator:
             if self.symbolic:
                 continue
             with self._timer:
+                prod = self._ops.multiply_plain(c.data, pt)
                 if i == 0:
-                    self._ev.multiply_plain(c.data, pt, out.data)
+                    out.data = prod
                 else:
-                    tmp = seal.Ciphertext()
-                    self._ev.multiply_plain(c.data, pt, tmp)
-                    self._ev.add_inplace(out.data, tmp)
+                    self._ops.add_inplace(out.data, prod)
             self.stats.adds += i > 0
         return self._finish(out, rescale)
 
     def _mul_pt(self, a: Ct, pt, layout, rescale: bool = True) -> Ct:
-        out = self._new(a.level, layout or a.layout)
+        out = Ct(None, a.level, layout or a.layout)
         if not self.symbolic:
             with self._timer:
-                self._ev.multiply_plain(a.data, pt, out.data)
+                out.data = self._ops.multiply_plain(a.data, pt)
         self.stats.pt_mults[a.level] += 1
         return self._finish(out, rescale)
 
@@ -356,11 +332,10 @@ class Evaluator:
     def _additive(self, op: str, a: Ct, b: Ct, layout) -> Ct:
         """a + b or a - b (SEAL's `add` / `sub`) after aligning levels; counted as one addition."""
         a, b = self._pair(a, b)
-        out = self._new(a.level, layout or a.layout)
-        out.pending = a.pending
+        out = Ct(None, a.level, layout or a.layout, a.pending)
         if not self.symbolic:
             with self._timer:
-                getattr(self._ev, op)(a.data, b.data, out.data)
+                out.data = getattr(self._ops, op)(a.data, b.data)
         self.stats.adds += 1
         return out
 
@@ -379,10 +354,11 @@ class Evaluator:
         if a.pending:
             pt = None
             if not self.symbolic:
-                ck = (key, a.level, "pending", a.data.scale)
+                scale = self._ops.scale(a.data)
+                ck = (key, a.level, "pending", scale)
                 pt = self._cache.get(ck) if key is not None else None
                 if pt is None:
-                    pt = self._encode(make(), a.level, a.data.scale)
+                    pt = self._encode(make(), a.level, scale)
                     if key is not None:
                         self._cache[ck] = pt
             out = self._add_pt(a, pt, layout)
@@ -398,10 +374,10 @@ class Evaluator:
         return self._add_pt(a, self._encode(float(c), a.level, self.scales[a.level]), layout)
 
     def _add_pt(self, a: Ct, pt, layout) -> Ct:
-        out = self._new(a.level, layout or a.layout)
+        out = Ct(None, a.level, layout or a.layout)
         if not self.symbolic:
             with self._timer:
-                self._ev.add_plain(a.data, pt, out.data)
+                out.data = self._ops.add_plain(a.data, pt)
         self.stats.adds += 1
         return out
 
@@ -411,15 +387,28 @@ class Evaluator:
         if k == 0:
             return Ct(a.data, a.level, layout or a.layout, a.pending)
         self.stats.steps_used.add(k)
-        out = self._new(a.level, layout or a.layout)
-        out.pending = a.pending
+        out = Ct(None, a.level, layout or a.layout, a.pending)
         if not self.symbolic:
             if not self.server.has_rotation(k):
                 raise HeAeroError(f"rotate: no rotation key for step {step} (the plan's key list lacks it)")
             with self._timer:
-                self._ev.rotate_vector(a.data, k, self.server.galois_keys, out.data)
+                out.data = self._ops.rotate(a.data, k)
         self.stats.rotations[a.level] += 1
         return out
 
     def lowest(self, cts) -> int:
         return min(c.level for c in cts)
+
+    # --- bytes ---------------------------------------------------------------------------------------------
+    def load_fresh(self, blob: bytes, what: str, layout=None) -> Ct:
+        """A client ciphertext at the top level: loaded, and refused unless it is a fresh two-polynomial
+        encryption at the top level's exact scale (HeAeroError naming `what`)."""
+        data = load_ciphertext(self.server.seal_context, blob, what)
+        if not is_fresh(data, self.parms_ids[self.top], self.scales[self.top]):
+            raise HeAeroError(f"{what} is not a fresh top-level encryption")
+        return Ct(data, self.top, layout)
+
+    @staticmethod
+    def to_bytes(a: Ct) -> bytes:
+        """The ciphertext serialised (what crosses the wire)."""
+        return to_bytes(a.data)

@@ -1,4 +1,4 @@
-"""Slot layouts: how a (tokens x features) matrix sits in CKKS slots.
+"""Slot layouts: how a (tokens x features) matrix, or one token's vector, sits in CKKS slots.
 
 SLOT-LAYOUT "features" (the runtime's activation layout, chosen in docs/kernels.md):
     ciphertext c, slot j * B + t  holds  X[t, c * F + j]      (0 <= j < F, 0 <= t < B)
@@ -8,6 +8,9 @@ Why: a rotation by s * B moves whole feature columns cyclically (F * B = slots),
 BSGS with O(sqrt(F)) rotations; a rotation by r < B shifts every column down r tokens at once (the causal
 lag of attention), and a head's d_k consecutive blocks are summed by log2(d_k) rotations.
 At N=8192, B=64: F=64, X (64 x 128) is two ciphertexts; at N=16384: one.
+
+SLOT-LAYOUT "rows" (one token at decode, `rows_pack`): ciphertext c, slot j * B + t holds v[c * B + t] in
+EVERY block j (the chunk replicated across blocks). Every slot layout the runtime uses is defined here.
 """
 
 from __future__ import annotations
@@ -57,11 +60,14 @@ class FeatureLayout:
         return np.tile((np.arange(self.block) < self.n_tokens).astype(float), self.per_ct)
 
 
+def block_for(n_tokens: int) -> int:
+    """B: the smallest power of two holding n_tokens (slots per feature column)."""
+    return 1 << max(0, (int(n_tokens) - 1).bit_length())
+
+
 def feature_layout(slots: int, n_tokens: int, n_features: int, block: int | None = None) -> FeatureLayout:
     """Layout with the smallest power-of-two block holding n_tokens (or the given block)."""
-    if block is None:
-        block = 1 << max(0, (int(n_tokens) - 1).bit_length())
-    return FeatureLayout(slots, block, n_features, n_tokens)
+    return FeatureLayout(slots, block or block_for(n_tokens), n_features, n_tokens)
 
 
 def pack(x: np.ndarray, layout: FeatureLayout) -> list[np.ndarray]:
@@ -80,3 +86,29 @@ def unpack(vectors, layout: FeatureLayout) -> np.ndarray:
     f, b = layout.per_ct, layout.block
     full = np.concatenate([np.asarray(v, dtype=float)[: f * b].reshape(f, b) for v in vectors])
     return full[: layout.n_features, : layout.n_tokens].T.copy()
+
+
+# --- SLOT-LAYOUT "rows": one token's vectors at decode ------------------------------------------------------
+def rows_pack(vector, slots: int, block: int) -> list[np.ndarray]:
+    """A vector (length m) in SLOT-LAYOUT "rows": ciphertext c, slot j * block + t holds vector[c * block + t]
+    in EVERY block j (the chunk replicated across blocks; 0 past the end); ceil(m / block) ciphertexts.
+
+    Why (decode embeds one token): with the one-hot in this layout, a plaintext product puts
+    tok_emb[c * block + t, j] in slot j * block + t of chunk c, and a row sum (log2(block) rotations) leaves
+    x_j = tok_emb[token, j] in row 0 of block j, the "features" layout: 6 rotations and 5 plaintext products
+    instead of the matrix kernel's 37 and 256 at N=16384."""
+    v = np.asarray(vector, dtype=float).ravel()
+    n_ct = rows_count(v.size, block)
+    padded = np.zeros(n_ct * block)
+    padded[: v.size] = v
+    return [np.tile(padded[c * block : (c + 1) * block], slots // block) for c in range(n_ct)]
+
+
+def rows_unpack(vectors, length: int, block: int) -> np.ndarray:
+    """The inverse of `rows_pack` when chunk c is read from block 0 only (what the decode LM head leaves)."""
+    return np.concatenate([np.asarray(v, dtype=float)[:block] for v in vectors])[:length]
+
+
+def rows_count(length: int, block: int) -> int:
+    """Ciphertexts of a length-`length` vector in the "rows" layout."""
+    return -(-int(length) // block)

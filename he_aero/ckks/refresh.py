@@ -20,27 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import tenseal.sealapi as seal
 
 from he_aero.ckks.ciphertext import Ct, Evaluator
-from he_aero.ckks.keys import ClientKeys, _from_bytes, _to_bytes
 from he_aero.errors import HeAeroError
 
+HIDING_BITS = 20
+"""Default statistical hiding of a refresh mask per slot, in bits (docs/security.md)."""
+
 ClientCallback = Callable[[list[bytes]], list[bytes]]
-"""The client's half of a round: serialised masked ciphertexts in, serialised fresh ciphertexts out."""
-
-
-def client_refresh_handler(keys: ClientKeys) -> ClientCallback:
-    """The client side of the protocol: decrypt each masked ciphertext and re-encrypt it at the top level."""
-
-    def handle(blobs: list[bytes]) -> list[bytes]:
-        out = []
-        for blob in blobs:
-            ct = _from_bytes(seal.Ciphertext, keys.seal_context, blob)
-            out.append(_to_bytes(keys.encrypt(keys.decrypt(ct))))
-        return out
-
-    return handle
+"""The client's half of a round (he_aero/client/client.py, `Client.refresh_values`): serialised masked
+ciphertexts in, serialised fresh top-level ciphertexts out."""
 
 
 @dataclass
@@ -80,7 +69,7 @@ class Refresher:
         ev: Evaluator,
         client: ClientCallback | None,
         bound: float = 64.0,
-        hiding_bits: int = 20,
+        hiding_bits: int = HIDING_BITS,
         seed: int | None = None,
         allow: bool = True,
     ):
@@ -178,12 +167,12 @@ class Refresher:
         blobs = []
         for c, r in zip(cts, masks, strict=True):
             masked = ev.add_plain(c, None, lambda r=r: r)
-            blobs.append(_to_bytes(masked.data))
+            blobs.append(ev.to_bytes(masked))
         self.log.bytes_to_client += sum(len(b) for b in blobs)
         replies = self.client(blobs)
         self.log.bytes_to_server += sum(len(b) for b in replies)
         out = []
-        for blob, r, c in zip(replies, masks, cts, strict=True):
-            fresh = Ct(_from_bytes(seal.Ciphertext, ev.server.seal_context, blob), ev.top, c.layout)
+        for i, (blob, r, c) in enumerate(zip(replies, masks, cts, strict=True)):
+            fresh = ev.load_fresh(blob, f"refresh reply ciphertext {i}", c.layout)
             out.append(ev.add_plain(fresh, None, lambda r=r: -r))
         return out

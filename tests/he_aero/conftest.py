@@ -54,9 +54,26 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_session(tiny):
-    """One encrypted session (keys made once) on the tiny model at the test ring."""
-    from he_aero.generate import Session
+def tiny_plan(tiny):
+    """The tiny model's execution plan on the test ring."""
+    from he_aero.plan import compile_plan
 
-    _, _, header, view, cal = tiny
-    return Session(view, cal, header, small_ring_params())
+    _, _, header, _, cal = tiny
+    return compile_plan(header, cal, params=small_ring_params())
+
+
+def test_session(view, header, plan, **kw):
+    """An in-process session that accepts the test-only insecure ring on both sides."""
+    from he_aero.client.policy import ClientPolicy
+    from he_aero.session import Session
+
+    return Session(
+        view, header, plan, policy=ClientPolicy(allow_insecure_for_tests=True), allow_insecure_for_tests=True, **kw
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_session(tiny, tiny_plan):
+    """One encrypted session (keys made once) on the tiny model at the test ring."""
+    _, _, header, view, _ = tiny
+    return test_session(view, header, tiny_plan)

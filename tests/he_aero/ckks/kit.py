@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from he_aero.ckks.backend import public_context
 from he_aero.ckks.ciphertext import Ct, Evaluator
-from he_aero.ckks.keys import ClientKeys
 from he_aero.ckks.params import CkksParams
+from he_aero.client.client import refresh_reply
+from he_aero.client.keys import ClientKeys
 
 SMALL = CkksParams(2048, (60, 32, 32, 32, 32, 60), 32, insecure_for_tests=True)
 """N=2048 (1024 slots), 4 levels: kernels and levels as on the real rings, ~16x faster than N=8192."""
@@ -23,7 +25,7 @@ class Kit:
     def __init__(self, params: CkksParams, steps):
         self.params = params
         self.keys = ClientKeys(params, rotation_steps=tuple(steps))
-        self.server = self.keys.public_context()
+        self.server = public_context(self.keys.public_keys())
         self.ev = Evaluator(params, self.server)
 
     def enc(self, values, layout=None) -> Ct:
@@ -31,3 +33,7 @@ class Kit:
 
     def dec(self, ct: Ct) -> np.ndarray:
         return self.keys.decrypt(ct.data)
+
+    def refresh_client(self, blobs: list[bytes]) -> list[bytes]:
+        """The client's half of a refresh round with these keys (the `Refresher` callback)."""
+        return refresh_reply(self.keys, blobs)

@@ -8,7 +8,7 @@ from he_aero.ckks.attention import KVCache
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.packing import feature_layout, pack, unpack
-from he_aero.ckks.refresh import Refresher, client_refresh_handler
+from he_aero.ckks.refresh import Refresher
 from he_aero.plan import Ranges, fit_plans
 from models.linear_view import LayerView, LinearView, view_forward
 from tests.conftest import assert_close_bits
@@ -64,7 +64,7 @@ def setup():
 
 def test_prefill_then_decode_match_numpy(setup):
     lay, x, layer, layout, kit = setup
-    ref = Refresher(kit.ev, client_refresh_handler(kit.keys), BOUND, HIDING, seed=0)
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, HIDING, seed=0)
     xs = [kit.enc(v, layout) for v in pack(x[:T], layout)]
     out, cache = layer.prefill(kit.ev, ref, xs, layout)
     want = _reference(lay, x[:T])
@@ -82,7 +82,7 @@ def test_symbolic_run_predicts_levels_and_rounds(setup):
     sym = Evaluator(SMALL)
     sref = Refresher(sym, None, BOUND, HIDING)
     s_out, _ = layer.prefill(sym, sref, [Ct(None, SMALL.levels, layout)] * layout.n_ct, layout)
-    ref = Refresher(kit.ev, client_refresh_handler(kit.keys), BOUND, HIDING, seed=0)
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, HIDING, seed=0)
     kit.ev.reset_stats()
     out, _ = layer.prefill(kit.ev, ref, [kit.enc(v, layout) for v in pack(x[:T], layout)], layout)
     assert [c.level for c in out] == [c.level for c in s_out]

@@ -56,11 +56,11 @@ def test_exp_plan_with_squaring_on_a_mapped_input(kit):
 
 
 def test_reciprocal_with_newton_and_refresh_between_iterations(kit):
-    from he_aero.ckks.refresh import Refresher, client_refresh_handler
+    from he_aero.ckks.refresh import Refresher
 
     plan = plan_reciprocal((1.0, 9.0), max_rel_error=1e-4, newton=2)
     x = RNG.uniform(1, 9, SMALL.slots)
-    ref = Refresher(kit.ev, client_refresh_handler(kit.keys), bound=16, hiding_bits=12, seed=1)
+    ref = Refresher(kit.ev, kit.refresh_client, bound=16, hiding_bits=12, seed=1)
     y = run_plan(kit.ev, plan, kit.enc(x), refresher=ref)
     assert plan.depth > SMALL.levels and ref.log.rounds >= 1  # did not fit one chain
     assert_close_bits(kit.dec(y), 1 / x, 12, "1/x with Newton")

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-import tenseal.sealapi as seal
 
 from he_aero.ckks.ciphertext import Evaluator
-from he_aero.ckks.keys import _from_bytes
-from he_aero.ckks.refresh import Refresher, client_refresh_handler
+from he_aero.ckks.refresh import Refresher
+from he_aero.client.client import refresh_reply
 from he_aero.errors import HeAeroError
 from tests.conftest import assert_close_bits
 from tests.he_aero.ckks.kit import BITS, SMALL
@@ -18,12 +17,11 @@ class SpyClient:
     """The real client handler, recording what the client decrypts."""
 
     def __init__(self, keys):
-        self.keys, self.inner, self.seen = keys, client_refresh_handler(keys), []
+        self.keys, self.seen = keys, []
 
     def __call__(self, blobs):
-        for b in blobs:
-            self.seen.append(self.keys.decrypt(_from_bytes(seal.Ciphertext, self.keys.seal_context, b)))
-        return self.inner(blobs)
+        self.seen += [self.keys.decrypt_bytes(b) for b in blobs]
+        return refresh_reply(self.keys, blobs)
 
 
 def test_round_trip_preserves_values_and_masks_change(kit):
@@ -44,7 +42,7 @@ def test_round_trip_preserves_values_and_masks_change(kit):
 
 
 def test_ensure_refreshes_only_what_lacks_levels(kit):
-    ref = Refresher(kit.ev, client_refresh_handler(kit.keys), bound=8.0, hiding_bits=16, seed=3)
+    ref = Refresher(kit.ev, kit.refresh_client, bound=8.0, hiding_bits=16, seed=3)
     high, low = kit.enc(X), kit.ev.align(kit.enc(X), 0)
     out = ref.ensure([high, low], 2, "test")
     assert out[0] is high and out[1].level == SMALL.levels and ref.log.ciphertexts == 1
@@ -52,11 +50,11 @@ def test_ensure_refreshes_only_what_lacks_levels(kit):
 
 
 def test_refresh_limits_are_clear_errors(kit):
-    wide = Refresher(kit.ev, client_refresh_handler(kit.keys), bound=2.0**20, hiding_bits=40)
+    wide = Refresher(kit.ev, kit.refresh_client, bound=2.0**20, hiding_bits=40)
     assert wide.min_level() == 2  # a 2^60 mask needs two primes above q0
     with pytest.raises(HeAeroError, match="fell below level 2"):
         wide.ensure([kit.ev.align(kit.enc(X), 0)], 1, "stage")
-    off = Refresher(kit.ev, client_refresh_handler(kit.keys), bound=8.0, hiding_bits=16, allow=False)
+    off = Refresher(kit.ev, kit.refresh_client, bound=8.0, hiding_bits=16, allow=False)
     with pytest.raises(HeAeroError, match="refresh is disabled"):
         off.ensure([kit.ev.align(kit.enc(X), 0)], 1, "stage")
     with pytest.raises(HeAeroError, match="needs 9 levels between refreshes"):

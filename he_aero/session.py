@@ -1,7 +1,8 @@
-"""Encrypted generation: prefill the prompt, then decode one token at a time against the encrypted K/V cache.
+"""The in-process harness: a client and a server in one process, joined by a byte-counting channel.
 
-A `Session` wires a `Client` and a `Server` through a `Channel` that carries only protocol bytes and counts
-them. Per generated token the client decrypts one row of logits, checks it (he_aero/client.py), picks the
+Encrypted generation: prefill the prompt, then decode one token at a time against the encrypted K/V cache.
+A `Session` wires a `Client` (he_aero/client/) and a `Server` (he_aero/server/) through a `Channel` that
+carries only protocol bytes and counts them; the default `he-aero encrypt-infer` run and the tests use it. Per generated token the client decrypts one row of logits, checks it (he_aero/client.py), picks the
 token (greedy, or sampled with a temperature and top-k from a seeded generator) and sends it back encrypted.
 `verify` runs the plaintext reference (`models.linear_view.view_forward`) on the same tokens and compares
 every generated position's logits: top-1 agreement and max |delta logit|.
@@ -21,111 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from he_aero.client import Client
+from he_aero.ckks.pipeline import StageRecord
+from he_aero.client.client import Client
+from he_aero.generation import GenerationConfig, GenerationResult, TokenRecord, fit_prompt, pick_token
+from he_aero.client.policy import ClientPolicy
 from he_aero.errors import HeAeroError
 from he_aero.protocol import Channel
-from he_aero.server import Server, StageRecord
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """How to continue a prompt.
-
-    Attributes
-    ----------
-    max_new_tokens : tokens to generate (>= 1, at most the context length).
-    temperature : 0 = greedy; > 0 samples from softmax(logits / temperature).
-    top_k : sample among the k most likely tokens only (0 = all); ignored when greedy.
-    seed : seeds the sampler (the encryption randomness is never seeded).
-    verify : also run the plaintext model and compare logits per generated token.
-    """
-
-    max_new_tokens: int = 8
-    temperature: float = 0.0
-    top_k: int = 0
-    seed: int = 0
-    verify: bool = False
-
-    def __post_init__(self):
-        if (
-            isinstance(self.max_new_tokens, bool)
-            or not isinstance(self.max_new_tokens, int)
-            or self.max_new_tokens < 1
-        ):
-            raise HeAeroError(f"max_new_tokens: expected an integer >= 1, got {self.max_new_tokens!r}")
-        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100):
-            raise HeAeroError(f"temperature: expected a number in [0, 100], got {self.temperature!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise HeAeroError(f"top_k: expected an integer >= 0, got {self.top_k!r}")
-
-
-@dataclass
-class TokenRecord:
-    """One generated token: where, how long it took, and (with verify) how close it was to plaintext."""
-
-    token: int
-    position: int  # the position whose logits chose it
-    seconds: float
-    flag: str | None = None
-    plaintext_token: int | None = None
-    top1_agree: bool | None = None
-    max_abs_logit_error: float | None = None
-
-
-@dataclass
-class GenerationResult:
-    prompt: bytes  # the prompt actually encrypted (after any truncation)
-    dropped_prompt_bytes: int
-    tokens: list[int]
-    records: list[TokenRecord]
-    seconds: dict
-    traffic: dict
-    client_decryptions: dict
-    prefill_stages: list[StageRecord]
-    decode_stages: list[list[StageRecord]]
-    ring_degree: int
-    levels: int
-    rotation_keys: int
-    flag: str | None = None
-    plaintext_continuation: bytes | None = None
-
-    @property
-    def continuation(self) -> bytes:
-        return bytes(self.tokens)
-
-    @property
-    def top1_agreement(self) -> float | None:
-        vals = [r.top1_agree for r in self.records if r.top1_agree is not None]
-        return sum(vals) / len(vals) if vals else None
-
-    @property
-    def max_abs_logit_error(self) -> float | None:
-        vals = [r.max_abs_logit_error for r in self.records if r.max_abs_logit_error is not None]
-        return max(vals) if vals else None
-
-
-def fit_prompt(prompt: bytes, context: int, max_new_tokens: int) -> tuple[bytes, int]:
-    """(the prompt fitting the context with room for max_new_tokens, bytes dropped from its start)."""
-    if not prompt:
-        raise HeAeroError("the prompt is empty: there is nothing to continue")
-    if max_new_tokens > context:
-        raise HeAeroError(f"max_new_tokens {max_new_tokens} exceeds the model's context window of {context}")
-    room = context - max_new_tokens + 1
-    if len(prompt) <= room:
-        return prompt, 0
-    return prompt[-room:], len(prompt) - room
-
-
-def pick_token(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
-    """Greedy argmax, or a sample from softmax(logits / temperature) restricted to the top k."""
-    if config.temperature == 0:
-        return int(np.argmax(logits))
-    z = logits / config.temperature
-    if config.top_k:
-        cut = np.sort(z)[-min(config.top_k, z.size)]
-        z = np.where(z >= cut, z, -np.inf)
-    p = np.exp(z - z.max())
-    return int(rng.choice(z.size, p=p / p.sum()))
+from he_aero.server.server import Server
 
 
 class Session:
@@ -133,24 +36,32 @@ class Session:
 
     Parameters
     ----------
-    view, calibration, header : the model's linear view, its calibration and checkpoint header (server side).
-    params : CKKS parameters (None: the server's default ring).
+    view, header : the model's linear view and checkpoint header (server side).
+    plan : the `he_aero.plan.ExecutionPlan` the server runs (compiled for these weights).
     channel : the byte link (tests pass one that tampers with frames).
-    server_options : passed to `Server` (hiding_bits, decode_rows).
+    policy : the client's security policy (default: 128-bit rings, the default hiding minimum).
+    allow_insecure_for_tests : let the server run a test-only insecure ring (the client's policy must allow
+        it too).
     """
 
     def __init__(
-        self, view, calibration, header, params=None, channel: Channel | None = None, **server_options
+        self,
+        view,
+        header,
+        plan,
+        channel: Channel | None = None,
+        policy: ClientPolicy | None = None,
+        allow_insecure_for_tests: bool = False,
     ):
         self.view = view
         self.channel = channel or Channel()
         self.seconds: Counter = Counter()
         self._phase = "setup"
         t0 = time.perf_counter()
-        self.server = Server(view, calibration, header, params, **server_options)
+        self.server = Server(view, header, plan, allow_insecure_for_tests=allow_insecure_for_tests)
         self.seconds["server_setup"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.client = Client(self.channel.send_to_client(self.server.offer(), "setup"))
+        self.client = Client(self.channel.send_to_client(self.server.offer(), "setup"), policy)
         setup = self.client.keygen()
         self.seconds["keygen"] += time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -1,7 +1,8 @@
 """The `he-aero` command line: one click group, thin commands that parse, call one library function, report.
 
-Each concern keeps its commands in its own module (`he_aero/commands_*.py`); this file only assembles them
-and turns user-facing errors into one clear line and a non-zero exit code instead of a traceback.
+Each concern keeps its commands in its own module (`he_aero/cli/<concern>.py`); this file assembles them
+and turns user-facing errors into one clear line and a non-zero exit code (1) instead of a traceback; usage
+errors exit 2 and name the option.
 """
 
 import sys
@@ -9,13 +10,25 @@ import sys
 import click
 
 from he_aero import __version__
+from he_aero.cli.calibrate import calibrate
+from he_aero.cli.fit import fit
+from he_aero.cli.infer import encrypt_infer
+from he_aero.cli.model import eval_, generate, info, train
+from he_aero.cli.plan import plan
 from he_aero.errors import HeAeroError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="he-aero")
 def cli() -> None:
-    """he-aero: private inference of a Softmax-only decoder under CKKS encryption."""
+    """he-aero: private inference of a Softmax-only decoder under CKKS encryption.
+
+    Lifecycle: calibrate (ranges) -> plan (ring, approximations, keys list) -> encrypt-infer (keys,
+    encryption, the encrypted run, decryption)."""
+
+
+for _command in (train, eval_, generate, info, fit, calibrate, plan, encrypt_infer):
+    cli.add_command(_command)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -41,18 +54,3 @@ def main() -> None:
     except _user_errors() as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-
-
-# Command registration: one line per command module.
-from he_aero.commands_model import eval_, generate, info, train  # noqa: E402
-
-cli.add_command(train), cli.add_command(eval_), cli.add_command(generate), cli.add_command(info)
-from he_aero.commands_fit import fit  # noqa: E402
-
-cli.add_command(fit)
-from he_aero.commands_infer import calibrate, encrypt_infer  # noqa: E402
-
-cli.add_command(calibrate), cli.add_command(encrypt_infer)
-from he_aero.commands_plan import plan  # noqa: E402
-
-cli.add_command(plan)

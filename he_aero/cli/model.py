@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from he_aero.cli_options import force_option, output_option
+from he_aero.cli.options import force_option, output_option
 from models.decoder import ATTENTIONS, VARIANTS
 
 

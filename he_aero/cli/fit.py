@@ -8,7 +8,7 @@ import click
 
 from approx.errors import ApproxError
 from approx.functions import FUNCTIONS
-from he_aero.cli_options import force_option, output_option
+from he_aero.cli.options import force_option, output_option
 
 
 def _finite(ctx, param, value):

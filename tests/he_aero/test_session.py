@@ -9,21 +9,24 @@ import pytest
 from click.testing import CliRunner
 
 from he_aero.calibrate import embed, layer_forward
+from he_aero.ckks.packing import rows_pack, rows_unpack
 from he_aero.ckks.ciphertext import Ct
 from he_aero.ckks.packing import pack, unpack
 from he_aero.cli import cli
 from he_aero.errors import HeAeroError
-from he_aero.generate import GenerationConfig, fit_prompt, pick_token
+from he_aero.generation import GenerationConfig, fit_prompt, pick_token
+from he_aero.plan import compile_plan
+from he_aero.protocol import Kind, Message, decode, encode
 from models.linear_view import view_forward
 from tests.conftest import assert_close_bits
-from tests.he_aero.conftest import small_ring_params
+from tests.he_aero.conftest import small_ring_params, test_session
 
 PROMPT = list(b"if x:\n  ")  # 8 bytes = the tiny model's whole context
 
 
 def _encrypt(session, x, n_features=None):
     srv, keys = session.server, session.client._keys
-    layout = srv.layout(x.shape[0], n_features)
+    layout = srv.pipeline.layout(x.shape[0], n_features)
     return [Ct(keys.encrypt(v), srv.ev.top, layout) for v in pack(x, layout)], layout
 
 
@@ -39,9 +42,9 @@ def test_each_stage_matches_its_plaintext_twin(tiny_session):
     cts, _ = _encrypt(s, onehot, 256)
     x_plain = embed(view, PROMPT)
     assert_close_bits(
-        _decrypt(s, srv._embed(ev, cts, 0, len(PROMPT)), srv.layout(8)), x_plain, 16, "embedding"
+        _decrypt(s, srv.pipeline._embed(ev, cts, 0, len(PROMPT)), srv.pipeline.layout(8)), x_plain, 16, "embedding"
     )
-    for i, (layer, lay) in enumerate(zip(srv.layers, view.layers, strict=True)):
+    for i, (layer, lay) in enumerate(zip(srv.pipeline.layers, view.layers, strict=True)):
         # prefill of the first 7 tokens, then one decode step for the 8th, against the plaintext layer
         want = layer_forward(lay, x_plain)["x_out"]
         xs, layout = _encrypt(s, x_plain[:7])
@@ -105,17 +108,17 @@ def test_pick_token():
 
 
 @pytest.fixture(scope="module")
-def cli_files(tiny, tmp_path_factory):
+def cli_files(tiny, tiny_plan, tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    tiny[4].save(d / "cal.json")
+    tiny_plan.save(d / "plan.json")
     (d / "prompt.txt").write_bytes(b"for i in range(3):")
     (d / "latin1.txt").write_bytes(b"caf\xe9 = ")
     (d / "empty.txt").write_bytes(b"")
-    return str(tiny[0]), str(d / "cal.json"), d
+    return str(tiny[0]), str(d / "plan.json"), d
 
 
-def _infer(ckpt, cal, prompt, *extra):
-    args = ["encrypt-infer", str(prompt), "--checkpoint", ckpt, "--calibration", cal, "--test-ring", "2048"]
+def _infer(ckpt, plan, prompt, *extra):
+    args = ["encrypt-infer", str(prompt), "--checkpoint", ckpt, "--plan", plan, "--allow-insecure-for-tests"]
     return CliRunner().invoke(cli, [*args, "--no-progress", *extra])
 
 
@@ -156,10 +159,11 @@ def test_cli_bad_input(cli_files, tmp_path, monkeypatch, capsys):
 
     make_tiny_checkpoint(other, seed=1)
     for argv, message in (
-        (["--checkpoint", str(other), "--calibration", cal], "was made for checkpoint weights"),
-        (["--checkpoint", ckpt, "--calibration", str(d / "prompt.txt")], "not valid JSON"),
+        (["--checkpoint", str(other), "--plan", cal, "--allow-insecure-for-tests"], "compiled for checkpoint"),
+        (["--checkpoint", ckpt, "--plan", str(d / "prompt.txt")], "not valid JSON"),
+        (["--checkpoint", ckpt, "--plan", cal], "below 128-bit security"),
         (
-            ["--checkpoint", ckpt, "--calibration", cal, "--max-new-tokens", "9"],
+            ["--checkpoint", ckpt, "--plan", cal, "--max-new-tokens", "9", "--allow-insecure-for-tests"],
             "exceeds the model's context",
         ),
     ):
@@ -172,58 +176,43 @@ def test_cli_bad_input(cli_files, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_end_to_end_default_model():
-    """The shipped model and calibration at the planner's ring: one committed test-split prompt, 8 greedy
-    tokens, prefill then decode against the encrypted K/V cache (minutes on 2 cores: `make test-slow`)."""
-    from he_aero.bench_infer import load_prompts
-    from he_aero.calibrate import load_calibration
-    from he_aero.generate import Session
+    """The shipped model and plan: one committed test-split prompt that fills the context, 8 greedy tokens,
+    prefill then decode against the encrypted K/V cache (minutes on 2 cores: `make test-slow`)."""
+    from he_aero.plan import load_plan
+    from he_aero.session import Session
     from models.checkpoint import load_checkpoint
     from models.linear_view import LinearView
 
     model, header = load_checkpoint()
-    session = Session(LinearView.from_model(model), load_calibration(), header)
-    assert session.server.params.is_secure and session.server.secret_material() == []
-    res = session.generate(load_prompts()[0], GenerationConfig(max_new_tokens=8, verify=True))
+    session = Session(LinearView.from_model(model), header, load_plan())
+    assert session.server.params.is_secure
+    from models.data import load_split
+
+    room = session.context - 8 + 1  # the longest prompt that leaves room for 8 tokens: two lag groups
+    prompt = load_split("test")[4096 : 4096 + room]
+    res = session.generate(prompt, GenerationConfig(max_new_tokens=8, verify=True))
+    assert res.dropped_prompt_bytes == 0 and len(res.prompt) == room
     assert res.flag is None and len(res.tokens) == 8
     assert res.top1_agreement == 1.0 and res.continuation == res.plaintext_continuation
     assert res.max_abs_logit_error <= 0.05
 
 
-def test_bench_pipeline_runs_on_the_tiny_model(tiny_session, tmp_path):
-    """`make bench-he`'s steps (speed, accept, report) on the tiny model: the report has every section."""
-    from he_aero import bench_infer
-
-    sp = bench_infer.speed([4, 8], 1, session=tiny_session)
-    assert [r["tokens"] for r in sp["prefill"]] == [4, 8] and 0 < sp["prefill"][1]["seal_share"] <= 1
-    ac = bench_infer.accept(1, 1, 1, new_tokens=2, start=3, session=tiny_session)
-    assert ac["prompt_range"] == [3, 4] and ac["teacher_forced"]["top1_agreement"] == 1.0
-    (tmp_path / "s.json").write_text(json.dumps(sp))
-    (tmp_path / "a.json").write_text(json.dumps(ac))
-    md = bench_infer.report(tmp_path / "s.json", [tmp_path / "a.json"])
-    for part in ("| prefill | 8 |", "Operations per stage", "top-1 agreement 100.0%", "bits per byte on 1"):
-        assert part in md
-
-
 def test_decode_in_the_rows_layout(tiny):
     """Decode steps with the "rows" layout (one-hot and logits chunked over block rows): the same tokens and
     logits as plaintext, and the client checks the layout it receives."""
-    from he_aero.generate import Session
-    from he_aero.protocol import rows_pack, rows_unpack
-
     v = np.arange(20.0)
     packed = rows_pack(v, 64, 8)  # 3 chunks of 8, each replicated over the 8 blocks
     assert len(packed) == 3 and packed[1][8:16].tolist() == list(range(8, 16))
     assert rows_unpack(packed, 20, 8).tolist() == v.tolist()
     _, _, header, view, cal = tiny
-    session = Session(view, cal, header, small_ring_params(), decode_rows=True)
-    assert session.server.rows and session.client.offer.decode_rows
+    plan = compile_plan(header, cal, params=small_ring_params(), decode_rows=True)
+    session = test_session(view, header, plan)
+    assert session.server.pipeline.rows and session.client.offer.decode_rows
     res = session.generate(bytes(PROMPT[:5]), GenerationConfig(max_new_tokens=3, verify=True))
     assert res.flag is None and res.top1_agreement == 1.0 and res.max_abs_logit_error < 0.01
     stages = {r.name: r.ops for r in res.decode_stages[0]}
     assert stages["embed"]["rotations"] == 3  # log2(block = 8)
     with pytest.raises(HeAeroError, match="layout"):  # a features-layout token where rows are expected
-        from he_aero.protocol import Kind, Message, decode, encode
-
         msg = decode(session.client.encrypt_tokens([65], 5), Kind.TOKENS, session.client.session)
         session.server.decode(
             encode(Message(Kind.TOKENS, msg.session, {**msg.meta, "layout": "features"}, msg.parts))

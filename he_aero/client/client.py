@@ -1,7 +1,7 @@
 """The client role: the ONLY place a secret key exists.
 
 Lifecycle (each stage refuses to run before the one it needs, naming it):
-    Client(offer bytes) -> keygen() -> SETUP bytes -> encrypt_tokens() -> TOKENS bytes
+    Client(offer bytes, policy) -> keygen() -> SETUP bytes -> encrypt_tokens() -> TOKENS bytes
     -> [handle_refresh(REFRESH_REQUEST bytes) -> REFRESH_RESPONSE bytes]* -> decrypt_logits(LOGITS bytes)
 
 The client never sees the weights: it learns the runtime's public description from the server's OFFER, makes
@@ -19,12 +19,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-import tenseal.sealapi as seal
 
-from he_aero.ckks.keys import ClientKeys, _from_bytes, _to_bytes
-from he_aero.ckks.packing import FeatureLayout, pack, unpack
+from he_aero.ckks.packing import FeatureLayout, pack, rows_count, rows_pack, rows_unpack, unpack
+from he_aero.client.keys import ClientKeys
+from he_aero.client.policy import ClientPolicy
 from he_aero.errors import HeAeroError
-from he_aero.protocol import Kind, Message, RuntimeOffer, decode, encode, meta_field, rows_pack, rows_unpack
+from he_aero.protocol import Kind, Message, RuntimeOffer, decode, encode, meta_field
 
 PADDING_TOLERANCE = 1e-2
 """Slots the server leaves exactly 0 decrypt to CKKS noise (~1e-6 here); anything above this means the
@@ -43,9 +43,10 @@ class DecryptedLogits:
 class Client:
     """The data owner: keys, encryption of tokens, decryption of logits, the client half of refreshes."""
 
-    def __init__(self, offer: bytes):
+    def __init__(self, offer: bytes, policy: ClientPolicy | None = None):
         self.offer = RuntimeOffer.from_message(decode(offer, Kind.OFFER))
-        self.params = self.offer.params
+        self.policy = policy or ClientPolicy()
+        self.params = self.policy.accept(self.offer)  # refuses before any key exists
         self._keys: ClientKeys | None = None
         self.session: bytes | None = None
         self.decryptions: Counter = Counter()  # purpose ("logits", "refresh") -> ciphertexts decrypted
@@ -53,11 +54,9 @@ class Client:
     # --- stages -------------------------------------------------------------------------------------------
     def keygen(self) -> bytes:
         """Generate the session's keys (exactly the offered rotation steps); return the SETUP message."""
-        if not self.offer.insecure_for_tests:
-            self.params.require_secure()  # production offers must be 128-bit secure
         self._keys = ClientKeys(self.params, self.offer.rotation_steps)
         self.session = os.urandom(16)  # binds every later ciphertext to these keys
-        bundle = self._keys.public_bundle()
+        bundle = self._keys.public_keys()
         meta = {
             "rotation_steps": list(bundle.rotation_steps),
             "params": list(self.params.coeff_mod_bit_sizes),
@@ -94,21 +93,13 @@ class Client:
             vectors = rows_pack(onehot[0], self.params.slots, self.offer.block)
         else:  # SLOT-LAYOUT "features" with vocab features
             vectors = pack(onehot, self.token_layout(n))
-        blobs = tuple(_to_bytes(keys.encrypt(v)) for v in vectors)
+        blobs = tuple(keys.encrypt_bytes(v) for v in vectors)
         meta = {"position": int(position), "n_tokens": int(n), "layout": "rows" if rows else "features"}
         return encode(Message(Kind.TOKENS, self.session, meta, blobs))
 
     def _rows(self, n: int, position: int) -> bool:
         """Decode steps (one token after the prompt) use the "rows" layout when the server offers it."""
         return self.offer.decode_rows and n == 1 and position > 0
-
-    def _load(self, keys: ClientKeys, blob: bytes, i: int, kind: str) -> seal.Ciphertext:
-        try:
-            return _from_bytes(seal.Ciphertext, keys.seal_context, blob)
-        except (RuntimeError, ValueError, TypeError, OSError) as exc:
-            raise HeAeroError(
-                f"client: {kind} ciphertext {i} does not load under this session's parameters ({exc})"
-            ) from exc
 
     def decrypt_logits(self, data: bytes) -> DecryptedLogits:
         """Decrypt a LOGITS message and check the values are plausible (see the module docstring)."""
@@ -122,10 +113,10 @@ class Client:
                 f"client: LOGITS message has layout {msg.meta.get('layout')!r}, not the expected one"
             )
         layout = FeatureLayout(self.params.slots, block, vocab, n)
-        expected = -(-vocab // block) if rows else layout.n_ct
+        expected = rows_count(vocab, block) if rows else layout.n_ct
         if len(msg.parts) != expected:
             raise HeAeroError(f"client: LOGITS message has {len(msg.parts)} ciphertexts, expected {expected}")
-        slots = [keys.decrypt(self._load(keys, b, i, "logits")) for i, b in enumerate(msg.parts)]
+        slots = [keys.decrypt_bytes(b, f"client: logits ciphertext {i}") for i, b in enumerate(msg.parts)]
         self.decryptions["logits"] += len(slots)
         if rows:  # chunk c of the logits in row t of block 0 of ciphertext c, every other slot 0
             logits = rows_unpack(slots, vocab, block)[None, :]
@@ -158,11 +149,22 @@ class Client:
         """The client's half of a refresh round: decrypt the masked values, re-encrypt at the top level.
 
         It sees x + r only (r uniform in [-W, W], W = refresh_bound * 2^hiding_bits; docs/security.md)."""
-        keys = self._require_keys("handle_refresh")
+        self._require_keys("handle_refresh")
         msg = decode(data, Kind.REFRESH_REQUEST, self.session)
-        fresh = []
-        for i, blob in enumerate(msg.parts):
-            values = keys.decrypt(self._load(keys, blob, i, "refresh"))
-            fresh.append(_to_bytes(keys.encrypt(values)))
-        self.decryptions["refresh"] += len(msg.parts)
+        fresh = self.refresh_values(list(msg.parts))
         return encode(Message(Kind.REFRESH_RESPONSE, self.session, {"n": len(fresh)}, tuple(fresh)))
+
+    def refresh_values(self, blobs: list[bytes]) -> list[bytes]:
+        """`refresh_reply` with this session's keys, counted."""
+        fresh = refresh_reply(self._require_keys("refresh"), blobs)
+        self.decryptions["refresh"] += len(blobs)
+        return fresh
+
+
+def refresh_reply(keys: ClientKeys, blobs: list[bytes]) -> list[bytes]:
+    """The client's half of a refresh round on bare ciphertexts: decrypt each masked ciphertext, re-encrypt
+    the values at the top level (the `Refresher` callback's shape; `Client.handle_refresh` wraps it in
+    frames). HeAeroError when a ciphertext does not load under these keys."""
+    return [
+        keys.encrypt_bytes(keys.decrypt_bytes(b, f"client: refresh ciphertext {i}")) for i, b in enumerate(blobs)
+    ]

@@ -1,0 +1,262 @@
+"""The CKKS backend seam: the only server-side module that touches SEAL (`tenseal.sealapi`) types.
+
+Everything above this module (`Evaluator`, kernels, the pipeline, the server) handles SEAL objects as opaque
+handles (`Ct.data`) and calls the functions and the `SealOps` methods here. Another CKKS library would be
+added as a second module with the same surface (`public_context`, `SealOps`, `to_bytes`, `load_ciphertext`)
+plus a client-side key module (`he_aero/client/keys.py` is SEAL's); nothing else would change.
+
+Public half only: a `PublicContext` holds the public, relinearisation and rotation keys the client sent; it
+cannot decrypt and cannot make keys (secret-key code lives in `he_aero/client/`, which the server side never
+imports: tests/he_aero/test_imports.py).
+
+Serialisation (why memfd): the binding saves and loads SEAL objects only through file paths. Going through
+an anonymous in-memory file (`memfd_create`, opened by path under /proc/self/fd) keeps ciphertexts and keys
+off the disk and leaves nothing behind when a process is killed (named temporary files did: up to 44 MB per
+killed run). Where memfd does not exist, a named temporary file is used and removed on every exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from he_aero.ckks.params import CkksParams
+from he_aero.errors import HeAeroError
+
+LOAD_ERRORS = (RuntimeError, ValueError, TypeError, OSError)
+"""What the binding raises on bytes that do not parse as the expected SEAL object."""
+
+
+# --- contexts and the modulus chain ----------------------------------------------------------------------
+def seal_context(params: CkksParams) -> seal.SEALContext:
+    """SEAL's context for `params`, checked against the 128-bit table unless the params are test-only."""
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(params.poly_modulus_degree)
+    parms.set_coeff_modulus(
+        seal.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+    )
+    level = seal.SEC_LEVEL_TYPE.TC128 if params.is_secure else seal.SEC_LEVEL_TYPE.NONE
+    ctx = seal.SEALContext(parms, True, level)
+    if not ctx.parameters_set():
+        raise HeAeroError(
+            f"SEAL refused the parameters {params.describe()}: {ctx.parameters_error_message()}"
+        )
+    return ctx
+
+
+def seal_max_bits(poly_modulus_degree: int) -> int:
+    """SEAL's own 128-bit limit on the total modulus bits (`CoeffModulus.MaxBitCount`, tc128)."""
+    return int(seal.CoeffModulus.MaxBitCount(poly_modulus_degree, seal.SEC_LEVEL_TYPE.TC128))
+
+
+def galois_element(step: int, poly_modulus_degree: int) -> int:
+    """SEAL's Galois element for a left rotation by `step` slots (negative: right): 3^(step mod slots) mod 2N.
+
+    Passing elements (not steps) avoids TenSEAL's binding pitfall where a list of non-negative ints binds to
+    the element overload."""
+    slots = poly_modulus_degree // 2
+    return pow(3, step % slots, 2 * poly_modulus_degree)
+
+
+def chain_tables(ctx: seal.SEALContext, scale_bits: int) -> tuple[dict, dict, dict]:
+    """(parms_id, dropped prime, exact scale) per level.
+
+    Scales: S_{l-1} = S_l^2 / q_l keeps every ct x ct product on the table, but iterated forward from 2^s it
+    doubles any relative drift per level (22 levels at N=32768 blow up). So S_0 = 2^s is fixed first and
+    S_l = sqrt(S_{l-1} q_l) is run upwards (a contraction), then the table is recomputed downwards from that
+    S_top with SEAL's own double arithmetic (S * S / q), so products land bit-for-bit on it."""
+    parms_ids, primes = {}, {}
+    data = ctx.first_context_data()
+    while data is not None:
+        lvl = data.chain_index()
+        parms_ids[lvl] = data.parms_id()
+        primes[lvl] = data.parms().coeff_modulus()[-1].value()
+        data = data.next_context_data()
+    top = max(parms_ids)
+    s = float(2**scale_bits)
+    for lvl in range(1, top + 1):
+        s = (s * primes[lvl]) ** 0.5
+    scales = {top: s}
+    for lvl in range(top, 0, -1):
+        scales[lvl - 1] = scales[lvl] * scales[lvl] / primes[lvl]
+    return parms_ids, primes, scales
+
+
+# --- bytes ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _scratch() -> Iterator[tuple[int, str]]:
+    """(fd, path) of an in-memory file (see the module docstring), closed and gone on exit."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("he_aero", os.MFD_CLOEXEC)
+        try:
+            yield fd, f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    fd, path = tempfile.mkstemp(prefix="he_aero_")
+    try:
+        yield fd, path
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def to_bytes(obj) -> bytes:
+    """Serialise a SEAL object (ciphertext, plaintext or key) to bytes (SEAL's compressed format)."""
+    with _scratch() as (fd, path):
+        obj.save(path)
+        size = os.fstat(fd).st_size
+        return os.pread(fd, size, 0)
+
+
+def from_bytes(cls, ctx: seal.SEALContext, data: bytes):
+    """Load a SEAL object of type `cls` under `ctx`; the binding's errors pass through (see LOAD_ERRORS)."""
+    with _scratch() as (fd, path):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        obj = cls()
+        obj.load(ctx, path)
+        return obj
+
+
+# --- the public context -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PublicKeys:
+    """What the client sends the server once, as bytes: public, relinearisation and rotation keys."""
+
+    params: CkksParams
+    public_key: bytes
+    relin_keys: bytes
+    galois_keys: bytes
+    rotation_steps: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.public_key) + len(self.relin_keys) + len(self.galois_keys)
+
+
+@dataclass
+class PublicContext:
+    """The server's view: SEAL context, public key, relinearisation and rotation keys; no secret key.
+
+    Build with `public_context(keys)` from the client's serialised keys."""
+
+    params: CkksParams
+    seal_context: seal.SEALContext
+    public_key: seal.PublicKey
+    relin_keys: seal.RelinKeys
+    galois_keys: seal.GaloisKeys
+    rotation_steps: tuple[int, ...]
+    key_bytes: int = 0
+
+    def has_rotation(self, step: int) -> bool:
+        slots = self.params.slots
+        return step % slots == 0 or self.galois_keys.has_key(
+            galois_element(step, self.params.poly_modulus_degree)
+        )
+
+
+def public_context(keys: PublicKeys) -> PublicContext:
+    """Load the client's public key material; HeAeroError when a part does not parse under the params."""
+    ctx = seal_context(keys.params)
+    try:
+        return PublicContext(
+            params=keys.params,
+            seal_context=ctx,
+            public_key=from_bytes(seal.PublicKey, ctx, keys.public_key),
+            relin_keys=from_bytes(seal.RelinKeys, ctx, keys.relin_keys),
+            galois_keys=from_bytes(seal.GaloisKeys, ctx, keys.galois_keys)
+            if keys.galois_keys
+            else seal.GaloisKeys(),  # SEAL cannot load an empty key set
+            rotation_steps=keys.rotation_steps,
+            key_bytes=keys.nbytes,
+        )
+    except LOAD_ERRORS as exc:
+        raise HeAeroError(f"the public keys do not load under {keys.params.describe()} ({exc})") from exc
+
+
+def load_ciphertext(ctx: seal.SEALContext, blob: bytes, what: str) -> seal.Ciphertext:
+    """A serialised ciphertext loaded under `ctx`; HeAeroError naming `what` when it does not parse."""
+    try:
+        return from_bytes(seal.Ciphertext, ctx, blob)
+    except LOAD_ERRORS as exc:
+        raise HeAeroError(f"{what} does not load under this session's parameters ({exc})") from exc
+
+
+def is_fresh(ct: seal.Ciphertext, parms_id, scale: float) -> bool:
+    """True for a two-polynomial ciphertext at the given level (`parms_id`) and exact scale."""
+    return ct.size() == 2 and ct.parms_id() == parms_id and ct.scale == scale
+
+
+# --- evaluation primitives --------------------------------------------------------------------------------
+class SealOps:
+    """SEAL's evaluator and encoder behind plain functions: each returns a new object (no `out` arguments).
+
+    `Evaluator` (he_aero/ckks/ciphertext.py) owns levels, scales and counts; this class only calls SEAL."""
+
+    def __init__(self, ctx: PublicContext):
+        self.ctx = ctx
+        self._ev = seal.Evaluator(ctx.seal_context)
+        self._enc = seal.CKKSEncoder(ctx.seal_context)
+
+    def encode(self, values, parms_id, scale: float, slots: int) -> seal.Plaintext:
+        """A scalar, or a slot vector zero-padded to `slots`, encoded at `scale` on level `parms_id`."""
+        pt = seal.Plaintext()
+        if np.isscalar(values):
+            self._enc.encode(float(values), parms_id, scale, pt)
+        else:
+            v = np.zeros(slots)
+            arr = np.asarray(values, dtype=float).ravel()
+            v[: arr.size] = arr
+            self._enc.encode(v.tolist(), parms_id, scale, pt)
+        return pt
+
+    def _out(self, fn, *args) -> seal.Ciphertext:
+        out = seal.Ciphertext()
+        fn(*args, out)
+        return out
+
+    def rescale(self, a):
+        return self._out(self._ev.rescale_to_next, a)
+
+    def rescale_inplace(self, a) -> None:
+        self._ev.rescale_to_next_inplace(a)
+
+    def mod_switch(self, a, parms_id):
+        return self._out(self._ev.mod_switch_to, a, parms_id)
+
+    def multiply(self, a, b):
+        """a x b (a square when a is b); size 3, relinearise before anything but additions."""
+        return self._out(self._ev.square, a) if a is b else self._out(self._ev.multiply, a, b)
+
+    def relinearize_inplace(self, a) -> None:
+        self._ev.relinearize_inplace(a, self.ctx.relin_keys)
+
+    def multiply_plain(self, a, pt):
+        return self._out(self._ev.multiply_plain, a, pt)
+
+    def add(self, a, b):
+        return self._out(self._ev.add, a, b)
+
+    def sub(self, a, b):
+        return self._out(self._ev.sub, a, b)
+
+    def add_inplace(self, acc, b) -> None:
+        self._ev.add_inplace(acc, b)
+
+    def add_plain(self, a, pt):
+        return self._out(self._ev.add_plain, a, pt)
+
+    def rotate(self, a, step: int):
+        return self._out(self._ev.rotate_vector, a, step, self.ctx.galois_keys)
+
+    @staticmethod
+    def scale(a) -> float:
+        return a.scale

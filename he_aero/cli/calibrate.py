@@ -1,0 +1,45 @@
+"""`he-aero calibrate`: measure the ranges the encrypted runtime must cover (stage 1 of the lifecycle).
+
+Thin: parse, call `he_aero.calibrate.calibrate`, report. The plan stage (`he-aero plan`) then fits the
+approximations on these ranges for a ring.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from he_aero.cli.options import force_option, output_option
+
+
+@click.command()
+@click.argument("checkpoint", required=False, type=click.Path(file_okay=False))
+@click.option(
+    "--samples",
+    type=click.IntRange(1, 100_000),
+    default=512,
+    show_default=True,
+    help="windows of context length bytes from the TRAINING split",
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(0, 2),
+    default=0.1,
+    show_default=True,
+    help="widen every measured interval by this fraction of its width on both sides",
+)
+@output_option("--out", required=True, help="calibration file to write (JSON)")
+@force_option
+def calibrate(checkpoint, samples, margin, out, force) -> None:
+    """Measure on CHECKPOINT (default: the shipped model), over training text, the value ranges the encrypted
+    runtime must cover; widen them by a margin and write a calibration file bound to the weights."""
+    from he_aero.calibrate import CalibrationConfig, describe
+    from he_aero.calibrate import calibrate as run_calibration
+    from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+    model, header = load_checkpoint(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)
+    cal = run_calibration(model, header, CalibrationConfig(samples=samples, margin=margin))
+    path = cal.save(out)
+    click.echo(describe(cal))
+    click.echo(f"wrote {path}")

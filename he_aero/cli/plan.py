@@ -1,0 +1,75 @@
+"""`he-aero plan`: compile checkpoint + calibration into the execution plan the server runs (stage 2).
+
+Thin: parse, call `he_aero.plan.compile_plan`, report. With no options it compiles (and describes) the
+shipped model with its shipped calibration; `make plan-default` writes the shipped plan file this way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from he_aero.cli.options import force_option, output_option
+
+
+@click.command("plan")
+@click.option(
+    "--checkpoint", type=click.Path(file_okay=False), default=None, help="default: the shipped model"
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="calibration file of the checkpoint (default: the shipped one)",
+)
+@click.option(
+    "--exp-error",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=1e-4,
+    show_default=True,
+    help="certified relative error of the exp plans",
+)
+@click.option(
+    "--recip-error",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=1e-4,
+    show_default=True,
+    help="certified relative error of the 1/x plans",
+)
+@click.option(
+    "--hiding-bits",
+    type=click.IntRange(1, 40),
+    default=20,
+    show_default=True,
+    help="statistical hiding of a refresh mask per slot, in bits",
+)
+@click.option(
+    "--ring",
+    "rings",
+    type=click.Choice(["8192", "16384", "32768"]),
+    multiple=True,
+    help="candidate ring degree N (repeatable; default: all three)",
+)
+@click.option("--explain", is_flag=True, help="print the comparison, the choice, the plans and every stage")
+@output_option("--out", help="write the plan file (what `encrypt-infer --plan` and the server load)")
+@force_option
+def plan(checkpoint, calibration, exp_error, recip_error, hiding_bits, rings, explain, out, force) -> None:
+    """Choose the ring, chain, approximation plans, refresh points and rotation keys for a checkpoint, before
+    any key is made."""
+    from he_aero.calibrate import load_calibration
+    from he_aero.plan import RINGS, PlanConfig, compile_plan
+    from models.checkpoint import DEFAULT_CHECKPOINT, read_header
+
+    header = read_header(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)
+    cal = load_calibration(calibration)
+    config = PlanConfig(
+        exp_max_rel_error=exp_error,
+        recip_max_rel_error=recip_error,
+        hiding_bits=hiding_bits,
+        rings=tuple(int(r) for r in rings) or RINGS,
+    )
+    result = compile_plan(header, cal, config)
+    click.echo(result.explain() if explain else result.summary())
+    if out:
+        click.echo(f"wrote {result.save(out)} (sha256 {result.sha256[:12]}...)")

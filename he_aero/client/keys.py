@@ -1,0 +1,90 @@
+"""The client's keys: the only code that generates or holds a CKKS secret key (SEAL backend, secret half).
+
+`ClientKeys` generates the secret, public and relinearisation keys and exactly the rotation keys an offer
+lists (the default Galois set would be ~33 MB at N=8192, ~400 MB at 16384, ~5 GB at 32768), encrypts at the
+top level with the chain's exact top scale (`backend.chain_tables`) and decrypts. `public_keys()` returns
+the public material as bytes (`backend.PublicKeys`): that, and nothing else, goes to the server.
+
+The server side (he_aero/server/, he_aero/ckks/) never imports this package; tests/he_aero/test_imports.py
+loads the server in a fresh interpreter and checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from he_aero.ckks.backend import (
+    PublicKeys,
+    chain_tables,
+    galois_element,
+    load_ciphertext,
+    seal_context,
+    to_bytes,
+)
+from he_aero.ckks.params import CkksParams
+from he_aero.errors import HeAeroError
+
+
+class ClientKeys:
+    """A fresh key set for `params` with rotation keys for `rotation_steps` (slot steps; 0 and duplicates
+    are dropped, negative steps taken mod slots).
+
+    Raises HeAeroError when SEAL refuses the parameters."""
+
+    def __init__(self, params: CkksParams, rotation_steps=()):
+        self.params = params
+        self.seal_context = seal_context(params)
+        keygen = seal.KeyGenerator(self.seal_context)
+        self._secret_key = keygen.secret_key()
+        self._public_key = seal.PublicKey()
+        keygen.create_public_key(self._public_key)
+        self._relin_keys = seal.RelinKeys()
+        keygen.create_relin_keys(self._relin_keys)
+        slots = params.slots
+        self.rotation_steps = tuple(sorted({int(s) % slots for s in rotation_steps} - {0}))
+        self._galois_keys = seal.GaloisKeys()
+        if self.rotation_steps:
+            elements = [galois_element(s, params.poly_modulus_degree) for s in self.rotation_steps]
+            keygen.create_galois_keys(elements, self._galois_keys)
+        self._encoder = seal.CKKSEncoder(self.seal_context)
+        self._encryptor = seal.Encryptor(self.seal_context, self._public_key)
+        self._decryptor = seal.Decryptor(self.seal_context, self._secret_key)
+        self.scale = chain_tables(self.seal_context, params.scale_bits)[2][params.levels]
+
+    def encrypt(self, values) -> seal.Ciphertext:
+        """Encrypt a slot vector (zero-padded to N/2) at the top level and its exact scale (~2^scale_bits)."""
+        v = np.zeros(self.params.slots)
+        values = np.asarray(values, dtype=float).ravel()
+        if values.size > v.size:
+            raise HeAeroError(f"encrypt: {values.size} values do not fit {v.size} slots")
+        v[: values.size] = values
+        pt = seal.Plaintext()
+        self._encoder.encode(v.tolist(), self.seal_context.first_parms_id(), self.scale, pt)
+        ct = seal.Ciphertext()
+        self._encryptor.encrypt(pt, ct)
+        return ct
+
+    def decrypt(self, ct: seal.Ciphertext) -> np.ndarray:
+        """Decrypt and decode all N/2 slots (SEAL divides by the ciphertext's exact scale)."""
+        pt = seal.Plaintext()
+        self._decryptor.decrypt(ct, pt)
+        return np.asarray(self._encoder.decode_double(pt))
+
+    def encrypt_bytes(self, values) -> bytes:
+        """`encrypt`, serialised (what crosses the wire)."""
+        return to_bytes(self.encrypt(values))
+
+    def decrypt_bytes(self, blob: bytes, what: str = "ciphertext") -> np.ndarray:
+        """Load a serialised ciphertext under these keys and decrypt it; HeAeroError names `what`."""
+        return self.decrypt(load_ciphertext(self.seal_context, blob, what))
+
+    def public_keys(self) -> PublicKeys:
+        """The public material as bytes: public, relinearisation and rotation keys (no secret key)."""
+        return PublicKeys(
+            params=self.params,
+            public_key=to_bytes(self._public_key),
+            relin_keys=to_bytes(self._relin_keys),
+            galois_keys=to_bytes(self._galois_keys) if self.rotation_steps else b"",
+            rotation_steps=self.rotation_steps,
+        )

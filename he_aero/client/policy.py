@@ -1,0 +1,68 @@
+"""The client's own security policy: what it accepts from a server's offer, decided before any key exists.
+
+The offer states parameters; it cannot lower these requirements (a crafted offer with N=1024 and a 110-bit
+chain, or a hiding below the minimum, is refused before key generation). Test-only insecure rings are
+reachable only by constructing a policy with `allow_insecure_for_tests=True` in code, never through the offer
+or a command-line flag the peer controls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from he_aero.ckks.params import CkksParams
+from he_aero.errors import HeAeroError
+from he_aero.protocol import RuntimeOffer
+
+MIN_HIDING_BITS = 20
+"""Default minimum statistical hiding of a refresh mask per slot, in bits (docs/security.md)."""
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """What this client requires of an offer.
+
+    Attributes
+    ----------
+    min_hiding_bits : refuse offers whose refresh masks hide fewer bits per slot.
+    expect_model_sha256 : refuse offers for other weights (None: any model).
+    allow_insecure_for_tests : accept rings below 128-bit security (tests only).
+    """
+
+    min_hiding_bits: int = MIN_HIDING_BITS
+    expect_model_sha256: str | None = None
+    allow_insecure_for_tests: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.min_hiding_bits, bool) or not isinstance(self.min_hiding_bits, int):
+            raise HeAeroError(f"client policy: min_hiding_bits must be an integer, got {self.min_hiding_bits!r}")
+        sha = self.expect_model_sha256
+        if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
+            raise HeAeroError(f"client policy: expect_model_sha256 must be a SHA-256 hex digest, got {sha!r}")
+
+    def accept(self, offer: RuntimeOffer) -> CkksParams:
+        """The CKKS parameters to make keys for, or HeAeroError saying which requirement the offer fails."""
+        try:
+            params = CkksParams(
+                offer.poly_modulus_degree,
+                offer.coeff_mod_bit_sizes,
+                offer.scale_bits,
+                insecure_for_tests=self.allow_insecure_for_tests,
+            )
+        except HeAeroError as exc:
+            raise HeAeroError(f"client: refusing the server's offer: {exc}") from exc
+        if not params.is_secure and not self.allow_insecure_for_tests:
+            params.require_secure()
+        if offer.hiding_bits < self.min_hiding_bits:
+            raise HeAeroError(
+                f"client: refusing the server's offer: refresh masks hide {offer.hiding_bits} bits per slot, "
+                f"this client requires >= {self.min_hiding_bits}"
+            )
+        if self.expect_model_sha256 is not None and offer.model_sha256.lower() != self.expect_model_sha256.lower():
+            raise HeAeroError(
+                f"client: refusing the server's offer: it serves weights {offer.model_sha256[:12]}..., this "
+                f"client expects {self.expect_model_sha256[:12]}..."
+            )
+        if offer.block < 1 or offer.block & (offer.block - 1) or offer.block > params.slots:
+            raise HeAeroError(f"client: refusing the server's offer: block {offer.block} is not a valid layout")
+        return params

@@ -1,0 +1,132 @@
+"""The plan stage: ring comparison from symbolic runs of the real pipeline, the early depth-budget error, the
+plan file (versioned, hashed, bound to the checkpoint and the calibration), the CLI."""
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from approx.plans import plan_exp, plan_reciprocal
+from he_aero.ckks.params import default_params
+from he_aero.cli import cli
+from he_aero.errors import HeAeroError
+from he_aero.plan import (
+    DEFAULT_PLAN,
+    ExecutionPlan,
+    ModelShape,
+    Ranges,
+    check_depth_budget,
+    choose_ring,
+    evaluate_ring,
+    layer_depths,
+    load_plan,
+)
+
+SHAPE = ModelShape(d_model=32, n_head=2, n_layer=2, t_max=16)
+RANGES = Ranges(((-6.0, 3.0),) * 2, activation_bound=16.0)
+
+
+@pytest.fixture(scope="module")
+def deep_plans():
+    exp = plan_exp((-6.0, 3.0), max_abs_error=1e-4, squarings=0)  # one deep polynomial
+    recip = plan_reciprocal((1.0, 17.0), max_rel_error=1e-4, newton=0)
+    return [(exp, recip)] * 2
+
+
+def test_choose_ring_compares_rings():
+    result = choose_ring(SHAPE, RANGES, rings=(8192, 16384))
+    assert {c.params.poly_modulus_degree for c in result.candidates} == {8192, 16384}
+    chosen = result.chosen
+    assert chosen.feasible and chosen.prefill["latency_s"] > 0 and chosen.decode["latency_s"] > 0
+    assert f"N={chosen.params.poly_modulus_degree}" not in result.why or "would take" in result.why
+    for stage in chosen.stages:  # every stage starts with enough levels or is refreshed
+        assert stage["level_in"] >= stage["need"] or stage["refreshed"]
+
+
+def test_given_deep_plans_make_the_small_ring_infeasible_with_a_reason(deep_plans):
+    small = evaluate_ring(default_params(8192), SHAPE, RANGES, 20, deep_plans)
+    assert not small.feasible and "leaves 3" in small.reason
+    big = evaluate_ring(default_params(16384), SHAPE, RANGES, 20, deep_plans)
+    assert big.feasible
+
+
+def test_depth_budget_error_names_each_layer_before_encryption(deep_plans):
+    depths = layer_depths(SHAPE, deep_plans)
+    assert len(depths) == 2 and all(d > 9 for d in depths)
+    with pytest.raises(HeAeroError, match=r"layer 0: \d+, layer 1: \d+ \(total \d+\) > 9 levels"):
+        check_depth_budget(SHAPE, deep_plans, default_params(16384), refresh=False)
+    with pytest.raises(HeAeroError, match="depth budget on N=8192"):
+        check_depth_budget(SHAPE, deep_plans, default_params(8192), refresh=True)
+    check_depth_budget(SHAPE, deep_plans, default_params(16384), refresh=True)
+
+
+def test_bad_shapes_and_ranges_are_refused():
+    with pytest.raises(HeAeroError, match="multiple of n_head"):
+        ModelShape(30, 4, 1, 8)
+    with pytest.raises(HeAeroError, match="empty"):
+        Ranges(((1.0, 0.0),))
+    with pytest.raises(HeAeroError, match="z windows"):
+        choose_ring(SHAPE, Ranges(((-1.0, 1.0),)))
+
+
+def test_plan_file_round_trips_with_the_same_hash(tiny_plan, tmp_path):
+    path = tiny_plan.save(tmp_path / "plan.json")
+    again = load_plan(path)
+    assert again == tiny_plan and again.sha256 == tiny_plan.sha256
+    assert again.rotation_steps and again.plans[0][0].function == "exp"
+
+
+def test_plan_is_bound_to_the_checkpoint_and_the_calibration(tiny, tiny_plan):
+    _, _, header, _, cal = tiny
+    assert tiny_plan.weights_sha256 == header["weights_sha256"]
+    assert tiny_plan.calibration_sha256 == cal.sha256
+    with pytest.raises(HeAeroError, match="compiled for checkpoint weights"):
+        tiny_plan.check_checkpoint({"weights_sha256": "0" * 64})
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda d: d.pop("rotation_steps"), "rotation_steps"),
+        (lambda d: d.update(format_version=99), "format_version"),
+        (lambda d: d.update(kind="other"), "kind"),
+        (lambda d: d["ckks"].update(scale_bits="x"), "scale_bits"),
+        (lambda d: d["layers"].pop(), "layers"),
+        (lambda d: d["layout"].update(block=3), "layout.block"),
+        (lambda d: d["refresh"].update(activation_bound=-1), "refresh.activation_bound"),
+        (lambda d: d["layers"][0]["exp"].update(steps=[]), "layers[0]"),
+    ],
+)
+def test_a_bad_plan_file_is_refused_naming_the_field(tiny_plan, edit, field):
+    data = json.loads(json.dumps(tiny_plan.to_dict()))
+    edit(data)
+    with pytest.raises(HeAeroError, match="plan: .*" + re.escape(field)):
+        ExecutionPlan.from_dict(data)
+
+
+def test_a_plan_on_an_insecure_ring_needs_the_test_flag_in_the_file(tiny_plan):
+    data = json.loads(json.dumps(tiny_plan.to_dict()))
+    data["ckks"]["insecure_for_tests"] = False
+    with pytest.raises(HeAeroError, match="below 128-bit security"):
+        ExecutionPlan.from_dict(data)
+
+
+def test_the_shipped_plan_matches_the_shipped_checkpoint_and_calibration():
+    from he_aero.calibrate import load_calibration
+    from models.checkpoint import DEFAULT_CHECKPOINT, read_header
+
+    plan = load_plan(DEFAULT_PLAN)
+    plan.check_checkpoint(read_header(DEFAULT_CHECKPOINT))
+    assert plan.calibration_sha256 == load_calibration().sha256
+    assert plan.params.is_secure and plan.params.poly_modulus_degree == 8192
+
+
+def test_cli_plan_describes_the_shipped_model_and_writes_a_file(tmp_path):
+    out = tmp_path / "plan.json"
+    res = CliRunner().invoke(cli, ["plan", "--ring", "8192", "--explain", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "choice: N=8192" in res.output and "layers=3" in res.output
+    assert load_plan(out).to_dict()["rotation_steps"] == load_plan(DEFAULT_PLAN).to_dict()["rotation_steps"]
+    bad = CliRunner().invoke(cli, ["plan", "--ring", "4096"])
+    assert bad.exit_code == 2 and "--ring" in bad.output
