@@ -228,5 +228,3 @@ def pick_token(logits: np.ndarray, config: GenerationConfig, rng: np.random.Gene
         z = np.where(z >= cut, z, -np.inf)
     p = np.exp(z - z.max())
     return int(rng.choice(z.size, p=p / p.sum()))
-
-

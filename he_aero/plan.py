@@ -29,10 +29,10 @@ from he_aero import __version__
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.packing import block_for, feature_layout, rows_count
-from he_aero.ckks.params import CkksParams, default_params
+from he_aero.ckks.params import HIDING_BITS, CkksParams, default_params
 from he_aero.ckks.pipeline import Pipeline, shape_only_view
 from he_aero.ckks.poly import atomic_depth, step_depth
-from he_aero.ckks.refresh import HIDING_BITS, Refresher
+from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 
 FORMAT_VERSION = 1
@@ -537,7 +537,8 @@ class ExecutionPlan:
         version = reader.need(data, "format_version")
         if version != FORMAT_VERSION:
             raise HeAeroError(
-                f"{where}: format_version {version!r}, this he-aero reads {FORMAT_VERSION} (re-run `he-aero plan`)"
+                f"{where}: format_version {version!r}, this he-aero reads {FORMAT_VERSION} "
+                "(re-run `he-aero plan`)"
             )
         ckpt = reader.need(data, "checkpoint")
         sha = reader.need(ckpt, "weights_sha256", "checkpoint.")
@@ -665,8 +666,8 @@ class ExecutionPlan:
             )
         lines += ["", f"choice: N={p.poly_modulus_degree}. {self.why}", "", p.describe()]
         lines.append(
-            f"refresh: masks hide {self.hiding_bits} bits per slot, |x| <= {self.activation_bound:.4g}; a refresh "
-            f"needs level >= {self.refresh_min_level}, so {self.usable_levels} levels between refreshes"
+            f"refresh: masks hide {self.hiding_bits} bits per slot, |x| <= {self.activation_bound:.4g}; "
+            f"a refresh needs level >= {self.refresh_min_level}, so {self.usable_levels} levels in between"
         )
         lines.append(
             f"slot layout: features, {self.block}-slot token blocks, {p.slots // self.block} features per "
@@ -685,8 +686,9 @@ class ExecutionPlan:
             if est:
                 lines.append(
                     f"{phase} (counted): rotations {est['rotations']}, ct*ct {est['ctct_mults']}, ct*pt "
-                    f"{est['pt_mults']}, refresh rounds {est['refresh_rounds']} ({est['refreshed_ciphertexts']} "
-                    f"ciphertexts, {est['refresh_mb']} MB), ~{est['latency_s']} s"
+                    f"{est['pt_mults']}, refresh rounds {est['refresh_rounds']} "
+                    f"({est['refreshed_ciphertexts']} ciphertexts, {est['refresh_mb']} MB), "
+                    f"~{est['latency_s']} s"
                 )
         lines.append("prefill stages (level on entry, levels needed, ciphertexts refreshed):")
         for st in self.stages:

@@ -2,14 +2,12 @@
 
 Encrypted generation: prefill the prompt, then decode one token at a time against the encrypted K/V cache.
 A `Session` wires a `Client` (he_aero/client/) and a `Server` (he_aero/server/) through a `Channel` that
-carries only protocol bytes and counts them; the default `he-aero encrypt-infer` run and the tests use it. Per generated token the client decrypts one row of logits, checks it (he_aero/client.py), picks the
+carries only protocol bytes and counts them; the default `he-aero encrypt-infer` run and the tests use it.
+Per generated token the client decrypts one row of logits, checks it (he_aero/client/client.py), picks the
 token (greedy, or sampled with a temperature and top-k from a seeded generator) and sends it back encrypted.
 `verify` runs the plaintext reference (`models.linear_view.view_forward`) on the same tokens and compares
-every generated position's logits: top-1 agreement and max |delta logit|.
-
-Context window: the model has T_max learned positions and the K/V cache cannot slide (positions are absolute),
-so a prompt of n bytes with m new tokens needs n + m - 1 <= T_max. A longer prompt keeps its LAST
-T_max - m + 1 bytes (the bytes nearest the continuation); the result says how many were dropped.
+every generated position's logits: top-1 agreement and max |delta logit|. The context rule is in
+he_aero/generation.py.
 """
 
 from __future__ import annotations
@@ -18,15 +16,13 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from he_aero.ckks.pipeline import StageRecord
 from he_aero.client.client import Client
-from he_aero.generation import GenerationConfig, GenerationResult, TokenRecord, fit_prompt, pick_token
 from he_aero.client.policy import ClientPolicy
-from he_aero.errors import HeAeroError
+from he_aero.generation import GenerationConfig, GenerationResult, TokenRecord, fit_prompt, pick_token
 from he_aero.protocol import Channel
 from he_aero.server.server import Server
 
@@ -97,6 +93,12 @@ class Session:
         self.seconds[purpose] += t2 - t1
         self.seconds["decrypt"] += t3 - t2
         return out, t3 - t0
+
+    def forward(self, tokens, position: int = 0, progress: Callable[[str], None] | None = None):
+        """One encrypted pass without sampling: a prefill of `tokens` at position 0, or (position > 0, after a
+        prefill) a decode step of one token against the K/V cache. Returns (the client's `DecryptedLogits`,
+        wall seconds); `self.server.records` holds the pass's stages (benchmarks, teacher-forced checks)."""
+        return self._exchange("prefill" if position == 0 else "decode", list(tokens), position, progress)
 
     def generate(
         self, prompt: bytes, config: GenerationConfig, progress: Callable[[str], None] | None = None

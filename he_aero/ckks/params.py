@@ -19,6 +19,10 @@ HomomorphicEncryption.org table, the one `CoeffModulus.MaxBitCount(N, tc128)` re
 
 MIN_PRIME_BITS, MAX_PRIME_BITS = 20, 60
 
+HIDING_BITS = 20
+"""Statistical hiding of an interactive-refresh mask per slot, in bits (docs/security.md): the plan's default
+and the client's default minimum."""
+
 
 @dataclass(frozen=True)
 class CkksParams:

@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from he_aero.ckks.ciphertext import Ct, Evaluator
+from he_aero.ckks.params import HIDING_BITS
 from he_aero.errors import HeAeroError
-
-HIDING_BITS = 20
-"""Default statistical hiding of a refresh mask per slot, in bits (docs/security.md)."""
 
 ClientCallback = Callable[[list[bytes]], list[bytes]]
 """The client's half of a round (he_aero/client/client.py, `Client.refresh_values`): serialised masked

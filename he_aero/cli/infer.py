@@ -85,7 +85,8 @@ def _explain(session, n_tokens: int) -> str:
         o = r.ops
         lines.append(
             f"  {r.name:8s} rotations {o['rotations']:5d}  ct*ct {o['ctct_mults']:4d}  "
-            f"ct*pt {o['pt_mults']:5d}  refresh rounds {o['refresh_rounds']}  levels {r.level_in}->{r.level_out}"
+            f"ct*pt {o['pt_mults']:5d}  refresh rounds {o['refresh_rounds']}  "
+            f"levels {r.level_in}->{r.level_out}"
         )
     return "\n".join(lines)
 

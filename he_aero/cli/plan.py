@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from he_aero.ckks.params import HIDING_BITS
 from he_aero.cli.options import force_option, output_option
 
 
@@ -40,7 +41,7 @@ from he_aero.cli.options import force_option, output_option
 @click.option(
     "--hiding-bits",
     type=click.IntRange(1, 40),
-    default=20,
+    default=HIDING_BITS,
     show_default=True,
     help="statistical hiding of a refresh mask per slot, in bits",
 )

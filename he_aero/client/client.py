@@ -166,5 +166,6 @@ def refresh_reply(keys: ClientKeys, blobs: list[bytes]) -> list[bytes]:
     the values at the top level (the `Refresher` callback's shape; `Client.handle_refresh` wraps it in
     frames). HeAeroError when a ciphertext does not load under these keys."""
     return [
-        keys.encrypt_bytes(keys.decrypt_bytes(b, f"client: refresh ciphertext {i}")) for i, b in enumerate(blobs)
+        keys.encrypt_bytes(keys.decrypt_bytes(b, f"client: refresh ciphertext {i}"))
+        for i, b in enumerate(blobs)
     ]

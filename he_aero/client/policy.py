@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from he_aero.ckks.params import CkksParams
+from he_aero.ckks.params import HIDING_BITS, CkksParams
 from he_aero.errors import HeAeroError
 from he_aero.protocol import RuntimeOffer
-
-MIN_HIDING_BITS = 20
-"""Default minimum statistical hiding of a refresh mask per slot, in bits (docs/security.md)."""
 
 
 @dataclass(frozen=True)
@@ -29,13 +26,15 @@ class ClientPolicy:
     allow_insecure_for_tests : accept rings below 128-bit security (tests only).
     """
 
-    min_hiding_bits: int = MIN_HIDING_BITS
+    min_hiding_bits: int = HIDING_BITS
     expect_model_sha256: str | None = None
     allow_insecure_for_tests: bool = False
 
     def __post_init__(self):
         if isinstance(self.min_hiding_bits, bool) or not isinstance(self.min_hiding_bits, int):
-            raise HeAeroError(f"client policy: min_hiding_bits must be an integer, got {self.min_hiding_bits!r}")
+            raise HeAeroError(
+                f"client policy: min_hiding_bits must be an integer, got {self.min_hiding_bits!r}"
+            )
         sha = self.expect_model_sha256
         if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
             raise HeAeroError(f"client policy: expect_model_sha256 must be a SHA-256 hex digest, got {sha!r}")
@@ -58,11 +57,16 @@ class ClientPolicy:
                 f"client: refusing the server's offer: refresh masks hide {offer.hiding_bits} bits per slot, "
                 f"this client requires >= {self.min_hiding_bits}"
             )
-        if self.expect_model_sha256 is not None and offer.model_sha256.lower() != self.expect_model_sha256.lower():
+        if (
+            self.expect_model_sha256 is not None
+            and offer.model_sha256.lower() != self.expect_model_sha256.lower()
+        ):
             raise HeAeroError(
                 f"client: refusing the server's offer: it serves weights {offer.model_sha256[:12]}..., this "
                 f"client expects {self.expect_model_sha256[:12]}..."
             )
         if offer.block < 1 or offer.block & (offer.block - 1) or offer.block > params.slots:
-            raise HeAeroError(f"client: refusing the server's offer: block {offer.block} is not a valid layout")
+            raise HeAeroError(
+                f"client: refusing the server's offer: block {offer.block} is not a valid layout"
+            )
         return params

@@ -117,7 +117,9 @@ class Server:
         expected = self.pipeline.token_cts(rows, n)
         if len(msg.parts) != expected:
             raise HeAeroError(f"server: TOKENS message has {len(msg.parts)} ciphertexts, expected {expected}")
-        cts = [ev.load_fresh(blob, f"server: token ciphertext {i}", layout) for i, blob in enumerate(msg.parts)]
+        cts = [
+            ev.load_fresh(blob, f"server: token ciphertext {i}", layout) for i, blob in enumerate(msg.parts)
+        ]
         return cts, position, n
 
     def _refresher(self, ev: Evaluator, link: Callable[[bytes], bytes] | None) -> Refresher:

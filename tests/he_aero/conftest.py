@@ -68,7 +68,12 @@ def test_session(view, header, plan, **kw):
     from he_aero.session import Session
 
     return Session(
-        view, header, plan, policy=ClientPolicy(allow_insecure_for_tests=True), allow_insecure_for_tests=True, **kw
+        view,
+        header,
+        plan,
+        policy=ClientPolicy(allow_insecure_for_tests=True),
+        allow_insecure_for_tests=True,
+        **kw,
     )
 
 

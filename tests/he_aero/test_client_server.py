@@ -80,7 +80,9 @@ SECRET_TYPES = (seal.SecretKey, seal.Decryptor, seal.KeyGenerator, ClientKeys, C
 def test_no_object_reachable_from_the_server_can_decrypt(tiny_session):
     """A deep scan of the server's object graph after a whole session: no secret key, decryptor, key
     generator or client object is reachable (the in-process harness holds both roles; the server must not)."""
-    tiny_session.generate(b"abc", __import__("he_aero.generation").generation.GenerationConfig(max_new_tokens=2))
+    tiny_session.generate(
+        b"abc", __import__("he_aero.generation").generation.GenerationConfig(max_new_tokens=2)
+    )
     objs = _reachable(tiny_session.server)
     assert len(objs) > 1000  # the scan reaches the evaluator, caches, plaintexts
     found = [type(o).__name__ for o in objs if isinstance(o, SECRET_TYPES)]
@@ -94,7 +96,8 @@ def test_setup_parts_load_as_exactly_the_three_public_key_types(tiny_session):
     client = Client(srv.offer(), TEST_POLICY)
     msg = decode(client.keygen(), Kind.SETUP)
     ctx = client._keys.seal_context
-    loaded = [from_bytes(t, ctx, b) for t, b in zip((seal.PublicKey, seal.RelinKeys, seal.GaloisKeys), msg.parts)]
+    types = (seal.PublicKey, seal.RelinKeys, seal.GaloisKeys)
+    loaded = [from_bytes(t, ctx, b) for t, b in zip(types, msg.parts, strict=True)]
     assert [type(x) for x in loaded] == [seal.PublicKey, seal.RelinKeys, seal.GaloisKeys]
     assert len(msg.parts) == 3
 

@@ -9,9 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from he_aero.calibrate import embed, layer_forward
-from he_aero.ckks.packing import rows_pack, rows_unpack
 from he_aero.ckks.ciphertext import Ct
-from he_aero.ckks.packing import pack, unpack
+from he_aero.ckks.packing import pack, rows_pack, rows_unpack, unpack
 from he_aero.cli import cli
 from he_aero.errors import HeAeroError
 from he_aero.generation import GenerationConfig, fit_prompt, pick_token
@@ -42,7 +41,10 @@ def test_each_stage_matches_its_plaintext_twin(tiny_session):
     cts, _ = _encrypt(s, onehot, 256)
     x_plain = embed(view, PROMPT)
     assert_close_bits(
-        _decrypt(s, srv.pipeline._embed(ev, cts, 0, len(PROMPT)), srv.pipeline.layout(8)), x_plain, 16, "embedding"
+        _decrypt(s, srv.pipeline._embed(ev, cts, 0, len(PROMPT)), srv.pipeline.layout(8)),
+        x_plain,
+        16,
+        "embedding",
     )
     for i, (layer, lay) in enumerate(zip(srv.pipeline.layers, view.layers, strict=True)):
         # prefill of the first 7 tokens, then one decode step for the 8th, against the plaintext layer
@@ -159,7 +161,10 @@ def test_cli_bad_input(cli_files, tmp_path, monkeypatch, capsys):
 
     make_tiny_checkpoint(other, seed=1)
     for argv, message in (
-        (["--checkpoint", str(other), "--plan", cal, "--allow-insecure-for-tests"], "compiled for checkpoint"),
+        (
+            ["--checkpoint", str(other), "--plan", cal, "--allow-insecure-for-tests"],
+            "compiled for checkpoint",
+        ),
         (["--checkpoint", ckpt, "--plan", str(d / "prompt.txt")], "not valid JSON"),
         (["--checkpoint", ckpt, "--plan", cal], "below 128-bit security"),
         (

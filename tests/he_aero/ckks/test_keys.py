@@ -1,5 +1,5 @@
-"""Keys: the server's context is rebuilt from public bytes; rotation keys exist for exactly the listed steps and
-rotate correctly (SEAL's Galois-element binding pitfall); serialisation leaves no file behind."""
+"""Keys: the server's context is rebuilt from public bytes; rotation keys exist for exactly the listed steps
+and rotate correctly (SEAL's Galois-element binding pitfall); serialisation leaves no file behind."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,7 @@
 """Ablation bookkeeping: FLOPs and nonlinearity counts, entropy bands."""
 
 from models.ablation import ROWS, entropy_distribution, flops_and_nonlinearities
+
 from models.decoder import DecoderConfig
 
 
