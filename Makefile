@@ -33,10 +33,10 @@ lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff format --check .
 
 bench-approx: $(STAMP) ## max error vs depth: our plans vs (1+x/2^k)^(2^k) and constant-guess 1/x -> docs/approx.md
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m approx.bench --write docs/approx.md
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m bench.approx --write docs/approx.md
 
 bench-kernels: $(STAMP) ## kernel figures vs TenSEAL (matmul, polyval, attention layer) -> docs/kernels.{md,json}
-	$(BIN)/python -m he_aero.ckks.bench
+	$(BIN)/python -m bench.kernels --out-dir docs
 
 ABLATION_STEPS ?= 6000
 ABLATION_LAYERS ?= 3
@@ -46,7 +46,7 @@ train-default: $(STAMP) ## train the shipped default model into models/checkpoin
 		--lr 6e-3 --warmup 300 --eval-every 500 --seed 0 --threads 1 --out models/checkpoints/default
 
 ablation: $(STAMP) ## AERO ablation, equal size/steps/seed -> docs/ablation.{md,json} (ABLATION_STEPS, _LAYERS)
-	OMP_NUM_THREADS=1 $(BIN)/python -m models.ablation --steps $(ABLATION_STEPS) --layers $(ABLATION_LAYERS) --runs runs/ablation --docs docs
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.ablation --steps $(ABLATION_STEPS) --layers $(ABLATION_LAYERS) --runs runs/ablation --docs docs
 
 calibrate-default: $(STAMP) ## calibrate the shipped model on training text -> he_aero/data/default-calibration.json
 	$(BIN)/he-aero calibrate --force --out he_aero/data/default-calibration.json
@@ -54,9 +54,9 @@ calibrate-default: $(STAMP) ## calibrate the shipped model on training text -> h
 ACCEPT_PROMPTS ?= 20
 DECODE_PROMPTS ?= 8
 BPB_WINDOWS ?= 8
-bench-he: $(STAMP) ## encrypted prefill 16/32/64, decode, op counts, accuracy on tests/data -> docs/he-bench.md
-	$(BIN)/python -m he_aero.bench_infer speed --lengths 16 32 64 --decode 3 --out docs/he-bench.json
-	$(BIN)/python -m he_aero.bench_infer accept --prompts $(ACCEPT_PROMPTS) --decode-prompts $(DECODE_PROMPTS) \
+bench-he: $(STAMP) ## encrypted prefill 16/32/64, decode, op counts, accuracy on bench/data -> docs/he-bench.md
+	$(BIN)/python -m bench.infer speed --lengths 16 32 64 --decode 3 --out docs/he-bench.json
+	$(BIN)/python -m bench.infer accept --prompts $(ACCEPT_PROMPTS) --decode-prompts $(DECODE_PROMPTS) \
 		--bpb-windows $(BPB_WINDOWS) --out docs/he-accept.json
-	$(BIN)/python -m he_aero.bench_infer report --speed docs/he-bench.json --accept docs/he-accept.json \
+	$(BIN)/python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json \
 		--out docs/he-bench.md

@@ -1,7 +1,6 @@
 """Ablation bookkeeping: FLOPs and nonlinearity counts, entropy bands."""
 
-from models.ablation import ROWS, entropy_distribution, flops_and_nonlinearities
-
+from bench.ablation import ROWS, entropy_distribution, flops_and_nonlinearities
 from models.decoder import DecoderConfig
 
 
@@ -39,3 +38,17 @@ def test_rows_are_the_issue_variants():
         "softmax-only+ER pruned",
     ]
     assert sum(r.pruned for r in ROWS) == 1
+
+
+def test_smoke_run_writes_json_and_markdown(tmp_path):
+    """`make ablation` at the smallest size: one training step of the baseline row."""
+    import json
+
+    from bench.ablation import main
+
+    main(["--steps", "1", "--layers", "1", "--d-model", "16", "--heads", "2", "--context", "8",
+          "--test-bytes", "1024", "--only", "baseline", "--runs", str(tmp_path / "runs"),
+          "--docs", str(tmp_path)])  # fmt: skip
+    (row,) = json.loads((tmp_path / "ablation.json").read_text())
+    assert row["row"] == "baseline" and row["steps"] == 1 and row["test_bits_per_byte"] > 0
+    assert "python -m bench.ablation --steps 1" in (tmp_path / "ablation.md").read_text()

@@ -1,6 +1,6 @@
 """The AERO ablation at our scale: all variants at one size, step count and seed -> docs/ablation.{md,json}.
 
-Run `make ablation` (or `python -m models.ablation --steps N`). Rows:
+Run `make ablation` (or `python -m bench.ablation --steps N`; `--only ROW` for some rows). Rows:
 
 | row | variant | attention | entropy reg. | temperature | pruned | range penalty |
 |---|---|---|---|---|---|---|
@@ -164,7 +164,7 @@ def markdown(results: list[dict]) -> str:
     lines = [
         "# AERO ablation at our scale",
         "",
-        f"Written by `python -m models.ablation --steps {r0['steps']}` (`make ablation`). Every row: "
+        f"Written by `python -m bench.ablation --steps {r0['steps']}` (`make ablation`). Every row: "
         f"{r0['layers']} layers, d={r0['d_model']}, {r0['n_head']} heads, context {r0['context']}, "
         f"{r0['steps']} steps of batch 32 ({r0['tokens_seen']:,} byte tokens), AdamW lr 6e-3, seed 0, "
         "one CPU thread. Test split: CPython 3.11.7 stdlib files chosen by path hash "

@@ -3,7 +3,9 @@
 Prints Markdown tables and, with --write FILE, replaces the block between the bench markers in FILE
 (docs/approx.md). Figures are measured here; nothing is copied from papers.
 
-    python -m approx.bench --write docs/approx.md
+    python -m bench.approx [--write docs/approx.md] [--smoke]
+
+Uses `approx/` only (numpy/scipy). `--smoke` runs one depth and bound per table (seconds; checks the script).
 """
 
 from __future__ import annotations
@@ -127,10 +129,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def run() -> str:
-    """All tables as Markdown."""
+def run(smoke: bool = False) -> str:
+    """All tables as Markdown (`smoke`: the first depth and bound of each sweep only)."""
     lines: list[str] = []
     t0 = time.time()
+    exp_depths, exp_bounds = (EXP_DEPTHS[:1], EXP_BOUNDS[:1]) if smoke else (EXP_DEPTHS, EXP_BOUNDS)
+    recip_depths, recip_ranges = (
+        (RECIP_DEPTHS[:1], RECIP_RANGES[:1]) if smoke else (RECIP_DEPTHS, RECIP_RANGES)
+    )
     lines.append("### BSGS cost in the Chebyshev basis (approx.bsgs.bsgs_cost; affine map not included)")
     degs = [1, 2, 3, 4, 7, 8, 11, 15, 16, 23, 31, 32, 47, 63, 64, 95, 127]
     lines += _table(
@@ -149,8 +155,8 @@ def run() -> str:
         "",
     ]
     rows = []
-    for depth in EXP_DEPTHS:
-        for b in EXP_BOUNDS:
+    for depth in exp_depths:
+        for b in exp_bounds:
             ours, how = exp_ours(b, depth)
             base = exp_baseline(b, depth)
             rows.append([str(depth), str(b), _fmt(ours), how, _fmt(base), f"{base / ours:.1e}x"])
@@ -164,8 +170,8 @@ def run() -> str:
         "",
     ]
     rows = []
-    for depth in RECIP_DEPTHS:
-        for r in RECIP_RANGES:
+    for depth in recip_depths:
+        for r in recip_ranges:
             ours, how = recip_ours(r, depth)
             gold, ghow = recip_goldschmidt(r, depth)
             base = recip_baseline(r, depth)
@@ -177,14 +183,15 @@ def run() -> str:
     lines.append("")
     lines.append("### Calibrated windows: least-depth plans (approx.plans)")
     rows = []
-    for label, make in (
+    targets = (
         ("exp [-26, 5], rel 1e-4", lambda: plan_exp((-26, 5), max_rel_error=1e-4)),
         ("exp [-26, 5], abs 1e-3", lambda: plan_exp((-26, 5), max_abs_error=1e-3)),
         ("exp [-16, 0], abs 2^-20", lambda: plan_exp((-16, 0), max_abs_error=2.0**-20)),
         ("1/x [1, 130], rel 1e-4", lambda: plan_reciprocal((1, 130), 1e-4)),
         ("1/x [1, 130], rel 1e-4, 1 Newton", lambda: plan_reciprocal((1, 130), 1e-4, newton=1)),
         ("1/x [1, 100], rel 1e-6, 2 Newton", lambda: plan_reciprocal((1, 100), 1e-6, newton=2)),
-    ):
+    )
+    for label, make in targets[1:2] if smoke else targets:
         p = make()
         rows.append(
             [
@@ -199,7 +206,7 @@ def run() -> str:
     lines += _table(["target", "plan", "depth", "ct-ct", "scalar", "certified error"], rows)
     lines += ["", "### relu on [-B, B]: direct minimax vs composite minimax sign (approx.sign)", ""]
     rows = []
-    for b, bound in ((1.0, 1e-2), (8.0, 1e-2), (8.0, 1e-3)):
+    for b, bound in ((1.0, 1e-2),) if smoke else ((1.0, 1e-2), (8.0, 1e-2), (8.0, 1e-3)):
         try:
             direct = plan_fit("relu", (-b, b), bound)
             d_txt = [
@@ -238,8 +245,11 @@ def write(path: Path, block: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=Path, help="Markdown file whose bench block is replaced")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one depth and bound per table (checks the script)"
+    )
     args = parser.parse_args(argv)
-    block = run()
+    block = run(args.smoke)
     print(block)
     if args.write:
         write(args.write, block)

@@ -1,0 +1,432 @@
+"""Encrypted-inference benchmark and acceptance measurements on the shipped default (`make bench-he`).
+
+    python -m bench.infer prompts [--n 20] [--length 24] --out bench/data/prompts.json
+    python -m bench.infer accept [--prompts K] [--decode-prompts D] [--bpb-windows W] [--plan P] --out F.json
+    python -m bench.infer speed [--lengths 16 32 64] [--decode 3] [--plan P] --out docs/he-bench.json
+    python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json --out F.md
+
+`prompts` picks the acceptance prompts from the TEST split (evenly spaced, each at the start of a code line).
+`accept` measures, on the default model with the shipped plan (or `--plan`):
+  - teacher-forced greedy agreement for K prompts: one encrypted prefill of prompt + the plaintext model's
+    8-token greedy continuation (minus its last token) gives the encrypted logits at all 8 generation
+    positions; if top-1 agrees at every one, the encrypted greedy continuation equals the plaintext one (by
+    induction on the prefix). One prefill instead of a prefill plus 7 decode steps per prompt;
+  - true autoregressive generation (prefill + decode against the K/V cache) for D prompts;
+  - bits per byte of encrypted prefills on W windows of the test split against plaintext.
+`speed` times prefills of the given lengths and decode steps, with operation counts per layer (checked
+against the pipeline's symbolic count, `Pipeline.symbolic_prefill` / `symbolic_decode`) and the share of
+server wall time spent inside SEAL calls. `report` renders both JSON files as docs/he-bench.md.
+Both sides run in one process through `he_aero.session.Session` (`Session.forward`: one pass, no sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import DATA
+
+PROMPTS = DATA / "prompts.json"
+COUNTS = ("rotations", "ctct_mults", "pt_mults", "key_switches", "refresh_rounds")
+"""The operation counts a real run must share with the symbolic one (`_counted`)."""
+
+
+def select_prompts(n: int = 20, length: int = 24) -> list[bytes]:
+    """n distinct prompts of `length` ASCII bytes from the test split: evenly spaced offsets, each moved to
+    the next line that starts with a letter or underscore (code, not comments or blank lines)."""
+    from models.data import load_split
+
+    data = load_split("test")
+    out, step = [], len(data) // n
+    for i in range(n):
+        pos = data.index(b"\n", i * step) + 1
+        while True:
+            cand = data[pos : pos + length]
+            if (cand[:1].isalpha() or cand[:1] == b"_") and cand.isascii() and cand not in out:
+                break
+            pos = data.index(b"\n", pos) + 1
+        out.append(cand)
+    return out
+
+
+def load_prompts(path: Path = PROMPTS) -> list[bytes]:
+    rows = json.loads(Path(path).read_text())["prompts"]
+    return [bytes(r["bytes"]) for r in rows]
+
+
+def _session(plan_path: Path | None = None):
+    """(Session on the shipped checkpoint with the shipped plan or `plan_path`, setup seconds)."""
+    from he_aero.plan import load_plan
+    from he_aero.session import Session
+    from models.checkpoint import load_checkpoint
+    from models.linear_view import LinearView
+
+    model, header = load_checkpoint()
+    plan = load_plan(plan_path)
+    t0 = time.perf_counter()
+    session = Session(LinearView.from_model(model), header, plan)
+    return session, time.perf_counter() - t0
+
+
+def _greedy(view, tokens: list[int], n: int) -> list[int]:
+    from models.linear_view import view_forward
+
+    seq = list(tokens)
+    for _ in range(n):
+        seq.append(int(np.argmax(view_forward(view, seq)[-1])))
+    return seq[len(tokens) :]
+
+
+def _stats(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {
+        "n": int(v.size),
+        "max": float(v.max()),
+        "p50": float(np.percentile(v, 50)),
+        "p90": float(np.percentile(v, 90)),
+        "mean": float(v.mean()),
+    }
+
+
+def accept(
+    n_prompts: int,
+    decode_prompts: int,
+    bpb_windows: int,
+    new_tokens: int = 8,
+    start: int = 0,
+    session=None,
+    plan_path: Path | None = None,
+) -> dict:
+    """The acceptance measurements (module docstring) on prompts start .. start + n_prompts - 1 (on the
+    shipped model unless a `Session` is given)."""
+    from he_aero.generation import GenerationConfig, fit_prompt
+    from models.data import load_split
+    from models.linear_view import view_forward
+
+    session, setup_s = (session, 0.0) if session is not None else _session(plan_path)
+    view = session.view
+    # the context rule of `he-aero encrypt-infer` (a no-op for the committed 24-byte prompts at T=64)
+    prompts = [
+        fit_prompt(p, session.context, new_tokens)[0] for p in load_prompts()[start : start + n_prompts]
+    ]
+    forced, errors = [], []
+    for i, prompt in enumerate(prompts):
+        cont = _greedy(view, list(prompt), new_tokens)
+        seq = list(prompt) + cont[:-1]
+        t0 = time.perf_counter()
+        out, _ = session.forward(seq)
+        enc = out.logits[len(prompt) - 1 :]  # rows that chose the 8 continuation tokens
+        plain = view_forward(view, seq)[len(prompt) - 1 :]
+        per_tok = np.abs(enc - plain).max(axis=1)
+        errors += per_tok.tolist()
+        agree = [int(np.argmax(e)) == t for e, t in zip(enc, cont, strict=True)]
+        forced.append(
+            {
+                "prompt": prompt.decode("latin-1"),
+                "plaintext_continuation": bytes(cont).decode("latin-1"),
+                "top1_agree": agree,
+                "max_abs_logit_error": per_tok.tolist(),
+                "flag": out.flag,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        print(
+            f"forced {i + 1}/{len(prompts)}: agree {sum(agree)}/{len(agree)} max|d| {per_tok.max():.2e}",
+            flush=True,
+        )
+    true_runs = []
+    session.server.ev.clear_cache()  # plaintext diagonals are cached per token count: one set at a time
+    for prompt in prompts[:decode_prompts]:
+        res = session.generate(prompt, GenerationConfig(max_new_tokens=new_tokens, verify=True))
+        true_runs.append(
+            {
+                "prompt": prompt.decode("latin-1"),
+                "continuation": res.continuation.decode("latin-1"),
+                "plaintext_continuation": res.plaintext_continuation.decode("latin-1"),
+                "top1_agreement": res.top1_agreement,
+                "max_abs_logit_error": [r.max_abs_logit_error for r in res.records],
+                "flag": res.flag,
+                "token_seconds": [round(r.seconds, 2) for r in res.records],
+            }
+        )
+        print(f"generated: agreement {res.top1_agreement} max|d| {res.max_abs_logit_error}", flush=True)
+    session.server.ev.clear_cache()
+    bpb = session.bits_per_byte(load_split("test"), bpb_windows) if bpb_windows else None
+    all_agree = [a for f in forced for a in f["top1_agree"]]
+    return {
+        "setup_seconds": round(setup_s, 1),
+        "prompt_range": [start, start + len(prompts)],
+        "teacher_forced": {
+            "prompts": len(forced),
+            "tokens": len(all_agree),
+            "top1_agreement": sum(all_agree) / len(all_agree) if all_agree else None,
+            "continuations_equal": sum(all(f["top1_agree"]) for f in forced),
+            "max_abs_logit_error": _stats(errors) if errors else None,
+            "runs": forced,
+        },
+        "generated": true_runs,
+        "bits_per_byte": bpb,
+        "machine": _machine(),
+    }
+
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]}
+
+
+def _phase_row(stages: list[dict], wall: float, before: dict, after: dict) -> dict:
+    """One prefill or decode measurement: times, SEAL share, bytes each way, refresh rounds."""
+    server_s = sum(s["seconds"] for s in stages)
+    return {
+        "wall_seconds": round(wall, 2),
+        "server_seconds": round(server_s, 2),
+        "seal_share": round(sum(s["seal_seconds"] for s in stages) / server_s, 3),
+        "bytes_to_server": after["bytes_client_to_server"] - before["bytes_client_to_server"],
+        "bytes_to_client": after["bytes_server_to_client"] - before["bytes_server_to_client"],
+        "refresh_rounds": sum(s["refresh_rounds"] for s in stages),
+        "stages": stages,
+    }
+
+
+def _stage_rows(records, counted) -> list[dict]:
+    """Measured stages, each with whether its operation counts equal the symbolic run's (`counted`)."""
+    return [{"name": r.name, "seconds": round(r.seconds, 3), **r.ops, "level_in": r.level_in,
+             "level_out": r.level_out, "counted_match": all(r.ops[k] == c.ops[k] for k in COUNTS)}
+            for r, c in zip(records, counted, strict=True)]  # fmt: skip
+
+
+def _counted(session, n_tokens: int, decode: bool) -> list:
+    """StageRecords of the same pass on a symbolic evaluator (no SEAL objects): a prefill of n_tokens, or one
+    decode step against a cache of n_tokens."""
+    pipe, plan = session.server.pipeline, session.server.plan
+    _, _, caches, records = pipe.symbolic_prefill(n_tokens, plan.activation_bound, plan.hiding_bits)
+    if decode:
+        _, _, records = pipe.symbolic_decode(caches, plan.activation_bound, plan.hiding_bits)
+    return records
+
+
+def speed(lengths: list[int], decode: int, session=None, plan_path: Path | None = None) -> dict:
+    """Prefill timings per length, then `decode` decode steps after a prefill of lengths[0] tokens."""
+    from models.data import load_split
+
+    session, setup_s = (session, 0.0) if session is not None else _session(plan_path)
+    srv = session.server
+    text = load_split("test")
+    start = text.index(b"\ndef ") + 1
+    runs = []
+    for n in lengths:
+        srv.ev.clear_cache()  # diagonals are cached per token count: keep memory to one length at a time
+        tokens = list(text[start : start + n])
+        before = session.channel.traffic.summary()
+        _, wall = session.forward(tokens)
+        stages = _stage_rows(srv.records, _counted(session, n, decode=False))
+        after = session.channel.traffic.summary()
+        runs.append({"tokens": n, **_phase_row(stages, wall, before, after)})
+        print(f"prefill {n}: {wall:.1f} s", flush=True)
+    dec = []
+    tokens = list(text[start : start + lengths[0]])
+    srv.ev.clear_cache()
+    session.forward(tokens)
+    for i in range(decode):
+        before = session.channel.traffic.summary()
+        _, wall = session.forward([tokens[-1]], len(tokens) + i)
+        after = session.channel.traffic.summary()
+        stages = _stage_rows(srv.records, _counted(session, len(tokens) + i, decode=True))
+        dec.append({"cache_length": len(tokens) + i + 1, **_phase_row(stages, wall, before, after)})
+        print(f"decode {i + 1}: {wall:.1f} s", flush=True)
+    p = srv.params
+    return {
+        "plan_sha256": srv.plan.sha256,
+        "plan": srv.plan.explain().splitlines(),
+        "ring_degree": p.poly_modulus_degree,
+        "chain": list(p.coeff_mod_bit_sizes),
+        "rotation_keys": len(srv.rotation_steps),
+        "key_bytes": session.channel.traffic.to_server["setup"],
+        "setup_seconds": round(setup_s, 1),
+        "session_seconds": {k: round(v, 2) for k, v in session.seconds.items()},
+        "prefill": runs,
+        "decode": dec,
+        "machine": _machine(),
+    }
+
+
+def merge_accept(parts: list[dict]) -> dict:
+    """One acceptance result from several runs over disjoint prompt ranges."""
+    runs = [r for p in parts for r in p["teacher_forced"]["runs"]]
+    agree = [a for r in runs for a in r["top1_agree"]]
+    errors = [e for r in runs for e in r["max_abs_logit_error"]]
+    return {
+        "teacher_forced": {
+            "prompts": len(runs),
+            "tokens": len(agree),
+            "top1_agreement": sum(agree) / len(agree) if agree else None,
+            "continuations_equal": sum(all(r["top1_agree"]) for r in runs),
+            "max_abs_logit_error": _stats(errors) if errors else None,
+            "runs": runs,
+        },
+        "generated": [g for p in parts for g in p["generated"]],
+        "bits_per_byte": next((p["bits_per_byte"] for p in parts if p.get("bits_per_byte")), None),
+    }
+
+
+def report(speed_json: Path, accept_jsons: list[Path]) -> str:
+    """docs/he-bench.md from the JSON files."""
+    s = json.loads(Path(speed_json).read_text())
+    mb = 1e6
+    lines = [
+        "# Encrypted inference: benchmark (`make bench-he`)",
+        "",
+        f"Shipped default model and plan; ring N={s['ring_degree']}, chain {s['chain']}, "
+        f"{s['rotation_keys']} rotation keys ({s['key_bytes'] / mb:.0f} MB sent once); session setup "
+        f"(plan, keygen, key loading) {s['setup_seconds']} s. Machine: {s['machine']['cpus']} CPUs, load "
+        f"{s['machine']['load_avg_1m']:.1f} at the end (shared with other jobs: read times as upper bounds).",
+        "",
+        f"The plan that ran (`he-aero plan --explain`; SHA-256 {s.get('plan_sha256', '?')[:12]}...):",
+        "",
+        "```",
+        *s.get("plan", ["(not recorded)"]),
+        "```",
+        "",
+        "| phase | tokens | wall s | inside SEAL | refresh rounds | MB up | MB down |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in s["prefill"]:
+        lines.append(
+            f"| prefill | {r['tokens']} | {r['wall_seconds']} | {r['seal_share']:.0%} | "
+            f"{r['refresh_rounds']} | {r['bytes_to_server'] / mb:.1f} | {r['bytes_to_client'] / mb:.1f} |"
+        )
+    for r in s["decode"]:
+        lines.append(
+            f"| decode | cache {r['cache_length']} | {r['wall_seconds']} | {r['seal_share']:.0%} | "
+            f"{r['refresh_rounds']} | {r['bytes_to_server'] / mb:.1f} | {r['bytes_to_client'] / mb:.1f} |"
+        )
+    lines += [
+        "",
+        "Each prefill row is cold: the evaluator's cache of encoded weight diagonals is cleared before each "
+        "length, so the time includes encoding the plaintexts for that token count (a server that keeps them "
+        "would skip it). Decode steps follow a prefill of the first length; the first step also encodes the "
+        "one-token diagonals. Wall time is client encrypt + server + client decrypt, refresh rounds included "
+        "(both sides run in one process here); 'inside SEAL' is the server's share.",
+    ]
+    if s["decode"]:
+        steady = [r["wall_seconds"] for r in s["decode"][1:]] or [s["decode"][0]["wall_seconds"]]
+        lines += [
+            "",
+            f"Decode, steady state (after the first step): {statistics.mean(steady):.1f} s per token.",
+        ]
+    big = max(s["prefill"], key=lambda r: r["tokens"])
+    every = [st.get("counted_match") for r in s["prefill"] + s["decode"] for st in r["stages"]]
+    if all(m is not None for m in every):
+        lines += [
+            "",
+            "Operation counts (rotations, products, key switches, refresh rounds) of every stage above "
+            + ("equal" if all(every) else "DIFFER FROM")
+            + " the pipeline's symbolic count of the same pass (what the planner costs).",
+        ]
+    lines += ["", f"## Operations per stage, prefill of {big['tokens']} tokens", "",
+              "| stage | s | SEAL s | rotations | ct*ct | ct*pt | key switches | refresh rounds | levels |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for st in big["stages"]:
+        lines.append(
+            f"| {st['name']} | {st['seconds']:.1f} | {st['seal_seconds']:.1f} | {st['rotations']} | "
+            f"{st['ctct_mults']} | {st['pt_mults']} | {st['key_switches']} | {st['refresh_rounds']} | "
+            f"{st['level_in']}->{st['level_out']} |"
+        )
+    if s["decode"]:
+        d = s["decode"][0]
+        lines += ["", f"## Operations per stage, one decode step (cache {d['cache_length']})", ""]
+        lines += ["| stage | s | rotations | ct*ct | ct*pt | refresh rounds |", "|---|---|---|---|---|---|"]
+        for st in d["stages"]:
+            lines.append(
+                f"| {st['name']} | {st['seconds']:.2f} | {st['rotations']} | {st['ctct_mults']} | "
+                f"{st['pt_mults']} | {st['refresh_rounds']} |"
+            )
+    if accept_jsons:
+        a = merge_accept([json.loads(Path(f).read_text()) for f in accept_jsons])
+        tf = a["teacher_forced"]
+        lines += ["", "## Accuracy (acceptance)", ""]
+        if tf["tokens"]:
+            e = tf["max_abs_logit_error"]
+            lines.append(
+                f"Teacher-forced greedy check on {tf['prompts']} of the 20 committed test-split prompts "
+                f"(`bench/data/prompts.json`) x 8 tokens: top-1 agreement {tf['top1_agreement']:.1%}, "
+                f"{tf['continuations_equal']}/{tf['prompts']} continuations equal to plaintext; "
+                f"max |delta logit| per token: max {e['max']:.2e}, p90 {e['p90']:.2e}, "
+                f"median {e['p50']:.2e}, "
+                f"mean {e['mean']:.2e}."
+            )
+        for g in a["generated"]:
+            lines.append(
+                f"- autoregressive (prefill + decode with the K/V cache): {g['prompt']!r} -> "
+                f"{g['continuation']!r} (plaintext {g['plaintext_continuation']!r}), top-1 "
+                f"{g['top1_agreement']:.0%}, max |delta logit| {max(g['max_abs_logit_error']):.2e}, "
+                f"seconds per token {g['token_seconds']}"
+            )
+        if a.get("bits_per_byte"):
+            b = a["bits_per_byte"]
+            lines.append(
+                f"- bits per byte on {b['windows']} test-split windows ({b['bytes']} bytes): encrypted "
+                f"{b['encrypted_bits_per_byte']:.4f}, plaintext {b['plaintext_bits_per_byte']:.4f} "
+                f"(relative gap {b['relative_gap']:+.2e}), max |delta logit| {b['max_abs_logit_error']:.2e}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.infer")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prompts")
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--length", type=int, default=24)
+    p.add_argument("--out", type=Path, default=PROMPTS)
+    a = sub.add_parser("accept")
+    a.add_argument("--prompts", type=int, default=20)
+    a.add_argument("--start", type=int, default=0, help="first prompt (to split the set across processes)")
+    a.add_argument("--decode-prompts", type=int, default=2)
+    a.add_argument("--bpb-windows", type=int, default=2)
+    a.add_argument("--new-tokens", type=int, default=8)
+    a.add_argument("--plan", type=Path, default=None, help="plan file (default: the shipped plan)")
+    a.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64])
+    s.add_argument("--decode", type=int, default=3)
+    s.add_argument("--plan", type=Path, default=None, help="plan file (default: the shipped plan)")
+    s.add_argument("--out", type=Path, required=True)
+    r = sub.add_parser("report")
+    r.add_argument("--speed", type=Path, required=True)
+    r.add_argument("--accept", type=Path, nargs="*", default=[], help="accept JSON files (merged)")
+    r.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if args.cmd == "prompts":
+        rows = [{"text": p.decode("latin-1"), "bytes": list(p)} for p in select_prompts(args.n, args.length)]
+        doc = {
+            "source": "models.data.load_split('test'), bench.infer.select_prompts",
+            "prompts": rows,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    elif args.cmd == "report":
+        args.out.write_text(report(args.speed, args.accept))
+    else:
+        result = None
+        if args.cmd == "accept":
+            result = accept(
+                args.prompts, args.decode_prompts, args.bpb_windows, args.new_tokens, args.start,
+                plan_path=args.plan,
+            )  # fmt: skip
+        if args.cmd == "speed":
+            result = speed(args.lengths, args.decode, plan_path=args.plan)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

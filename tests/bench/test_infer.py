@@ -1,0 +1,30 @@
+"""`make bench-he` (bench/infer.py) on the tiny model: every step runs and the report has every section."""
+
+import json
+
+from bench import infer
+
+
+def test_committed_prompts_load():
+    prompts = infer.load_prompts()
+    assert len(prompts) == 20 and all(len(p) == 24 and p.isascii() for p in prompts)
+
+
+def test_bench_pipeline_runs_on_the_tiny_model(tiny_session, tmp_path):
+    """`make bench-he`'s steps (speed, accept, report) on the tiny model: the report has every section, and
+    every measured stage's operation counts equal the pipeline's symbolic count."""
+    sp = infer.speed([4], 1, session=tiny_session)
+    assert [r["tokens"] for r in sp["prefill"]] == [4] and 0 < sp["prefill"][0]["seal_share"] <= 1
+    assert [r["cache_length"] for r in sp["decode"]] == [5]
+    assert all(st["counted_match"] for r in sp["prefill"] + sp["decode"] for st in r["stages"])
+    ac = infer.accept(1, 1, 1, new_tokens=2, start=3, session=tiny_session)
+    assert ac["prompt_range"] == [3, 4] and ac["teacher_forced"]["top1_agreement"] == 1.0
+    (tmp_path / "s.json").write_text(json.dumps(sp))
+    (tmp_path / "a.json").write_text(json.dumps(ac))
+    infer.main(["report", "--speed", str(tmp_path / "s.json"), "--accept", str(tmp_path / "a.json"),
+                "--out", str(tmp_path / "he-bench.md")])  # fmt: skip
+    md = (tmp_path / "he-bench.md").read_text()
+    sections = ("| prefill | 4 |", "| decode | cache 5 |", "Operations per stage", "top-1 agreement 100.0%",
+                "bits per byte on 1", "equal the pipeline's symbolic count", "The plan that ran")  # fmt: skip
+    for part in sections:
+        assert part in md
