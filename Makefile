@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PROMPT  ?= examples/prompt.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint format train-default ablation bench-approx bench-kernels bench-he calibrate-default
+.PHONY: help install demo test test-slow lint format train-default ablation bench-approx bench-kernels bench-he calibrate-default plan-default
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ ablation: $(STAMP) ## AERO ablation, equal size/steps/seed -> docs/ablation.{md,
 
 calibrate-default: $(STAMP) ## calibrate the shipped model on training text -> he_aero/data/default-calibration.json
 	$(BIN)/he-aero calibrate --force --out he_aero/data/default-calibration.json
+
+plan-default: $(STAMP) ## compile the shipped model's plan (ring, approximations, keys) -> he_aero/data/default-plan.json
+	$(BIN)/he-aero plan --force --out he_aero/data/default-plan.json
 
 ACCEPT_PROMPTS ?= 20
 DECODE_PROMPTS ?= 8

@@ -1,215 +1,43 @@
-"""Plans: a polynomial plus refinement steps, chosen for the least depth, then the fewest ct-ct mults.
+"""Choosing plans: a polynomial plus refinement steps, for the least depth, then the fewest ct-ct mults.
 
-A plan is a list of steps from the shared vocabulary of docs/design.md section 2 (`poly`, `square`,
-`newton_recip`, `newton_inv_sqrt`). `Plan.run(x, ops)` executes them in the exact operation order the CKKS
-evaluator uses (`approx.bsgs` for `poly`, `approx.refine` for the rest); `Plan.evaluate` is its numpy float64
-twin, and depth / multiplication counts come from the same code run on a depth counter.
-
-Depth counts the affine map to [-1, 1] of the first `poly` step (1 level, 1 scalar mult; reported separately
-as `affine_levels` so a caller that folds it into a preceding plaintext multiply can subtract it).
+A plan (`approx.plan.Plan`, re-exported here with `Step`) is fitted here: `plan_poly` / `plan_fit` (one
+minimax polynomial), `plan_exp` (range reduction + squarings), `plan_reciprocal` / `plan_inv_sqrt` (initial
+guess + Newton steps), `plan_for` (any registered function). Candidates are compared by the depth and
+multiplication counts of `approx.interpret.count` and certified with `Plan.evaluate` (the same interpreter
+in numpy float64).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 
 import numpy as np
 
-from approx import bsgs, refine
-from approx.chebyshev import (
-    MAX_DEGREE,
-    affine_coefficients,
-    certified_max_error,
-    check_degree,
-    check_domain,
-    dense_grid,
-    from_unit,
-)
+from approx.chebyshev import MAX_DEGREE, certified_max_error, dense_grid, from_unit
 from approx.errors import ApproxError
 from approx.functions import check_function_domain, get_function
+from approx.plan import OPS, Plan, Step
 from approx.remez import remez
 
-OPS = ("poly", "square", "newton_recip", "newton_inv_sqrt")
+__all__ = [
+    "OPS",
+    "MAX_PLAN_DEPTH",
+    "Plan",
+    "Step",
+    "measure",
+    "plan_exp",
+    "plan_fit",
+    "plan_for",
+    "plan_inv_sqrt",
+    "plan_poly",
+    "plan_reciprocal",
+]
+
 MAX_PLAN_DEPTH = 16
 """Plan searches give up beyond this depth (far past what a TenSEAL modulus chain holds)."""
 SCREEN_POINTS = 4097
-
-
-@dataclass(frozen=True)
-class Step:
-    """One plan step. `poly`: domain + Chebyshev coefficients (low to high); `square`: times;
-    `newton_recip` / `newton_inv_sqrt`: iterations."""
-
-    op: str
-    domain: tuple[float, float] | None = None
-    coefficients: tuple[float, ...] | None = None
-    times: int | None = None
-    iterations: int | None = None
-
-    def __post_init__(self):
-        if self.op not in OPS:
-            raise ApproxError(f"steps.op: unknown {self.op!r}; expected one of {', '.join(OPS)}")
-        if self.op == "poly":
-            object.__setattr__(self, "domain", check_domain(self.domain, "steps.domain"))
-            coeffs = self.coefficients
-            if coeffs is None or len(coeffs) == 0:
-                raise ApproxError("steps.coefficients: a poly step needs at least one coefficient")
-            try:
-                coeffs = tuple(float(c) for c in coeffs)
-            except (TypeError, ValueError) as exc:
-                raise ApproxError(f"steps.coefficients: not numbers: {self.coefficients!r}") from exc
-            if not all(math.isfinite(c) for c in coeffs):
-                raise ApproxError("steps.coefficients: must be finite")
-            check_degree(len(coeffs) - 1, "steps.coefficients (degree)")
-            object.__setattr__(self, "coefficients", coeffs)
-        else:
-            name = "times" if self.op == "square" else "iterations"
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 64:
-                raise ApproxError(
-                    f"steps.{name}: expected an integer in [0, 64] for {self.op}, got {value!r}"
-                )
-
-    @property
-    def degree(self) -> int | None:
-        return None if self.coefficients is None else len(self.coefficients) - 1
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A composition of steps approximating `function` on `domain` with a certified error.
-
-    Attributes
-    ----------
-    function : registered function name (approx.functions.FUNCTIONS).
-    domain : (a, b), the plan input's range.
-    error_kind : "abs" or "rel".
-    max_error : certified max error of `evaluate` against the true function (dense grid + local search).
-    steps : the steps; the first is a `poly`.
-    lower_bound : de la Vallee Poussin lower bound of the first polynomial's fit (its own weighted error),
-        or None when not known.
-    """
-
-    function: str
-    domain: tuple[float, float]
-    error_kind: str
-    max_error: float
-    steps: tuple[Step, ...]
-    lower_bound: float | None = None
-    points: tuple[float, ...] = field(default=(), repr=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "domain", check_function_domain(self.function, self.domain, self.error_kind))
-        if (
-            not isinstance(self.max_error, (int, float))
-            or not math.isfinite(self.max_error)
-            or self.max_error < 0
-        ):
-            raise ApproxError(f"max_error: expected a finite number >= 0, got {self.max_error!r}")
-        steps = tuple(self.steps)
-        if not steps or not all(isinstance(s, Step) for s in steps) or steps[0].op != "poly":
-            raise ApproxError("steps: a plan is a non-empty list of steps starting with a poly")
-        object.__setattr__(self, "steps", steps)
-
-    # --- running -------------------------------------------------------------------------------------------
-    def run(self, x, ops: bsgs.Ops):
-        """Apply the steps to x with `ops`, in the exact order the encrypted evaluator uses."""
-        y = x
-        for step in self.steps:
-            if step.op == "poly" and step.degree == 0:  # a constant: no ciphertext work at all
-                y = ops.constant(y, step.coefficients[0])
-            elif step.op == "poly":
-                alpha, beta = affine_coefficients(step.domain)
-                t = y
-                if step.domain != (-1.0, 1.0):
-                    t = ops.mul_scalar(y, alpha)
-                    if beta != 0.0:
-                        t = ops.add_scalar(t, beta)
-                y = bsgs.evaluate(step.coefficients, t, ops)
-                if isinstance(y, float):  # zero coefficients left a constant: broadcast it like the input
-                    y = ops.constant(t, y)
-            elif step.op == "square":
-                y = refine.square(y, step.times, ops)
-            elif step.op == "newton_recip":
-                y = refine.newton_recip(y, x, step.iterations, ops)
-            else:
-                y = refine.newton_inv_sqrt(y, x, step.iterations, ops)
-        return y
-
-    def evaluate(self, x, check: bool = True) -> np.ndarray:
-        """The plan in numpy float64; ApproxError if any x lies outside the domain (when `check`)."""
-        x = np.asarray(x, dtype=float)
-        if check:
-            a, b = self.domain
-            slack = 1e-12 * (b - a)
-            if x.size and (np.nanmin(x) < a - slack or np.nanmax(x) > b + slack or np.isnan(x).any()):
-                lo, hi = np.nanmin(x), np.nanmax(x)
-                raise ApproxError(
-                    f"x: inputs in [{lo:.6g}, {hi:.6g}] leave the plan domain [{a:.6g}, {b:.6g}]"
-                )
-        return np.asarray(self.run(x, bsgs.Ops()), dtype=float)
-
-    @cached_property
-    def _cost(self) -> bsgs.Cost:
-        ops = bsgs.CountingOps()
-        depth = self.run(0, ops)
-        return bsgs.Cost(int(depth), ops.nonscalar, ops.scalar)
-
-    @property
-    def depth(self) -> int:
-        """Levels consumed, the affine map included (see `affine_levels`)."""
-        return self._cost.depth
-
-    @property
-    def nonscalar_mults(self) -> int:
-        return self._cost.nonscalar_mults
-
-    @property
-    def scalar_mults(self) -> int:
-        return self._cost.scalar_mults
-
-    @property
-    def affine_levels(self) -> int:
-        """1 if the first poly maps its domain to [-1, 1] (foldable into a preceding plaintext multiply)."""
-        first = self.steps[0]
-        return 0 if first.domain == (-1.0, 1.0) or first.degree == 0 else 1
-
-    @property
-    def degree(self) -> int:
-        """Degree of the first (usually only) polynomial."""
-        return self.steps[0].degree
-
-    @property
-    def coefficients(self) -> tuple[float, ...]:
-        return self.steps[0].coefficients
-
-    def describe(self) -> str:
-        """One line: the steps in words."""
-        parts = []
-        for s in self.steps:
-            if s.op == "poly":
-                parts.append(f"poly deg {s.degree} on [{s.domain[0]:.10g}, {s.domain[1]:.10g}]")
-            elif s.op == "square":
-                parts.append(f"square x{s.times}")
-            else:
-                parts.append(f"{s.op} x{s.iterations}")
-        return " -> ".join(parts)
-
-    def to_dict(self) -> dict:
-        """The coefficient-file dictionary (see approx.coefficients)."""
-        from approx.coefficients import plan_to_dict
-
-        return plan_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Plan:
-        """Validate and build from a coefficient-file dictionary; ApproxError names the bad field."""
-        from approx.coefficients import plan_from_dict
-
-        return plan_from_dict(data)
 
 
 # --- error measurement -------------------------------------------------------------------------------------

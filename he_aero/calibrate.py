@@ -1,4 +1,4 @@
-"""Calibration: the value ranges the encrypted runtime must cover, and the approximation plans fitted on them.
+"""Calibration: the value ranges the encrypted runtime must cover, measured on training text, with margins.
 
 Stage 1 of the lifecycle (calibrate -> plan -> keygen -> encrypt -> evaluate -> decrypt). The plaintext model
 runs on evenly spaced windows of the TRAINING split only (the test split is what the acceptance figures are
@@ -6,22 +6,27 @@ measured on; calibrating there would leak it). Two instruments run on the same w
 
 - `models.ranges.measure_ranges` (torch): per layer and head, the window z = q.k - c_h that exp sees and the
   sink denominator 1 + sum exp(z) that 1/x sees; the residual stream and the final logits;
-- `layer_forward` (numpy, on the linear-algebra view): the magnitudes of every intermediate the encrypted
-  layer holds (q, k, v, attention numerators, head outputs, residuals), which bound what a refresh masks.
+- `models.linear_view.layer_forward` (numpy, the one reference forward): the magnitudes of every intermediate
+  the encrypted layer holds (q, k, v, attention numerators, head outputs, residuals), which bound what a
+  refresh masks.
 
 Safety margin (why): calibration sees a sample; a prompt can push a value a little past it, and a polynomial
 evaluated outside its domain diverges fast (a Chebyshev series grows like T_n outside [-1, 1]). Every interval
 [lo, hi] is widened by `margin` x (hi - lo) on both sides (default 10%). The sink denominator keeps its exact
-floor 1 (1 + a sum of positive terms). Per layer, one exp plan covers the union of its heads' windows (the
-heads share ciphertexts, and a ciphertext evaluates one polynomial); one reciprocal plan covers the widened
-denominator range.
+floor 1 (1 + a sum of positive terms). Per layer, `z_domain` is the union of its heads' windows (the heads
+share ciphertexts, and a ciphertext evaluates one polynomial).
 
-File: versioned JSON bound to the checkpoint by its weights' SHA-256; loading it for another checkpoint is
-refused with the command that makes the right one.
+No approximation is fitted here: the plan stage (he_aero/plan.py) fits the exp and 1/x plans for the chosen
+ring on `layers[i].z_domain` and `layers[i].denominator_domain`, sizes refresh masks with `activation_bound`
+and gives the client `logit_domain`; a plan file binds to this calibration by `Calibration.sha256`.
+
+File: versioned JSON (format 2: ranges only; format 1 also held plans) bound to the checkpoint by its
+weights' SHA-256; loading it for another checkpoint is refused with the command that makes the right one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -32,27 +37,26 @@ import numpy as np
 from he_aero import __version__
 from he_aero.errors import HeAeroError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KIND = "he-aero calibration"
 DEFAULT_CALIBRATION = Path(__file__).parent / "data" / "default-calibration.json"
 SPLIT = "train"  # the only split calibration ever reads
+MARGIN_RULE = "[lo, hi] -> [lo - m (hi - lo), hi + m (hi - lo)]; denominator floor 1"
+RECALIBRATE = "re-run `he-aero calibrate CHECKPOINT --out FILE`"
 
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """What `calibrate` measures and how hard it fits.
+    """What `calibrate` measures and how much it widens (error targets belong to the plan stage).
 
     Attributes
     ----------
-    samples : windows of T (context length) bytes, evenly spaced over the training split.
-    margin : fraction of each measured interval's width added on both sides.
-    exp_max_rel_error, recip_max_rel_error : certified relative error bounds for the exp and 1/x plans.
+    samples : windows of T (context length) bytes, evenly spaced over the training split; in [1, 100000].
+    margin : fraction of each measured interval's width added on both sides; in [0, 2].
     """
 
     samples: int = 512
     margin: float = 0.1
-    exp_max_rel_error: float = 1e-4
-    recip_max_rel_error: float = 1e-4
 
     def __post_init__(self):
         if (
@@ -63,12 +67,31 @@ class CalibrationConfig:
             raise HeAeroError(
                 f"calibration samples: expected an integer in [1, 100000], got {self.samples!r}"
             )
-        if not (isinstance(self.margin, (int, float)) and 0 <= self.margin <= 2):
+        if isinstance(self.margin, bool) or not (
+            isinstance(self.margin, (int, float)) and 0 <= self.margin <= 2
+        ):
             raise HeAeroError(f"calibration margin: expected a number in [0, 2], got {self.margin!r}")
-        for name in ("exp_max_rel_error", "recip_max_rel_error"):
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The model's sizes, as the planner needs them (from the checkpoint config a calibration is bound to).
+
+    d_model : residual width d; n_head : heads H (d % H == 0); n_layer : layers; block_size : context T_max.
+    """
+
+    d_model: int
+    n_head: int
+    n_layer: int
+    block_size: int
+
+    def __post_init__(self):
+        for name in ("d_model", "n_head", "n_layer", "block_size"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 < v < 1):
-                raise HeAeroError(f"calibration {name}: expected a number in (0, 1), got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise HeAeroError(f"model dims: {name} must be an integer >= 1, got {v!r}")
+        if self.d_model % self.n_head:
+            raise HeAeroError(f"model dims: d_model {self.d_model} is not a multiple of n_head {self.n_head}")
 
 
 def widen(lo: float, hi: float, margin: float) -> tuple[float, float]:
@@ -77,54 +100,33 @@ def widen(lo: float, hi: float, margin: float) -> tuple[float, float]:
     return float(lo - margin * w), float(hi + margin * w)
 
 
-# --- the instrumented plaintext layer ---------------------------------------------------------------------
-def layer_forward(lay, x: np.ndarray) -> dict[str, np.ndarray]:
-    """One layer of a `models.linear_view.LayerView` on x (T, d), returning every intermediate by name:
-    q, k, v (T, d); z (H, T, T) with c_h subtracted; den (H, T); num (H, T, d_k) = sum_j exp(z_ij) v_j;
-    heads (T, d); x_sa, x_out (T, d). `view_forward` is exactly these layers composed (a test checks it).
-    """
-    from models.linear_view import attention_weights
-
-    T, d = x.shape
-    H = lay.n_head
-    dk = d // H
-    q = x @ lay.w_q + lay.b_q
-    k = x @ lay.w_k + lay.b_k
-    v = x @ lay.w_v + lay.b_v
-    qh, kh, vh = (m.reshape(T, H, dk).transpose(1, 0, 2) for m in (q, k, v))  # (H, T, dk)
-    z = qh @ kh.transpose(0, 2, 1) - lay.sink[:, None, None]  # (H, T, T)
-    a = attention_weights(z, sink=True)
-    causal = np.tril(np.ones((T, T), dtype=bool))
-    e = np.where(causal, np.exp(np.where(causal, z, 0.0)), 0.0)
-    heads = (a @ vh).transpose(1, 0, 2).reshape(T, d)  # (H, T, dk) -> (T, d)
-    x_sa = x + heads @ lay.w_o + lay.b_o
-    return {
-        "q": q,
-        "k": k,
-        "v": v,
-        "z": z,
-        "den": 1.0 + e.sum(-1),
-        "num": e @ vh,
-        "heads": heads,
-        "x_sa": x_sa,
-        "x_out": x_sa @ lay.w_mix + lay.b_mix,
-    }
+def _interval(value, name: str, floor: float | None = None) -> tuple[float, float]:
+    """`value` as a finite (lo, hi) with lo < hi (and lo >= floor); HeAeroError names field `name`."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise HeAeroError(f"field {name!r} must be [lo, hi], got {value!r}") from exc
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise HeAeroError(f"field {name!r} must be finite with lo < hi, got {value!r}")
+    if floor is not None and lo < floor:
+        raise HeAeroError(f"field {name!r} must start at >= {floor:g}, got {value!r}")
+    return lo, hi
 
 
-def embed(view, tokens) -> np.ndarray:
-    """Token + position embedding of a token sequence (T, d): the encrypted embedding's plaintext twin."""
-    tokens = np.asarray(tokens, dtype=np.int64)
-    return view.tok_emb[tokens] + view.pos_emb[: len(tokens)]
-
-
+# --- the instrumented plaintext layers --------------------------------------------------------------------
 ACTIVATIONS = ("x_in", "q", "k", "v", "num", "heads", "x_sa", "x_out")
 
 
 def _activation_maxima(view, windows: np.ndarray) -> list[dict[str, float]]:
-    """Per layer, max |value| of each intermediate in ACTIVATIONS over all windows (rows: token windows)."""
+    """Per layer, max |value| of each intermediate in ACTIVATIONS over all windows (rows: token windows).
+
+    "x_in" is the layer's input; the others are `models.linear_view.layer_forward`'s intermediates.
+    """
+    from models.linear_view import embed, layer_forward
+
     out = [dict.fromkeys(ACTIVATIONS, 0.0) for _ in view.layers]
     for row in windows:
-        x = embed(view, row)
+        x = embed(view, row)  # (T, d)
         for i, lay in enumerate(view.layers):
             inter = layer_forward(lay, x)
             inter["x_in"] = x
@@ -137,25 +139,43 @@ def _activation_maxima(view, windows: np.ndarray) -> list[dict[str, float]]:
 # --- the calibration object -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LayerCalibration:
-    """One layer: widened domains and the plans fitted on them."""
+    """One layer's widened domains (per-head detail stays in `Calibration.ranges`).
+
+    z_domain : (lo, hi), the union of the heads' z = q.k - c_h windows, widened: exp's domain.
+    denominator_domain : (1, hi), the sink denominators 1 + sum exp(z), widened above only: 1/x's domain.
+    """
 
     z_domain: tuple[float, float]
     denominator_domain: tuple[float, float]
-    exp_plan: object  # approx.plans.Plan
-    recip_plan: object
+
+    def __post_init__(self):
+        object.__setattr__(self, "z_domain", _interval(self.z_domain, "z_domain"))
+        den = _interval(self.denominator_domain, "denominator_domain", floor=1.0)
+        object.__setattr__(self, "denominator_domain", den)
 
     def to_dict(self) -> dict:
-        return {
-            "z_domain": list(self.z_domain),
-            "denominator_domain": list(self.denominator_domain),
-            "exp_plan": self.exp_plan.to_dict(),
-            "reciprocal_plan": self.recip_plan.to_dict(),
-        }
+        return {"z_domain": list(self.z_domain), "denominator_domain": list(self.denominator_domain)}
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """A validated calibration (see the module docstring); build with `calibrate` or `load_calibration`."""
+    """A validated calibration (see the module docstring); build with `calibrate` or `load_calibration`.
+
+    Attributes
+    ----------
+    weights_sha256 : SHA-256 hex digest of the checkpoint weights it was measured on.
+    model_config : that checkpoint's `DecoderConfig.to_dict()`.
+    config : samples and margin used.
+    layers : one LayerCalibration per layer (widened z and denominator domains).
+    logit_domain : widened (lo, hi) of the final logits (the client's plausibility check).
+    activation_bound : bound on |x| of every refreshed value, times (1 + margin) (sizes refresh masks).
+    ranges : `models.ranges.measure_ranges`'s raw, unwidened measurements (per head).
+    activations : per layer, max |value| of each ACTIVATIONS intermediate (unwidened).
+    source : where the windows came from (split, windows, bytes).
+    producer : the he-aero version that measured it (kept on load, so `sha256` is stable across versions).
+
+    Raises HeAeroError at construction if a field is invalid (the message names the field).
+    """
 
     weights_sha256: str
     model_config: dict
@@ -166,6 +186,23 @@ class Calibration:
     ranges: dict = field(repr=False)
     activations: tuple = field(repr=False)
     source: dict = field(default_factory=dict)
+    producer: str = f"he-aero {__version__}"
+
+    def __post_init__(self):
+        sha = self.weights_sha256
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            raise HeAeroError("field 'checkpoint.weights_sha256' is not a SHA-256 hex digest")
+        object.__setattr__(self, "logit_domain", _interval(self.logit_domain, "logit_domain"))
+        bound = self.activation_bound
+        if isinstance(bound, bool) or not (
+            isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0
+        ):
+            raise HeAeroError(f"field 'activation_bound' must be a positive number, got {bound!r}")
+        object.__setattr__(self, "activation_bound", float(bound))
+        if not isinstance(self.ranges, dict):
+            raise HeAeroError("field 'ranges' must be a JSON object")
+        if not all(isinstance(a, dict) for a in self.activations):
+            raise HeAeroError("field 'activations' must list one object per layer")
 
     def check_checkpoint(self, header: dict, where: str = "calibration") -> None:
         """Refuse a checkpoint whose weights this calibration was not made for."""
@@ -180,39 +217,33 @@ class Calibration:
     def block_size(self) -> int:
         return int(self.model_config["block_size"])
 
-    def planner_ranges(self):
-        """The planner's view of this calibration: windows, error targets and the activation bound."""
-        from he_aero.plan import Ranges  # the planner imports the kernels; keep loading a file light
-
-        return Ranges(
-            tuple(tuple(lay.z_domain) for lay in self.layers),
-            self.activation_bound,
-            exp_error=self.config.exp_max_rel_error,
-            exp_error_kind="rel",
-            recip_rel_error=self.config.recip_max_rel_error,
-            denominator=tuple(tuple(lay.denominator_domain) for lay in self.layers),
-        )
-
-    def model_shape(self):
-        """The model's shape as the planner needs it (from the config this calibration is bound to)."""
-        from he_aero.plan import ModelShape
-
+    def model_shape(self) -> ModelDims:
+        """The model's sizes (d_model, n_head, n_layer, block_size) from the config this file is bound to."""
         cfg = self.model_config
-        return ModelShape(cfg["d_model"], cfg["n_head"], cfg["n_layer"], cfg["block_size"])
+        return ModelDims(cfg["d_model"], cfg["n_head"], cfg["n_layer"], cfg["block_size"])
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 hex digest of the canonical JSON of `to_dict()` (sorted keys, compact separators).
+
+        A plan file records it to bind to this exact calibration: any changed number changes it, while
+        re-serialising (indentation, key order, a save/load round trip) does not. JSON floats round-trip
+        exactly (repr), so a loaded file hashes like the object that wrote it.
+        """
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def to_dict(self) -> dict:
         return {
             "format_version": FORMAT_VERSION,
             "kind": KIND,
-            "producer": f"he-aero {__version__}",
+            "producer": self.producer,
             "checkpoint": {"weights_sha256": self.weights_sha256, "config": self.model_config},
             "source": self.source,
             "settings": {
                 "samples": self.config.samples,
                 "margin": self.config.margin,
-                "margin_rule": "[lo, hi] -> [lo - m (hi - lo), hi + m (hi - lo)]; denominator floor 1",
-                "exp_max_rel_error": self.config.exp_max_rel_error,
-                "recip_max_rel_error": self.config.recip_max_rel_error,
+                "margin_rule": MARGIN_RULE,
             },
             "layers": [lay.to_dict() for lay in self.layers],
             "logit_domain": list(self.logit_domain),
@@ -231,23 +262,23 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data, where: str = "calibration") -> Calibration:
-        """Validate a calibration dictionary; HeAeroError names the bad field."""
-        from approx.errors import ApproxError
-        from approx.plans import Plan
+        """Validate a calibration dictionary; HeAeroError names the bad field.
+
+        Format 1 files (which also held exp / 1/x plans) are refused with the command that remakes them.
+        """
 
         def need(d, key, ctx=""):
             if not isinstance(d, dict) or key not in d:
                 raise HeAeroError(f"{where}: missing field {ctx}{key!r}")
             return d[key]
 
-        def pair(value, name):
-            try:
-                lo, hi = (float(v) for v in value)
-            except (TypeError, ValueError) as exc:
-                raise HeAeroError(f"{where}: field {name!r} must be [lo, hi], got {value!r}") from exc
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise HeAeroError(f"{where}: field {name!r} must be finite with lo < hi, got {value!r}")
-            return lo, hi
+        def only(d, allowed, ctx):
+            extra = sorted(set(d) - set(allowed))
+            if extra:
+                raise HeAeroError(
+                    f"{where}: unknown field {ctx}{extra[0]!r} in a format {FORMAT_VERSION} calibration "
+                    f"(plans belong in the plan file): {RECALIBRATE}"
+                )
 
         if not isinstance(data, dict):
             raise HeAeroError(f"{where}: expected a JSON object")
@@ -257,60 +288,58 @@ class Calibration:
             )
         version = need(data, "format_version")
         if version != FORMAT_VERSION:
+            why = (
+                " (format 1 also held exp / 1/x plans; the plan stage now fits them for the chosen ring)"
+                if version == 1
+                else ""
+            )
             raise HeAeroError(
-                f"{where}: format_version {version!r}, this he-aero reads {FORMAT_VERSION} "
-                "(re-run `he-aero calibrate`)"
+                f"{where}: field 'format_version' is {version!r}, this he-aero reads {FORMAT_VERSION}{why}: "
+                f"{RECALIBRATE}"
             )
         ckpt = need(data, "checkpoint")
         sha = need(ckpt, "weights_sha256", "checkpoint.")
         model_config = need(ckpt, "config", "checkpoint.")
-        if not isinstance(sha, str) or len(sha) != 64:
-            raise HeAeroError(f"{where}: field 'checkpoint.weights_sha256' is not a SHA-256 hex digest")
+        n_layer = need(model_config, "n_layer", "checkpoint.config.")
         settings = need(data, "settings")
+        only(settings, ("samples", "margin", "margin_rule"), "settings.")
         try:
             config = CalibrationConfig(
                 samples=need(settings, "samples", "settings."),
                 margin=need(settings, "margin", "settings."),
-                exp_max_rel_error=need(settings, "exp_max_rel_error", "settings."),
-                recip_max_rel_error=need(settings, "recip_max_rel_error", "settings."),
             )
         except HeAeroError as exc:
             raise HeAeroError(f"{where}: settings: {exc}") from exc
         raw_layers = need(data, "layers")
-        n_layer = need(model_config, "n_layer", "checkpoint.config.")
-        if not isinstance(raw_layers, list) or len(raw_layers) != n_layer:
-            raise HeAeroError(f"{where}: field 'layers' must list {n_layer} layers")
+        # Checked here, not at construction: the server checks a built object against its model's view.
+        for name in ("layers", "activations"):
+            if not isinstance(need(data, name), list) or len(data[name]) != n_layer:
+                raise HeAeroError(f"{where}: field {name!r} must list {n_layer} layers")
         layers = []
         for i, raw in enumerate(raw_layers):
-            z = pair(need(raw, "z_domain", f"layers[{i}]."), f"layers[{i}].z_domain")
-            den = pair(need(raw, "denominator_domain", f"layers[{i}]."), f"layers[{i}].denominator_domain")
+            ctx = f"layers[{i}]."
+            z, den = need(raw, "z_domain", ctx), need(raw, "denominator_domain", ctx)
+            only(raw, ("z_domain", "denominator_domain"), ctx)
             try:
-                exp_plan = Plan.from_dict(need(raw, "exp_plan", f"layers[{i}]."))
-                recip_plan = Plan.from_dict(need(raw, "reciprocal_plan", f"layers[{i}]."))
-            except ApproxError as exc:
-                raise HeAeroError(f"{where}: layers[{i}] plan: {exc}") from exc
-            if exp_plan.function != "exp" or recip_plan.function != "reciprocal":
-                raise HeAeroError(f"{where}: layers[{i}]: expected an exp and a reciprocal plan")
-            for plan, dom, name in ((exp_plan, z, "exp_plan"), (recip_plan, den, "reciprocal_plan")):
-                if plan.domain[0] > dom[0] or plan.domain[1] < dom[1]:
-                    raise HeAeroError(
-                        f"{where}: layers[{i}].{name} domain {plan.domain} does not cover {dom}"
-                    )
-            layers.append(LayerCalibration(z, den, exp_plan, recip_plan))
-        bound = need(data, "activation_bound")
-        if not (isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0):
-            raise HeAeroError(f"{where}: field 'activation_bound' must be a positive number, got {bound!r}")
-        return cls(
-            weights_sha256=sha,
-            model_config=model_config,
-            config=config,
-            layers=tuple(layers),
-            logit_domain=pair(need(data, "logit_domain"), "logit_domain"),
-            activation_bound=float(bound),
-            ranges=need(data, "ranges"),
-            activations=tuple(need(data, "activations")),
-            source=data.get("source", {}),
-        )
+                layers.append(LayerCalibration(z, den))
+            except HeAeroError as exc:
+                raise HeAeroError(f"{where}: layers[{i}]: {exc}") from exc
+        producer = data.get("producer", "unknown")
+        try:
+            return cls(
+                weights_sha256=sha,
+                model_config=model_config,
+                config=config,
+                layers=tuple(layers),
+                logit_domain=need(data, "logit_domain"),
+                activation_bound=need(data, "activation_bound"),
+                ranges=need(data, "ranges"),
+                activations=tuple(need(data, "activations")),
+                source=data.get("source", {}),
+                producer=producer if isinstance(producer, str) else str(producer),
+            )
+        except HeAeroError as exc:
+            raise HeAeroError(f"{where}: {exc}") from exc
 
 
 def load_calibration(path: Path | str | None = None) -> Calibration:
@@ -334,16 +363,17 @@ def load_calibration(path: Path | str | None = None) -> Calibration:
 def calibrate(
     model, header: dict, config: CalibrationConfig | None = None, data: bytes | None = None
 ) -> Calibration:
-    """Measure ranges on training text, widen them, fit the plans; return the Calibration.
+    """Measure ranges on training text and widen them; return the Calibration (no plans are fitted).
 
     Parameters
     ----------
     model : a loaded softmax-only `models.decoder.Decoder` with sink attention.
     header : its checkpoint header (`load_checkpoint`'s second value): binds the file to the weights.
-    config : what to measure and fit (defaults: CalibrationConfig()).
+    config : what to measure (defaults: CalibrationConfig()).
     data : the text to measure on; None reads the training split (tests pass a slice of it).
+
+    Raises HeAeroError for another variant or attention (the encrypted runtime has no kernels for them).
     """
-    from approx.plans import plan_exp, plan_reciprocal
     from models.data import eval_windows, load_split
     from models.linear_view import LinearView
     from models.ranges import measure_ranges
@@ -369,10 +399,7 @@ def calibrate(
         heads = lay_ranges["heads"]
         z = widen(min(h["z"]["min"] for h in heads), max(h["z"]["max"] for h in heads), m)
         den_hi = widen(1.0, max(h["denominator"]["max"] for h in heads), m)[1]
-        den = (1.0, den_hi)  # the sink's floor is exact: no margin below 1
-        exp_plan = plan_exp(z, max_rel_error=config.exp_max_rel_error)
-        recip_plan = plan_reciprocal(den, max_rel_error=config.recip_max_rel_error)
-        layers.append(LayerCalibration(z, den, exp_plan, recip_plan))
+        layers.append(LayerCalibration(z, (1.0, den_hi)))  # the sink's floor is exact: no margin below 1
     logit_domain = widen(ranges["logits"]["min"], ranges["logits"]["max"], m)
     # The refresh mask hides values of magnitude up to this bound (docs/security.md): every measured
     # intermediate, the exp weights exp(z), the denominators and the logits, times (1 + margin). It is sized
@@ -401,17 +428,18 @@ def calibrate(
 
 
 def describe(cal: Calibration) -> str:
-    """A few lines for the CLI: per layer the domains and the plans' depth and error."""
+    """A few lines for the CLI: where it was measured, per layer the widened domains, logits and bound."""
     lines = [
         f"calibration for weights {cal.weights_sha256[:12]}... on {cal.source.get('windows', '?')} training "
-        f"windows ({cal.source.get('bytes', '?')} bytes), margin {cal.config.margin:g}"
+        f"windows ({cal.source.get('bytes', '?')} bytes), margin {cal.config.margin:g}; "
+        f"sha256 {cal.sha256[:12]}..."
     ]
     for i, lay in enumerate(cal.layers):
-        e, r = lay.exp_plan, lay.recip_plan
+        peak = max(cal.activations[i].values()) if cal.activations[i] else float("nan")
         lines.append(
-            f"  layer {i}: z in [{lay.z_domain[0]:.2f}, {lay.z_domain[1]:.2f}] exp: {e.describe()} "
-            f"(depth {e.depth}, rel err {e.max_error:.2g}); 1/x on [1, {lay.denominator_domain[1]:.1f}]: "
-            f"{r.describe()} (depth {r.depth}, rel err {r.max_error:.2g})"
+            f"  layer {i}: z in [{lay.z_domain[0]:.2f}, {lay.z_domain[1]:.2f}] (exp), denominator in "
+            f"[{lay.denominator_domain[0]:g}, {lay.denominator_domain[1]:.1f}] (1/x), "
+            f"max |activation| {peak:.4g}"
         )
     lines.append(
         f"  logits in [{cal.logit_domain[0]:.2f}, {cal.logit_domain[1]:.2f}]; activation bound "

@@ -6,6 +6,8 @@ are folded into W_Q (and b_Q), and the scaled fused FFN into one matrix, `w_mix 
 not exact, because the residual X also passes through w_mix.
 
 `view_forward` is the numpy reference forward pass built only from the view; it matches `Decoder` to 1e-5.
+It is composed of `embed` and `layer_forward`, which returns every intermediate of one layer by name: the one
+numpy forward (he_aero's calibration measures its intermediates; the encrypted runtime is tested against it).
 """
 
 from __future__ import annotations
@@ -105,40 +107,88 @@ class LinearView:
         return out
 
 
-def attention_weights(z: np.ndarray, sink: bool) -> np.ndarray:
-    """Causal attention weights from z (H, T, T) (c_h already subtracted when `sink`).
+def _exp_weights(z: np.ndarray, sink: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Causal exp weights e (H, T, T) and their denominators (H, T) from z (H, T, T); a = e / den.
 
-    Sink: a_ij = exp(z_ij) / (1 + sum_{j'<=i} exp(z_ij')), computed directly as the encrypted runtime will
-    (training keeps z in a narrow window, so no max-shift is needed). Plain softmax: max-shifted softmax.
+    Sink: e_ij = exp(z_ij), den_i = 1 + sum_{j<=i} e_ij, computed directly as the encrypted runtime will
+    (training keeps z in a narrow window, so no max-shift is needed; the 1 is the sink's term). Plain
+    softmax: e_ij = exp(z_ij - max_j z_ij), den_i = sum_j e_ij (max-shifted, as torch does). Entries
+    above the diagonal (future tokens) are exactly 0.
     """
     T = z.shape[-1]
     causal = np.tril(np.ones((T, T), dtype=bool))
     if sink:
         e = np.where(causal, np.exp(np.where(causal, z, 0.0)), 0.0)
-        return e / (1.0 + e.sum(-1, keepdims=True))
+        return e, 1.0 + e.sum(-1)
     zm = np.where(causal, z, -np.inf)
     e = np.exp(zm - zm.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+    return e, e.sum(-1)
+
+
+def embed(view: LinearView, tokens) -> np.ndarray:
+    """Token + position embedding: tokens (T,) ints -> x (T, d) float64; the encrypted embedding's twin.
+
+    Raises ModelError unless 1 <= T <= the context length (pos_emb has one row per position).
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    T = tokens.shape[0] if tokens.ndim == 1 else -1
+    if not 1 <= T <= view.pos_emb.shape[0]:
+        raise ModelError(
+            f"embed: need 1 to {view.pos_emb.shape[0]} tokens (a 1-D sequence), got shape {tokens.shape}"
+        )
+    return view.tok_emb[tokens] + view.pos_emb[:T]
+
+
+LAYER_INTERMEDIATES = ("q", "k", "v", "z", "den", "num", "heads", "x_sa", "x_out")
+
+
+def layer_forward(lay: LayerView, x: np.ndarray) -> dict[str, np.ndarray]:
+    """One layer on x (T, d), returning every intermediate the encrypted layer holds, by name.
+
+    Keys (LAYER_INTERMEDIATES), for H heads of d_k = d / H features:
+
+    - q, k, v (T, d): projections (q carries the folded temperature and 1/sqrt(d_k));
+    - z (H, T, T): q_h . k_h, minus c_h with a sink (what exp sees; above the diagonal unused);
+    - den (H, T): the attention denominators, 1 + sum_j exp(z_ij) with a sink (what 1/x sees);
+    - num (H, T, d_k): sum_j exp(z_ij) v_j, the attention numerators (max-shifted exps without a sink);
+    - heads (T, d): the concatenated head outputs, num / den;
+    - x_sa (T, d): x + heads @ W_O + b_O; x_out (T, d): x_sa @ w_mix + b_mix, the next layer's input.
+
+    `view_forward` is `embed`, these layers composed on "x_out", then the LM head.
+    """
+    T, d = x.shape
+    H = lay.n_head
+    dk = d // H
+    sink = lay.sink is not None
+    q = x @ lay.w_q + lay.b_q
+    k = x @ lay.w_k + lay.b_k
+    v = x @ lay.w_v + lay.b_v
+    qh, kh, vh = (m.reshape(T, H, dk).transpose(1, 0, 2) for m in (q, k, v))  # (H, T, dk)
+    z = qh @ kh.transpose(0, 2, 1)  # (H, T, T)
+    if sink:
+        z = z - lay.sink[:, None, None]
+    e, den = _exp_weights(z, sink)  # (H, T, T), (H, T)
+    heads = ((e / den[..., None]) @ vh).transpose(1, 0, 2).reshape(T, d)  # (H, T, dk) -> (T, d)
+    x_sa = x + heads @ lay.w_o + lay.b_o
+    return {
+        "q": q,
+        "k": k,
+        "v": v,
+        "z": z,
+        "den": den,
+        "num": e @ vh,  # (H, T, dk)
+        "heads": heads,
+        "x_sa": x_sa,
+        "x_out": x_sa @ lay.w_mix + lay.b_mix,
+    }
 
 
 def view_forward(view: LinearView, tokens) -> np.ndarray:
-    """Reference forward pass from the view alone: tokens (T,) ints -> logits (T, V) float64."""
-    tokens = np.asarray(tokens, dtype=np.int64)
-    T = tokens.shape[0]
-    if T < 1 or T > view.pos_emb.shape[0]:
-        raise ModelError(f"view_forward: need 1 to {view.pos_emb.shape[0]} tokens, got {T}")
-    x = view.tok_emb[tokens] + view.pos_emb[:T]  # (T, d)
+    """Reference forward pass from the view alone: tokens (T,) ints -> logits (T, V) float64.
+
+    Raises ModelError unless 1 <= T <= the context length.
+    """
+    x = embed(view, tokens)  # (T, d)
     for lay in view.layers:
-        H = lay.n_head
-        dk = x.shape[1] // H
-        q = (x @ lay.w_q + lay.b_q).reshape(T, H, dk).transpose(1, 0, 2)  # (H, T, dk)
-        k = (x @ lay.w_k + lay.b_k).reshape(T, H, dk).transpose(1, 0, 2)
-        v = (x @ lay.w_v + lay.b_v).reshape(T, H, dk).transpose(1, 0, 2)
-        z = q @ k.transpose(0, 2, 1)  # (H, T, T)
-        if lay.sink is not None:
-            z = z - lay.sink[:, None, None]
-        a = attention_weights(z, lay.sink is not None)
-        heads = (a @ v).transpose(1, 0, 2).reshape(T, H * dk)  # (H, T, dk) -> (T, d)
-        x_sa = x + heads @ lay.w_o + lay.b_o
-        x = x_sa @ lay.w_mix + lay.b_mix
-    return x @ view.lm_head + view.lm_bias
+        x = layer_forward(lay, x)["x_out"]
+    return x @ view.lm_head + view.lm_bias  # (T, V)

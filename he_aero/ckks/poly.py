@@ -1,8 +1,10 @@
-"""Encrypted evaluation of `approx/` plans: Chebyshev BSGS polynomials, squarings and Newton steps.
+"""Encrypted evaluation of `approx/` plans: the CKKS adapter of `approx.interpret`, and thin entry points.
 
-The operation order is not re-implemented here: `approx.bsgs.evaluate` and `approx.refine` run on a
-`CkksOps` adapter, so the depth and ct-ct multiplication counts on ciphertexts are exactly those
-`approx.bsgs.bsgs_cost` / `Plan.depth` report (tests check the ciphertext's level).
+Nothing of a plan's evaluation is re-implemented here: `approx.interpret.run_batch` walks the steps (BSGS
+polynomials, squarings, Newton steps) over a `CkksOps` adapter per ciphertext and calls the refresher between
+unsplittable pieces, and the level costs are `approx.interpret`'s, with its `shift` rule on (a width-2 domain
+maps by a plaintext addition, no level). So the levels and ct-ct multiplications on ciphertexts are exactly
+those `approx` counts (tests check the ciphertext's level).
 
 Masking (why): attention evaluates exp on slots of which only some are valid (causal mask, padding). With the
 input exactly 0 on invalid slots and every plaintext constant added only on valid slots, every intermediate
@@ -11,12 +13,19 @@ T_k and the result stay 0 there, so the output needs no separate masking product
 
 from __future__ import annotations
 
-import numpy as np
-
-from approx import bsgs, refine
-from approx.plans import Plan
+from approx import bsgs, interpret
+from approx.chebyshev import affine_coefficients
+from approx.errors import ApproxError
+from approx.plan import Plan
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.errors import HeAeroError
+
+shift_only = interpret.shift_only
+
+
+def affine(step) -> tuple[float, float]:
+    """(alpha, beta) with t = alpha x + beta for a poly step (use `plan.steps[0]` for a plan's input map)."""
+    return affine_coefficients(step.domain)
 
 
 class CkksOps(bsgs.Ops):
@@ -44,53 +53,35 @@ class CkksOps(bsgs.Ops):
         key, mask = self.valid
         return self.ev.add_plain(a, ("const", key, float(c)), lambda: float(c) * mask)
 
+    def constant(self, like, c):
+        # a constant polynomial (or one whose non-constant coefficients are all 0) leaves no ciphertext
+        raise HeAeroError("evaluate_chebyshev: a constant polynomial has no ciphertext result")
+
 
 def plan_depth(plan: Plan, mapped: bool = False) -> int:
-    """Levels the plan consumes on a ciphertext; `mapped`: input already t in [-1, 1] (affine folded).
-    Equal to `Plan.depth` except that a first domain of width exactly 2 costs no level here (see
-    `shift_only`)."""
-    return sum(step_depth(s, mapped and i == 0) for i, s in enumerate(plan.steps))
-
-
-def shift_only(step) -> bool:
-    """A poly domain [a, a + 2] maps to [-1, 1] by t = x - a - 1: a plaintext addition, no level."""
-    return step.domain[1] - step.domain[0] == 2.0
-
-
-def affine(step) -> tuple[float, float]:
-    """(alpha, beta) with t = alpha x + beta for a poly step (use `plan.steps[0]` for a plan's input map)."""
-    a, b = step.domain
-    return 2.0 / (b - a), -(a + b) / (b - a)
-
-
-def evaluate_chebyshev(ev: Evaluator, coefficients, t: Ct, valid: tuple | None = None) -> Ct:
-    """sum_j c_j T_j(t) for t already in [-1, 1], minimum depth ceil(log2(deg + 1))."""
-    y = bsgs.evaluate(np.asarray(coefficients, dtype=float), t, CkksOps(ev, valid))
-    if isinstance(y, float):
-        raise HeAeroError("evaluate_chebyshev: a constant polynomial has no ciphertext result")
-    return y
+    """Levels the plan needs on a ciphertext when every piece may start after a refresh (inputs at one level):
+    `approx.interpret.count(...).aligned_depth` with shift=True. `mapped`: input already t in [-1, 1].
+    Differs from `Plan.depth` (same walk, shift=False, x fresh): a first domain of width exactly 2 costs no
+    level here, and newton_inv_sqrt counts the level of x / 2."""
+    return interpret.count(plan.steps, mapped, shift=True).aligned_depth
 
 
 def step_depth(step, mapped: bool = False) -> int:
-    """Levels one plan step consumes (a poly's affine map counts unless `mapped` or the domain is [-1, 1])."""
-    if step.op == "poly":
-        affine_levels = 0 if mapped or shift_only(step) else 1
-        return bsgs.bsgs_cost(step.degree)[0] + affine_levels
-    if step.op == "square":
-        return step.times
-    if step.op == "newton_recip":
-        return 2 * step.iterations
-    return 2 * step.iterations + (1 if step.iterations else 0)
+    """Levels one plan step consumes on ciphertexts (`approx.interpret.step_depth`, shift=True)."""
+    return interpret.step_depth(step, mapped, shift=True)
 
 
 def atomic_depth(step, mapped: bool = False) -> int:
-    """Levels of the largest piece of a step that cannot be split by a refresh (`run_plan` refreshes between
-    squarings and between Newton-reciprocal iterations)."""
-    if step.op == "square":
-        return min(step.times, 1)
-    if step.op == "newton_recip":
-        return min(step.iterations, 1) * 2
-    return step_depth(step, mapped)
+    """Levels of the largest piece of a step a refresh cannot split (`approx.interpret.atomic_depth`):
+    squarings and Newton-reciprocal iterations one at a time, a poly or newton_inv_sqrt whole."""
+    return interpret.atomic_depth(step, mapped, shift=True)
+
+
+def evaluate_chebyshev(ev: Evaluator, coefficients, t: Ct, valid: tuple | None = None) -> Ct:
+    """sum_j c_j T_j(t) for t already in [-1, 1], minimum depth ceil(log2(deg + 1)).
+
+    HeAeroError for a constant polynomial (no ciphertext result)."""
+    return interpret.chebyshev(coefficients, t, CkksOps(ev, valid))
 
 
 def run_plan(
@@ -136,9 +127,11 @@ def run_plan_batch(
     refresher=None,
     name: str = "plan",
 ) -> list[Ct]:
-    """`run_plan` on several ciphertexts in lockstep, so each refresh is one round for all of them."""
+    """`run_plan` on several ciphertexts in lockstep, so each refresh is one round for all of them.
+
+    Stage names reported to the refresher: f"{name} poly", f"{name} square", f"{name} newton" (the latter
+    with the running values and the inputs together)."""
     n = len(xs) if mapped is None else len(mapped)
-    xs = list(xs) if xs is not None else [None] * n
     ops = [CkksOps(ev, None if valids is None else valids[i]) for i in range(n)]
     if refresher is None:
         need = plan_depth(plan, mapped is not None)
@@ -148,41 +141,8 @@ def run_plan_batch(
                 f"depth budget: plan '{plan.describe()}' needs {need} levels, the ciphertext has {start} "
                 "(refresh before this stage)"
             )
-    ys: list = [None] * n
-    for i, step in enumerate(plan.steps):
-        if step.op == "poly":
-            if i == 0 and mapped is not None:
-                ts = _ensure(refresher, list(mapped), step_depth(step, True), f"{name} poly")
-            else:
-                src = _ensure(refresher, xs if i == 0 else ys, step_depth(step), f"{name} poly")
-                alpha, beta = affine(step)
-                if shift_only(step):  # includes [-1, 1] (beta = 0: nothing added)
-                    ts = [o.add_scalar(c, beta) for o, c in zip(ops, src, strict=True)]
-                else:
-                    ts = [o.add_scalar(o.mul_scalar(c, alpha), beta) for o, c in zip(ops, src, strict=True)]
-            ys = [evaluate_chebyshev(ev, step.coefficients, t, o.valid) for o, t in zip(ops, ts, strict=True)]
-        elif step.op == "square":
-            for _ in range(step.times):
-                ys = _ensure(refresher, ys, 1, f"{name} square")
-                ys = [refine.square(y, 1, o) for o, y in zip(ops, ys, strict=True)]
-        else:
-            xs = [_need_x(x, step.op) for x in xs]
-            per_round = 2 if step.op == "newton_recip" else step_depth(step)
-            rounds = step.iterations if step.op == "newton_recip" else 1
-            iters = 1 if step.op == "newton_recip" else step.iterations
-            fn = refine.newton_recip if step.op == "newton_recip" else refine.newton_inv_sqrt
-            for _ in range(rounds):
-                both = _ensure(refresher, ys + xs, per_round, f"{name} newton")
-                ys, xs = both[:n], both[n:]
-                ys = [fn(y, x, iters, o) for o, y, x in zip(ops, ys, xs, strict=True)]
-    return ys
-
-
-def _ensure(refresher, cts, need, what):
-    return cts if refresher is None else refresher.ensure(cts, need, what)
-
-
-def _need_x(x, op):
-    if x is None:
-        raise HeAeroError(f"run_plan: a {op} step needs the plan input x")
-    return x
+    ensure = None if refresher is None else refresher.ensure
+    try:
+        return interpret.run_batch(plan.steps, xs, ops, mapped, ensure, name, shift=True)
+    except ApproxError as exc:  # a Newton step without x: the caller's mistake, reported as ours
+        raise HeAeroError(f"run_plan: {exc}") from exc

@@ -62,7 +62,7 @@ def tiny_plan(tiny):
     return compile_plan(header, cal, params=small_ring_params())
 
 
-def test_session(view, header, plan, **kw):
+def insecure_session(view, header, plan, **kw):
     """An in-process session that accepts the test-only insecure ring on both sides."""
     from he_aero.client.policy import ClientPolicy
     from he_aero.session import Session
@@ -81,4 +81,4 @@ def test_session(view, header, plan, **kw):
 def tiny_session(tiny, tiny_plan):
     """One encrypted session (keys made once) on the tiny model at the test ring."""
     _, _, header, view, _ = tiny
-    return test_session(view, header, tiny_plan)
+    return insecure_session(view, header, tiny_plan)

@@ -1,6 +1,8 @@
-"""Calibration: ranges from training text, widened by the margin, plans covering them, a file bound to the
-checkpoint's weights (mismatches refused), and the instrumented layer matching the reference forward pass."""
+"""Calibration: ranges from training text widened by the margin, a ranges-only file (format 2) bound to the
+checkpoint's weights (mismatches and format-1 files refused, naming the fix), a content hash a plan file can
+bind to, and the shipped file matching the shipped checkpoint."""
 
+import copy
 import json
 import math
 
@@ -9,11 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 from he_aero.calibrate import (
+    DEFAULT_CALIBRATION,
+    FORMAT_VERSION,
     Calibration,
     CalibrationConfig,
+    LayerCalibration,
+    ModelDims,
     calibrate,
-    embed,
-    layer_forward,
+    describe,
     load_calibration,
     widen,
 )
@@ -38,12 +43,6 @@ def test_domains_cover_the_measured_ranges_widened(tiny):
         dmax = max(h["denominator"]["max"] for h in measured["heads"])
         assert lay.denominator_domain[0] == 1.0  # the sink's exact floor
         assert lay.denominator_domain[1] == pytest.approx(dmax + m * (dmax - 1.0))
-        assert lay.exp_plan.domain == pytest.approx(lay.z_domain)
-        assert lay.exp_plan.max_error <= cal.config.exp_max_rel_error
-        assert lay.recip_plan.max_error <= cal.config.recip_max_rel_error
-        # the plan really is within its bound on points of the domain (numpy evaluator)
-        x = np.linspace(*lay.z_domain, 2001)
-        assert np.max(np.abs(lay.exp_plan.evaluate(x) / np.exp(x) - 1)) <= lay.exp_plan.max_error * 1.01
     heads = [h for lay in cal.ranges["layers"] for h in lay["heads"]]
     exp_max = np.exp(max(h["z"]["max"] for h in heads))
     den_max = max(h["denominator"]["max"] for h in heads)
@@ -55,26 +54,53 @@ def test_domains_cover_the_measured_ranges_widened(tiny):
     assert lo < cal.ranges["logits"]["min"] and hi > cal.ranges["logits"]["max"]
 
 
-def test_layer_forward_composes_to_view_forward(tiny):
-    from models.linear_view import view_forward
+def test_activation_maxima_are_those_of_the_reference_forward(tiny):
+    """The measured maxima come from `models.linear_view.layer_forward` (no second forward in he_aero)."""
+    from he_aero.calibrate import _activation_maxima
+    from models.linear_view import embed, layer_forward
 
     _, _, _, view, _ = tiny
-    tokens = list(b"import os")[:8]
-    x = embed(view, tokens)
-    for lay in view.layers:
-        x = layer_forward(lay, x)["x_out"]
-    np.testing.assert_allclose(x @ view.lm_head + view.lm_bias, view_forward(view, tokens), atol=1e-12)
+    windows = np.array([list(b"import o"), list(b"def f(x)")])
+    want = [dict.fromkeys(("x_in", "q", "k", "v", "num", "heads", "x_sa", "x_out"), 0.0) for _ in view.layers]
+    for row in windows:
+        x = embed(view, row)
+        for lay, maxima in zip(view.layers, want, strict=True):
+            inter = {**layer_forward(lay, x), "x_in": x}
+            for name in maxima:
+                maxima[name] = max(maxima[name], float(np.abs(inter[name]).max()))
+            x = inter["x_out"]
+    assert _activation_maxima(view, windows) == want
 
 
 def test_file_round_trip_and_checkpoint_binding(tiny, tmp_path):
     _, _, header, _, cal = tiny
     path = cal.save(tmp_path / "cal.json")
     back = load_calibration(path)
-    assert back.to_dict() == json.loads(path.read_text())
-    assert [lay.exp_plan.steps for lay in back.layers] == [lay.exp_plan.steps for lay in cal.layers]
+    assert back.to_dict() == json.loads(path.read_text()) == cal.to_dict()
+    assert back.layers == cal.layers and back.sha256 == cal.sha256
     back.check_checkpoint(header)
     with pytest.raises(HeAeroError, match="he-aero calibrate CHECKPOINT"):
         back.check_checkpoint({**header, "weights_sha256": "0" * 64})
+
+
+def test_file_holds_ranges_only(tiny):
+    _, _, _, _, cal = tiny
+    data = cal.to_dict()
+    assert data["format_version"] == FORMAT_VERSION == 2
+    assert set(data["settings"]) == {"samples", "margin", "margin_rule"}
+    assert all(set(lay) == {"z_domain", "denominator_domain"} for lay in data["layers"])
+    assert "plan" not in json.dumps(data)
+    assert not hasattr(cal, "planner_ranges")
+
+
+def test_model_shape_is_plain_dims(tiny):
+    _, model, _, _, cal = tiny
+    c = model.cfg
+    assert cal.model_shape() == ModelDims(c.d_model, c.n_head, c.n_layer, c.block_size)
+    with pytest.raises(HeAeroError, match="n_head"):
+        ModelDims(16, 3, 2, 8)
+    with pytest.raises(HeAeroError, match="block_size"):
+        ModelDims(16, 2, 2, 0)
 
 
 def _edit(d, path, value):
@@ -87,15 +113,31 @@ def _edit(d, path, value):
         d[last] = value
 
 
+def test_format_1_files_are_refused_with_the_command(tiny, tmp_path):
+    _, _, _, _, cal = tiny
+    data = cal.to_dict()
+    data["format_version"] = 1
+    data["settings"]["exp_max_rel_error"] = 1e-4
+    (tmp_path / "v1.json").write_text(json.dumps(data))
+    with pytest.raises(
+        HeAeroError, match=r"field 'format_version' is 1, this he-aero reads 2 .*re-run `he-aero calibrate"
+    ):
+        load_calibration(tmp_path / "v1.json")
+
+
 @pytest.mark.parametrize(
     "path, value, message",
     [
         (("kind",), "something else", "not a calibration file"),
-        (("format_version",), 99, "format_version 99"),
+        (("format_version",), 99, "field 'format_version' is 99"),
         (("checkpoint", "weights_sha256"), KeyError, "'weights_sha256'"),
+        (("checkpoint", "weights_sha256"), "xyz", "'checkpoint.weights_sha256' is not a SHA-256"),
         (("settings", "margin"), -1, "margin"),
-        (("layers", 0, "z_domain"), [3, 1], "lo < hi"),
-        (("layers", 0, "exp_plan", "steps", 0, "domain"), [-1.0, -0.5], "does not cover"),
+        (("settings", "exp_max_rel_error"), 1e-4, r"unknown field settings\.'exp_max_rel_error'"),
+        (("layers", 0, "z_domain"), [3, 1], r"layers\[0\]: field 'z_domain' must be finite with lo < hi"),
+        (("layers", 0, "denominator_domain"), [0.5, 9], "'denominator_domain' must start at >= 1"),
+        (("layers", 1, "exp_plan"), {"steps": []}, r"unknown field layers\[1\]\.'exp_plan'"),
+        (("logit_domain",), [1, "x"], "'logit_domain' must be"),
         (("activation_bound",), float("nan"), "activation_bound"),
         (("layers",), [], "must list 2 layers"),
     ],
@@ -103,13 +145,42 @@ def _edit(d, path, value):
 def test_bad_files_name_the_field(tiny, tmp_path, path, value, message):
     _, _, _, _, cal = tiny
     data = cal.to_dict()
-    if path[:4] == ("layers", 0, "exp_plan", "steps"):
-        data["layers"][0]["exp_plan"]["domain"] = value  # keep the file self-consistent except the domain
     _edit(data, path, value)
     f = tmp_path / "bad.json"
     f.write_text(json.dumps(data))
     with pytest.raises(HeAeroError, match=message):
         load_calibration(f)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("layers", 0, "z_domain", 0),
+        ("layers", 1, "denominator_domain", 1),
+        ("logit_domain", 1),
+        ("activation_bound",),
+        ("settings", "margin"),
+        ("activations", 0, "num"),
+        ("ranges", "layers", 0, "heads", 0, "z", "max"),
+    ],
+)
+def test_sha256_changes_with_any_number(tiny, path):
+    _, _, _, _, cal = tiny
+    data = copy.deepcopy(cal.to_dict())
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = float(np.nextafter(node[path[-1]], np.inf))  # the smallest possible change
+    assert Calibration.from_dict(data).sha256 != cal.sha256
+
+
+def test_sha256_ignores_serialisation(tiny):
+    _, _, _, _, cal = tiny
+    text = json.dumps(cal.to_dict(), indent=3)
+    shuffled = json.loads(json.dumps(dict(reversed(json.loads(text).items()))))
+    assert Calibration.from_dict(json.loads(text)).sha256 == cal.sha256
+    assert Calibration.from_dict(shuffled).sha256 == cal.sha256
+    assert len(cal.sha256) == 64 and cal.sha256 == cal.sha256
 
 
 def test_unreadable_files(tmp_path):
@@ -123,14 +194,34 @@ def test_unreadable_files(tmp_path):
 
 
 def test_config_validation_and_variant_refusal(tmp_path):
-    for bad in ({"samples": 0}, {"margin": -0.1}, {"exp_max_rel_error": 0.0}, {"recip_max_rel_error": 2.0}):
+    for bad in ({"samples": 0}, {"samples": True}, {"margin": -0.1}, {"margin": 3}):
         with pytest.raises(HeAeroError):
             CalibrationConfig(**bad)
+    with pytest.raises(TypeError):  # error targets belong to the plan stage now
+        CalibrationConfig(exp_max_rel_error=1e-4)
+    with pytest.raises(HeAeroError, match="z_domain"):
+        LayerCalibration((2.0, 2.0), (1.0, 5.0))
     from models.decoder import Decoder, DecoderConfig
 
     model = Decoder(DecoderConfig(attention="softmax", block_size=8, n_layer=1, n_head=2, d_model=16))
     with pytest.raises(HeAeroError, match="sink attention"):
         calibrate(model, {"weights_sha256": "0" * 64}, CalibrationConfig(samples=2), data=b"x" * 100)
+
+
+def test_shipped_file_loads_and_matches_the_default_checkpoint():
+    from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+    cal = load_calibration()
+    model, header = load_checkpoint(DEFAULT_CHECKPOINT)
+    cal.check_checkpoint(header)
+    assert cal.model_config == model.cfg.to_dict()
+    c = model.cfg
+    assert cal.model_shape() == ModelDims(c.d_model, c.n_head, c.n_layer, c.block_size)
+    assert cal.config == CalibrationConfig(samples=512, margin=0.1)
+    assert cal.source == {"split": "train", "windows": 512, "bytes": 512 * c.block_size}
+    # the file is exactly what `save` writes (no stray fields), so its hash is the object's
+    assert DEFAULT_CALIBRATION.read_text() == json.dumps(cal.to_dict(), indent=1) + "\n"
+    assert describe(cal).count("  layer ") == c.n_layer
 
 
 def test_cli_calibrate(tiny, tmp_path):

@@ -13,8 +13,10 @@ from he_aero.client.client import Client
 from he_aero.client.keys import ClientKeys
 from he_aero.client.policy import ClientPolicy
 from he_aero.errors import HeAeroError
+from he_aero.generation import GenerationConfig
 from he_aero.protocol import Channel, Kind, Message, decode, encode
 from he_aero.server.server import Server
+from tests.he_aero.conftest import insecure_session
 
 TEST_POLICY = ClientPolicy(allow_insecure_for_tests=True)
 
@@ -77,18 +79,18 @@ def _reachable(root, limit: int = 200_000) -> list:
 SECRET_TYPES = (seal.SecretKey, seal.Decryptor, seal.KeyGenerator, ClientKeys, Client)
 
 
-def test_no_object_reachable_from_the_server_can_decrypt(tiny_session):
+def test_no_object_reachable_from_the_server_can_decrypt(tiny, tiny_plan):
     """A deep scan of the server's object graph after a whole session: no secret key, decryptor, key
     generator or client object is reachable (the in-process harness holds both roles; the server must not)."""
-    tiny_session.generate(
-        b"abc", __import__("he_aero.generation").generation.GenerationConfig(max_new_tokens=2)
-    )
-    objs = _reachable(tiny_session.server)
+    _, _, header, view, _ = tiny
+    session = insecure_session(view, header, tiny_plan)
+    session.generate(b"abc", GenerationConfig(max_new_tokens=2))
+    objs = _reachable(session.server)
     assert len(objs) > 1000  # the scan reaches the evaluator, caches, plaintexts
     found = [type(o).__name__ for o in objs if isinstance(o, SECRET_TYPES)]
     assert found == []
     # the same scan finds the client's secret key from the client: the check can fail
-    assert any(isinstance(o, seal.SecretKey) for o in _reachable(tiny_session.client))
+    assert any(isinstance(o, seal.SecretKey) for o in _reachable(session.client))
 
 
 def test_setup_parts_load_as_exactly_the_three_public_key_types(tiny_session):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from he_aero.calibrate import embed, layer_forward
 from he_aero.ckks.ciphertext import Ct
 from he_aero.ckks.packing import pack, rows_pack, rows_unpack, unpack
 from he_aero.cli import cli
@@ -16,9 +15,9 @@ from he_aero.errors import HeAeroError
 from he_aero.generation import GenerationConfig, fit_prompt, pick_token
 from he_aero.plan import compile_plan
 from he_aero.protocol import Kind, Message, decode, encode
-from models.linear_view import view_forward
+from models.linear_view import embed, layer_forward, view_forward
 from tests.conftest import assert_close_bits
-from tests.he_aero.conftest import small_ring_params, test_session
+from tests.he_aero.conftest import insecure_session, small_ring_params
 
 PROMPT = list(b"if x:\n  ")  # 8 bytes = the tiny model's whole context
 
@@ -211,7 +210,7 @@ def test_decode_in_the_rows_layout(tiny):
     assert rows_unpack(packed, 20, 8).tolist() == v.tolist()
     _, _, header, view, cal = tiny
     plan = compile_plan(header, cal, params=small_ring_params(), decode_rows=True)
-    session = test_session(view, header, plan)
+    session = insecure_session(view, header, plan)
     assert session.server.pipeline.rows and session.client.offer.decode_rows
     res = session.generate(bytes(PROMPT[:5]), GenerationConfig(max_new_tokens=3, verify=True))
     assert res.flag is None and res.top1_agreement == 1.0 and res.max_abs_logit_error < 0.01

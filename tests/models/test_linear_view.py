@@ -1,4 +1,4 @@
-"""The linear-algebra view reproduces the torch module to 1e-5."""
+"""The linear-algebra view reproduces the torch module to 1e-5; its forward is embed + layer intermediates."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from models.decoder import Decoder, DecoderConfig
 from models.errors import ModelError
-from models.linear_view import LinearView, view_forward
+from models.linear_view import LAYER_INTERMEDIATES, LinearView, embed, layer_forward, view_forward
 from tests.conftest import assert_close_bits
 
 
@@ -47,6 +47,36 @@ def test_view_forward_matches_module(extra):
     np.testing.assert_allclose(view_forward(view, tokens[:5].numpy()), got[:5], atol=1e-9)
 
 
+@pytest.mark.parametrize("attention", ["sink", "softmax"])
+def test_layer_intermediates_compose_to_view_forward(attention):
+    """`view_forward` is exactly embed -> layer_forward's "x_out" per layer -> LM head, and the named
+    intermediates are consistent with each other (den, num, heads from z and v)."""
+    cfg = DecoderConfig(n_layer=2, n_head=4, d_model=32, block_size=16, attention=attention)
+    view = LinearView.from_model(_perturbed(cfg))
+    tokens = np.arange(40, 52)  # T = 12
+    T, H, dk = len(tokens), 4, 8
+    x = embed(view, tokens)
+    assert x.shape == (T, 32)
+    for lay in view.layers:
+        inter = layer_forward(lay, x)
+        assert tuple(inter) == LAYER_INTERMEDIATES
+        assert (
+            inter["z"].shape == (H, T, T)
+            and inter["den"].shape == (H, T)
+            and inter["num"].shape == (H, T, dk)
+        )
+        for name in ("q", "k", "v", "heads", "x_sa", "x_out"):
+            assert inter[name].shape == (T, 32), name
+        causal = np.tril(np.ones((T, T), dtype=bool))
+        z = np.where(causal, inter["z"], -np.inf)
+        if attention == "sink":  # what the encrypted runtime computes: exp(z), 1 + sum, no max-shift
+            np.testing.assert_allclose(inter["den"], 1 + np.exp(z).sum(-1), rtol=1e-12)
+        heads = inter["num"] / inter["den"][..., None]  # (H, T, dk)
+        np.testing.assert_allclose(inter["heads"], heads.transpose(1, 0, 2).reshape(T, 32), atol=1e-12)
+        x = inter["x_out"]
+    np.testing.assert_array_equal(x @ view.lm_head + view.lm_bias, view_forward(view, tokens))
+
+
 def test_view_arrays_follow_the_contract():
     cfg = DecoderConfig(n_layer=2, n_head=4, d_model=32, block_size=16, pruned_ffns=1)
     view = LinearView.from_model(_perturbed(cfg))
@@ -64,6 +94,9 @@ def test_view_refuses_layernorm_variants_and_bad_lengths():
     view = LinearView.from_model(Decoder(DecoderConfig(n_layer=1, n_head=2, d_model=8, block_size=4)))
     with pytest.raises(ModelError, match="tokens"):
         view_forward(view, np.zeros(5, dtype=int))
+    for bad in (np.zeros(0, dtype=int), np.zeros((1, 2), dtype=int)):
+        with pytest.raises(ModelError, match="tokens"):
+            embed(view, bad)
 
 
 def test_view_matches_the_shipped_default_model():

@@ -7,7 +7,7 @@ from approx import bsgs
 from approx.plans import plan_exp, plan_poly, plan_reciprocal
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.params import CkksParams
-from he_aero.ckks.poly import evaluate_chebyshev, plan_depth, run_plan
+from he_aero.ckks.poly import atomic_depth, evaluate_chebyshev, plan_depth, run_plan, run_plan_batch
 from he_aero.errors import HeAeroError
 from tests.conftest import assert_close_bits
 from tests.he_aero.ckks.kit import BITS, SMALL
@@ -89,3 +89,44 @@ def test_a_width_two_domain_maps_by_a_shift_without_a_level(kit):
     y = run_plan(kit.ev, plan, kit.enc(x))
     assert SMALL.levels - y.level == plan_depth(plan) == plan.depth - 1 == bsgs.bsgs_cost(plan.degree)[0]
     assert_close_bits(kit.dec(y), 1 / x, 9, "1/x on a width-2 domain")
+
+
+@pytest.mark.parametrize("kind", ["exp", "exp mapped", "recip", "inv_sqrt"])
+def test_the_refresher_is_asked_for_each_unsplittable_piece(kind):
+    """Stage names and levels as the planner expects them: squarings and 1/x Newton iterations one at a time
+    (the latter with the running values and the inputs), a poly and a 1/sqrt Newton step whole."""
+    from approx.plans import plan_inv_sqrt
+
+    deep = CkksParams(2048, (60,) + (32,) * 7 + (60,), 32, insecure_for_tests=True)
+    ev = Evaluator(deep)  # symbolic
+    calls = []
+
+    class Recorder:
+        def ensure(self, cts, need, what):
+            calls.append((what, need, len(cts)))
+            return [c if c.level >= need else Ct(None, deep.levels) for c in cts]
+
+    if kind.startswith("exp"):
+        plan = plan_exp((-8.0, 1.0), max_abs_error=1e-3, squarings=2)
+    elif kind == "recip":
+        plan = plan_reciprocal((1.0, 9.0), max_rel_error=1e-4, newton=2)
+    else:
+        plan = plan_inv_sqrt((1.0, 9.0), max_rel_error=1e-4, newton=1)
+    d = bsgs.bsgs_cost(plan.degree)[0]
+    xs = [Ct(None, deep.levels), Ct(None, deep.levels)]
+    if kind == "exp mapped":
+        run_plan_batch(ev, plan, None, xs, refresher=Recorder(), name="s")
+    else:
+        run_plan_batch(ev, plan, xs, refresher=Recorder(), name="s")
+    expected = {
+        "exp": [("s poly", d + 1, 2), ("s square", 1, 2), ("s square", 1, 2)],
+        "exp mapped": [("s poly", d, 2), ("s square", 1, 2), ("s square", 1, 2)],
+        "recip": [("s poly", d + 1, 2), ("s newton", 2, 4), ("s newton", 2, 4)],
+        "inv_sqrt": [("s poly", d + 1, 2), ("s newton", 3, 4)],
+    }[kind]
+    assert calls == expected
+    assert [n for _, n, _ in calls] == [
+        atomic_depth(s, kind == "exp mapped" and i == 0)
+        for i, s in enumerate(plan.steps)
+        for _ in range(s.times if s.op == "square" else s.iterations if s.op == "newton_recip" else 1)
+    ]

@@ -26,7 +26,8 @@ def test_non_empty_output_folder_is_refused_and_an_empty_one_is_not(tmp_path):
     assert (tmp_path / "config.json").read_text() == "{}"
     empty = tmp_path / "empty"
     empty.mkdir()
-    plan_json = empty / "plan.json"
-    accepted = CliRunner().invoke(cli, ["plan", "--layers", "1", "--ring", "8192", "--json", str(plan_json)])
+    out = empty / "exp.json"
+    args = ["fit", "exp", "--domain", "-1", "0", "--degree", "3", "--out", str(out)]
+    accepted = CliRunner().invoke(cli, args)
     assert accepted.exit_code == 0, accepted.output
-    assert plan_json.is_file()
+    assert out.is_file()
