@@ -68,3 +68,54 @@ def test_symbolic_refresh_estimates_bytes():
     out = ref.refresh([Ct(None, 0)])
     assert out[0].level == SMALL.levels
     assert ref.log.bytes_to_client == 16 * SMALL.poly_modulus_degree
+
+
+def test_one_round_masks_every_ciphertext_with_its_own_mask(kit):
+    """Three ciphertexts in one round: the client's views minus the secrets are three different masks (a mask
+    reused across a round would reveal x1 - x2 exactly)."""
+    spy = SpyClient(kit.keys)
+    ref = Refresher(kit.ev, spy, bound=8.0, hiding_bits=16)
+    xs = [X, -X, X[::-1].copy()]
+    ref.refresh([kit.ev.align(kit.enc(x), 0) for x in xs])
+    masks = [seen - x for seen, x in zip(spy.seen, xs, strict=True)]
+    assert ref.log.rounds == 1 and len(masks) == 3
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert np.abs(masks[i] - masks[j]).min() > 1.0  # different in every slot
+    # what the client could compute from two views of one round: x1 - x2 is hidden, not revealed
+    diff = (spy.seen[0] - spy.seen[1]) - (xs[0] - xs[1])
+    assert np.abs(diff).max() > 2.0**16  # the masks' difference, of width ~W, not ~0
+
+
+def test_mask_width_and_uniformity_as_documented(kit):
+    """docs/security.md: r is uniform in [-W, W) with W = bound * 2^hiding_bits, per slot. Checked on what the
+    client sees (minus the secret): the range, and a Kolmogorov-Smirnov test against U(-W, W)."""
+    from scipy import stats
+
+    bound, hiding = 8.0, 16
+    spy = SpyClient(kit.keys)
+    ref = Refresher(kit.ev, spy, bound=bound, hiding_bits=hiding)
+    ref.refresh([kit.ev.align(kit.enc(X), 0) for _ in range(4)])
+    width = bound * 2.0**hiding  # the documented formula, not the code's own attribute
+    r = np.concatenate([seen - X for seen in spy.seen])
+    assert np.abs(r).max() <= width * (1 + 1e-6) and np.abs(r).max() > 0.99 * width
+    assert stats.kstest(r, stats.uniform(loc=-width, scale=2 * width).cdf).pvalue > 1e-3
+
+
+def test_masks_come_from_the_os_generator(kit, monkeypatch):
+    """Masks are drawn from os.urandom (numpy's PCG64 is predictable from its outputs): with os.urandom
+    replaced by zeros, every mask is -W exactly."""
+    import he_aero.ckks.refresh as refresh_module
+
+    calls = []
+
+    def zeros(n):
+        calls.append(n)
+        return bytes(n)
+
+    monkeypatch.setattr(refresh_module.os, "urandom", zeros)
+    spy = SpyClient(kit.keys)
+    ref = Refresher(kit.ev, spy, bound=8.0, hiding_bits=16)
+    ref.refresh([kit.ev.align(kit.enc(X), 0)])
+    assert calls == [8 * SMALL.slots]
+    assert np.abs(spy.seen[0] - X + ref.width).max() < 1e-2  # x + (-W) on every slot
