@@ -1,5 +1,7 @@
 """Minimax fits: error certified from both sides, equioscillation, reference points, exactness."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -136,3 +138,17 @@ def test_exp_fits_are_certified_from_both_sides_on_random_domains(a, width, degr
     assert fit.lower_bound <= fit.max_error <= interp.max_error * (1 + 1e-9)
     # the lower bound holds for every degree-n polynomial, the interpolant included
     assert fit.lower_bound <= interp.max_error
+
+
+@pytest.mark.parametrize("ratio", [16.0, 100.0])
+@pytest.mark.parametrize("degree", [3, 5, 9])
+def test_reciprocal_minimax_error_matches_the_closed_form(ratio, degree):
+    """An independent oracle: the minimax relative error of 1/x on [1, R] by a degree-n polynomial is
+    2 rho^(n+1) / (1 + rho^(2n+2)), rho = (sqrt(R) - 1) / (sqrt(R) + 1) (the shifted Chebyshev extremal
+    polynomial). The fit's certified error must equal it to 1e-9 relative."""
+    from approx.plans import plan_poly
+
+    rho = (math.sqrt(ratio) - 1) / (math.sqrt(ratio) + 1)
+    closed = 2 * rho ** (degree + 1) / (1 + rho ** (2 * degree + 2))
+    plan = plan_poly("reciprocal", (1.0, ratio), degree, "rel")
+    assert plan.max_error == pytest.approx(closed, rel=1e-9)

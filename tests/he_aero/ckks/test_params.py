@@ -51,3 +51,11 @@ def test_bad_parameters_name_the_field(kwargs, msg):
 def test_default_params_rejects_other_rings():
     with pytest.raises(HeAeroError, match="ring degree"):
         default_params(4096)
+
+
+def test_the_128_bit_table_is_seals_own():
+    """An independent oracle: SEAL's CoeffModulus.MaxBitCount(N, tc128), not a copy of our constant."""
+    from he_aero.ckks.backend import seal_max_bits
+
+    for n, bits in SEAL_MAX_BITS.items():
+        assert seal_max_bits(n) == bits, n
