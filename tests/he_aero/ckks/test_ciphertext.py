@@ -74,3 +74,48 @@ def test_symbolic_evaluator_tracks_the_same_levels(kit):
 def test_product_by_exact_zero_is_refused(kit):
     with pytest.raises(HeAeroError, match="transparent"):
         kit.ev.mul_scalar(kit.enc(X), 0.0)
+
+
+def test_operation_counts_match_an_independent_count_of_seal_calls(monkeypatch):
+    """The evaluator's counters against an independent count of the SEAL calls actually made (every
+    `SealOps` primitive wrapped), over a whole layer with refreshes: the planner's latency model and the
+    benchmarks rely on these counts."""
+    from collections import Counter
+
+    from he_aero.ckks.backend import SealOps
+    from he_aero.ckks.layer import EncryptedLayer
+    from he_aero.ckks.packing import feature_layout, pack
+    from he_aero.ckks.refresh import Refresher
+    from he_aero.plan import Ranges, fit_plans
+    from tests.he_aero.ckks.kit import SMALL, Kit
+    from tests.he_aero.ckks.test_layer import BOUND, HIDING, T, _layer_view
+
+    calls: Counter = Counter()
+    for name in ("rotate", "multiply", "multiply_plain", "relinearize_inplace"):
+        original = getattr(SealOps, name)
+
+        def counted(self, *args, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(SealOps, name, counted)
+    rng = np.random.default_rng(0)
+    lay = _layer_view(rng)
+    exp_plan, recip_plan = fit_plans((-6.0, 3.0), (1.0, 17.0), Ranges(((-6.0, 3.0),)), SMALL.levels)
+    layer = EncryptedLayer(0, lay, exp_plan, recip_plan)
+    layout = feature_layout(SMALL.slots, T, lay.w_q.shape[0], block=16)
+    symbolic = Evaluator(SMALL)  # the rotation keys this layer needs
+    blank = [Ct(None, SMALL.levels, layout)] * layout.n_ct
+    layer.prefill(symbolic, Refresher(symbolic, None, BOUND, HIDING), blank, layout)
+    kit = Kit(SMALL, sorted(symbolic.stats.steps_used))
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, HIDING, seed=0)
+    xs = [kit.enc(v, layout) for v in pack(rng.normal(size=(T, lay.w_q.shape[0])), layout)]
+    kit.ev.reset_stats()
+    calls.clear()
+    layer.prefill(kit.ev, ref, xs, layout)
+    stats = kit.ev.stats
+    assert calls["rotate"] == stats.n_rotations > 0
+    assert calls["multiply"] == stats.n_ctct > 0
+    assert calls["relinearize_inplace"] == stats.relins > 0
+    # plaintext products: the kernels' own plus the level alignments, all counted as pt_mults
+    assert calls["multiply_plain"] == stats.n_pt > 0
