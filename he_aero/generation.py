@@ -3,7 +3,8 @@
 Context window: the model has T_max learned positions and the K/V cache cannot slide (positions are absolute),
 so a prompt of n bytes with m new tokens needs n + m - 1 <= T_max. A longer prompt keeps its LAST
 T_max - m + 1 bytes (the bytes nearest the continuation); the result says how many were dropped.
-Results print themselves: `GenerationResult.to_dict()` (the `--json` schema) and `.summary()`.
+Results print themselves: `GenerationResult.report()` (what the CLI prints: `.verify_report()`, `.summary()`,
+`.flag_message()`) and `.to_dict()` (the `--json` schema).
 """
 
 from __future__ import annotations
@@ -102,23 +103,49 @@ class GenerationResult:
         vals = [r.max_abs_logit_error for r in self.records if r.max_abs_logit_error is not None]
         return max(vals) if vals else None
 
+    @property
+    def verified(self) -> bool:
+        """Whether `verify` ran (the plaintext model's continuation is known)."""
+        return self.plaintext_continuation is not None
+
+    def flag_message(self) -> str | None:
+        """One line when the client flagged a token (generation stopped there), else None."""
+        if self.flag is None:
+            return None
+        return f"token {len(self.tokens) + 1} flagged by the client, generation stopped: {self.flag}"
+
     def verify_report(self) -> str:
         """Per token: top-1 agreement with the plaintext model and max |delta logit| (after `verify`)."""
         lines = [f"plaintext:    {_text(self.plaintext_continuation or b'')!r}"]
         for i, r in enumerate(self.records):
-            if r.top1_agree is not None:
+            if r.flag is not None:
+                lines.append(f"  token {i + 1}: flagged by the client ({r.flag})")
+            elif r.top1_agree is not None:
+                plain = "?" if r.plaintext_token is None else repr(_text(bytes([r.plaintext_token])))
+                err = "?" if r.max_abs_logit_error is None else f"{r.max_abs_logit_error:.2e}"
                 lines.append(
                     f"  token {i + 1}: {_text(bytes([r.token]))!r} top-1 "
-                    f"{'agrees' if r.top1_agree else 'DIFFERS'} "
-                    f"(plaintext {_text(bytes([r.plaintext_token]))!r}), "
-                    f"max |delta logit| {r.max_abs_logit_error:.2e}"
+                    f"{'agrees' if r.top1_agree else 'DIFFERS'} (plaintext {plain}), max |delta logit| {err}"
                 )
-        if self.top1_agreement is None:
+        agreement, error = self.top1_agreement, self.max_abs_logit_error
+        if agreement is None or error is None:
             lines.append("no generated token to compare (the first was flagged)")
         else:
-            lines.append(
-                f"top-1 agreement {self.top1_agreement:.0%}, max |delta logit| {self.max_abs_logit_error:.3e}"
-            )
+            lines.append(f"top-1 agreement {agreement:.0%}, max |delta logit| {error:.3e}")
+        return "\n".join(lines)
+
+    def report(self) -> str:
+        """What `he-aero encrypt-infer` prints: prompt, continuation, the verification (if run), the summary,
+        and the flag (if any)."""
+        lines = [
+            f"prompt ({len(self.prompt)} bytes): {_text(self.prompt)!r}",
+            f"continuation: {_text(self.continuation)!r}",
+        ]
+        if self.verified:
+            lines.append(self.verify_report())
+        lines.append(self.summary())
+        if self.flag is not None:
+            lines.append(self.flag_message())
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -204,6 +231,20 @@ def _stage_lines(records) -> str:
         f"refresh rounds {r.ops['refresh_rounds']}, inside SEAL {r.ops['seal_seconds']:.2f} s)"
         for r in records
     )
+
+
+def describe_prefill(records: list[StageRecord], n_tokens: int) -> str:
+    """A prefill counted without encrypting (`Pipeline.symbolic_prefill`): per stage the operations and
+    levels (`he-aero encrypt-infer --explain`)."""
+    lines = [f"this prompt: prefill of {n_tokens} tokens, counted without encrypting:"]
+    for r in records:
+        o = r.ops
+        lines.append(
+            f"  {r.name:8s} rotations {o['rotations']:5d}  ct*ct {o['ctct_mults']:4d}  "
+            f"ct*pt {o['pt_mults']:5d}  refresh rounds {o['refresh_rounds']}  "
+            f"levels {r.level_in}->{r.level_out}"
+        )
+    return "\n".join(lines)
 
 
 def fit_prompt(prompt: bytes, context: int, max_new_tokens: int) -> tuple[bytes, int]:

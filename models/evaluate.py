@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,16 +14,25 @@ from models.errors import ModelError
 
 
 @torch.no_grad()
-def bits_per_byte(model: Decoder, data: bytes, max_bytes: int | None = None, batch_size: int = 128) -> dict:
+def bits_per_byte(
+    model: Decoder,
+    data: bytes,
+    max_bytes: int | None = None,
+    batch_size: int = 128,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Mean cross-entropy in bits per predicted byte over non-overlapping context windows of `data`.
 
     Each window restarts the context, so a byte is predicted from 0 to T-1 preceding bytes (the model's own
-    regime). Returns bits_per_byte, perplexity per byte (2 ** bits), bytes_evaluated.
+    regime). Returns bits_per_byte, perplexity per byte (2 ** bits), bytes_evaluated. `progress(done, total)`
+    (windows) is called before the first batch and after each one.
     """
     was_training = model.training
     model.eval()
     x, y = eval_windows(data, model.cfg.block_size, max_bytes)
     total_nats, count = 0.0, 0
+    if progress is not None:
+        progress(0, len(x))
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         logits = model.logits(xb)
@@ -31,6 +41,8 @@ def bits_per_byte(model: Decoder, data: bytes, max_bytes: int | None = None, bat
         )
         total_nats += float(nll)
         count += int((yb >= 0).sum())
+        if progress is not None:
+            progress(min(i + batch_size, len(x)), len(x))
     model.train(was_training)
     bpb = total_nats / count / math.log(2)
     return {"bits_per_byte": bpb, "perplexity_per_byte": 2.0**bpb, "bytes_evaluated": count}

@@ -2,7 +2,9 @@
 
 Each concern keeps its commands in its own module (`he_aero/cli/<concern>.py`); this file assembles them
 and turns user-facing errors into one clear line and a non-zero exit code (1) instead of a traceback; usage
-errors exit 2 and name the option.
+errors exit 2 and name the option. The conventions every command follows (PROMPT, --checkpoint, --json,
+output paths checked before the work) live in `he_aero/cli/options.py`. Modules load torch, scipy and
+tenseal inside the commands only, so `he-aero --help` answers at once.
 """
 
 import sys

@@ -6,21 +6,19 @@ approximations on these ranges for a ring.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from he_aero.cli.options import force_option, output_option
+from he_aero.cli.options import Outputs, checkpoint_option, force_option, load_model, output_option
 
 
 @click.command()
-@click.argument("checkpoint", required=False, type=click.Path(file_okay=False))
+@checkpoint_option(positional_alias=True)
 @click.option(
     "--samples",
     type=click.IntRange(1, 100_000),
     default=512,
     show_default=True,
-    help="windows of context length bytes from the TRAINING split",
+    help="windows (of context length, in bytes) from the TRAINING split",
 )
 @click.option(
     "--margin",
@@ -32,14 +30,15 @@ from he_aero.cli.options import force_option, output_option
 @output_option("--out", required=True, help="calibration file to write (JSON)")
 @force_option
 def calibrate(checkpoint, samples, margin, out, force) -> None:
-    """Measure on CHECKPOINT (default: the shipped model), over training text, the value ranges the encrypted
-    runtime must cover; widen them by a margin and write a calibration file bound to the weights."""
+    """Measure on the checkpoint, over training text, the value ranges the encrypted runtime must cover; widen
+    them by a margin and write a calibration file bound to the weights."""
     from he_aero.calibrate import CalibrationConfig, describe
     from he_aero.calibrate import calibrate as run_calibration
-    from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
-    model, header = load_checkpoint(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)
+    _, model, header = load_model(checkpoint)
     cal = run_calibration(model, header, CalibrationConfig(samples=samples, margin=margin))
-    path = cal.save(out)
     click.echo(describe(cal))
-    click.echo(f"wrote {path}")
+    outputs = Outputs()
+    if outputs.write("--out", out, cal.save, ".json"):
+        click.echo(f"wrote {out}")
+    outputs.finish()

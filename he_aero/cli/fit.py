@@ -1,4 +1,7 @@
-"""`he-aero fit`: fit a minimax polynomial (or the best plan for an error bound) and report its cost."""
+"""`he-aero fit`: fit a minimax polynomial (or the best plan for an error bound) and report its cost.
+
+scipy and matplotlib load inside the command only: `he-aero --help` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,20 @@ import math
 
 import click
 
-from approx.errors import ApproxError
-from approx.functions import FUNCTIONS
-from he_aero.cli.options import force_option, output_option
+from he_aero.cli.options import Outputs, force_option, output_option
+
+# The names of `approx.functions.FUNCTIONS`, spelled out so that `--help` needs no scipy;
+# tests/he_aero/cli/test_fit.py checks they stay equal.
+FUNCTION_NAMES = ("exp", "reciprocal", "inv_sqrt", "gelu", "relu")
+
+# ApproxError messages start with the field they concern: the option that set it.
+_FIELD_OPTIONS = {
+    "domain": "--domain",
+    "degree": "--degree",
+    "max_error": "--max-error",
+    "error_kind": "--relative",
+    "function": "FUNCTION",
+}
 
 
 def _finite(ctx, param, value):
@@ -54,38 +68,72 @@ def _plot(plan, path) -> None:
     plt.close(fig)
 
 
+def _blame(exc) -> click.UsageError:
+    """An ApproxError as a usage error naming the option its field came from."""
+    option = _FIELD_OPTIONS.get(str(exc).split(":", 1)[0])
+    if option is None:
+        return click.UsageError(str(exc))
+    return click.BadParameter(str(exc), param_hint=f"'{option}'")
+
+
 @click.command("fit")
 @click.argument("function", required=False)
-@click.option("--domain", nargs=2, type=float, callback=_finite, help="the interval A B (A < B)")
-@click.option("--degree", type=int, help="fit one minimax polynomial of this degree")
 @click.option(
-    "--max-error", type=float, callback=_finite, help="find the least-depth plan meeting this bound"
+    "--domain",
+    nargs=2,
+    type=float,
+    callback=_finite,
+    default=None,
+    show_default="required",
+    help="the interval A B of x (A < B)",
 )
-@click.option("--relative", is_flag=True, help="bound the relative error (default: absolute)")
+@click.option(
+    "--degree",
+    type=int,
+    default=None,
+    show_default="none",
+    help="fit one minimax polynomial of this degree (exclusive with --max-error)",
+)
+@click.option(
+    "--max-error",
+    type=float,
+    callback=_finite,
+    default=None,
+    show_default="none",
+    help="find the least-depth plan whose certified error is at most this (exclusive with --degree)",
+)
+@click.option(
+    "--relative", is_flag=True, show_default=True, help="bound the relative error instead of the absolute"
+)
 @output_option("--out", help="write the coefficient file (JSON)")
 @output_option("--plot", help="write a PNG of the fit and its error")
 @force_option
-@click.option("--list", "list_", is_flag=True, help="name the supported functions and exit")
+@click.option(
+    "--list", "list_", is_flag=True, show_default=True, help="name the supported functions and exit"
+)
 def fit(function, domain, degree, max_error, relative, out, plot, list_, force):
     """Fit FUNCTION on [A, B] and print degree, depth, multiplications and certified error."""
     if list_:
+        from approx.functions import FUNCTIONS
+
         for f in FUNCTIONS.values():
             click.echo(f"{f.name:<11} {f.description}")
         return
     if function is None:
         raise click.UsageError("missing FUNCTION (see --list)")
-    if function not in FUNCTIONS:
+    if function not in FUNCTION_NAMES:
         raise click.BadParameter(
-            f"unknown {function!r}; choose one of {', '.join(FUNCTIONS)}", param_hint="FUNCTION"
+            f"unknown {function!r}; choose one of {', '.join(FUNCTION_NAMES)}", param_hint="'FUNCTION'"
         )
     if domain is None:
         raise click.UsageError("missing --domain A B")
     if (degree is None) == (max_error is None):
         raise click.UsageError("give exactly one of --degree or --max-error")
     if plot is not None and not plot.lower().endswith(".png"):
-        raise click.BadParameter(f"expected a .png path, got {plot!r}", param_hint="--plot")
+        raise click.BadParameter(f"expected a .png path, got {plot!r}", param_hint="'--plot'")
 
     from approx.coefficients import save_plan
+    from approx.errors import ApproxError
     from approx.plans import plan_for, plan_poly
 
     kind = "rel" if relative else "abs"
@@ -95,7 +143,7 @@ def fit(function, domain, degree, max_error, relative, out, plot, list_, force):
         else:
             plan = plan_for(function, domain, max_error, kind)
     except ApproxError as exc:  # bad input (domain, degree, unreachable bound): a usage error, exit code 2
-        raise click.UsageError(str(exc)) from exc
+        raise _blame(exc) from exc
 
     click.echo(f"function        {function} on [{plan.domain[0]:.10g}, {plan.domain[1]:.10g}]")
     click.echo(f"plan            {plan.describe()}")
@@ -107,9 +155,9 @@ def fit(function, domain, degree, max_error, relative, out, plot, list_, force):
     if plan.lower_bound is not None and len(plan.steps) == 1:
         why = f"de la Vallee Poussin: no degree-{plan.degree} polynomial does better"
         click.echo(f"lower bound     {plan.lower_bound:.3e} ({why})")
-    if out:
-        save_plan(plan, out)
+    outputs = Outputs()
+    if outputs.write("--out", out, lambda p: save_plan(plan, p), ".json"):
         click.echo(f"wrote           {out}")
-    if plot:
-        _plot(plan, plot)
+    if outputs.write("--plot", plot, lambda p: _plot(plan, p), ".png"):
         click.echo(f"plot            {plot}")
+    outputs.finish()

@@ -11,18 +11,17 @@ from pathlib import Path
 import click
 
 from he_aero.ckks.params import HIDING_BITS
-from he_aero.cli.options import force_option, output_option
+from he_aero.cli.options import Outputs, blame, checkpoint_option, force_option, output_option
 
 
 @click.command("plan")
-@click.option(
-    "--checkpoint", type=click.Path(file_okay=False), default=None, help="default: the shipped model"
-)
+@checkpoint_option()
 @click.option(
     "--calibration",
     type=click.Path(dir_okay=False),
     default=None,
-    help="calibration file of the checkpoint (default: the shipped one)",
+    show_default="the shipped model's",
+    help="calibration file of the checkpoint (`he-aero calibrate --out`)",
 )
 @click.option(
     "--exp-error",
@@ -50,9 +49,15 @@ from he_aero.cli.options import force_option, output_option
     "rings",
     type=click.Choice(["8192", "16384", "32768"]),
     multiple=True,
-    help="candidate ring degree N (repeatable; default: all three)",
+    show_default="all three",
+    help="candidate ring degree N, in coefficients (repeatable)",
 )
-@click.option("--explain", is_flag=True, help="print the comparison, the choice, the plans and every stage")
+@click.option(
+    "--explain",
+    is_flag=True,
+    show_default=True,
+    help="print the comparison, the choice, the plans and every stage",
+)
 @output_option("--out", help="write the plan file (what `encrypt-infer --plan` and the server load)")
 @force_option
 def plan(checkpoint, calibration, exp_error, recip_error, hiding_bits, rings, explain, out, force) -> None:
@@ -62,8 +67,10 @@ def plan(checkpoint, calibration, exp_error, recip_error, hiding_bits, rings, ex
     from he_aero.plan import RINGS, PlanConfig, compile_plan
     from models.checkpoint import DEFAULT_CHECKPOINT, read_header
 
-    header = read_header(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)
-    cal = load_calibration(calibration)
+    with blame("--checkpoint"):
+        header = read_header(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)
+    with blame("--calibration"):
+        cal = load_calibration(calibration)
     config = PlanConfig(
         exp_max_rel_error=exp_error,
         recip_max_rel_error=recip_error,
@@ -72,5 +79,7 @@ def plan(checkpoint, calibration, exp_error, recip_error, hiding_bits, rings, ex
     )
     result = compile_plan(header, cal, config)
     click.echo(result.explain() if explain else result.summary())
-    if out:
-        click.echo(f"wrote {result.save(out)} (sha256 {result.sha256[:12]}...)")
+    outputs = Outputs()
+    if outputs.write("--out", out, result.save, ".json"):
+        click.echo(f"wrote {out} (sha256 {result.sha256[:12]}...)")
+    outputs.finish()

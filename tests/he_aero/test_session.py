@@ -1,16 +1,11 @@
 """Encrypted generation on the tiny model at a small ring: every stage against its plaintext twin, prefill and
-decode logits against `view_forward`, greedy agreement, byte/round accounting, bits per byte, and the CLI."""
-
-import json
-import sys
+decode logits against `view_forward`, greedy agreement, byte/round accounting, bits per byte."""
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from he_aero.ckks.ciphertext import Ct
 from he_aero.ckks.packing import pack, rows_pack, rows_unpack, unpack
-from he_aero.cli import cli
 from he_aero.errors import HeAeroError
 from he_aero.generation import GenerationConfig, fit_prompt, pick_token
 from he_aero.plan import compile_plan
@@ -106,76 +101,6 @@ def test_pick_token():
     a = [pick_token(logits, GenerationConfig(temperature=2.0), np.random.default_rng(7)) for _ in range(5)]
     b = [pick_token(logits, GenerationConfig(temperature=2.0), np.random.default_rng(7)) for _ in range(5)]
     assert a == b
-
-
-@pytest.fixture(scope="module")
-def cli_files(tiny, tiny_plan, tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli")
-    tiny_plan.save(d / "plan.json")
-    (d / "prompt.txt").write_bytes(b"for i in range(3):")
-    (d / "latin1.txt").write_bytes(b"caf\xe9 = ")
-    (d / "empty.txt").write_bytes(b"")
-    return str(tiny[0]), str(d / "plan.json"), d
-
-
-def _infer(ckpt, plan, prompt, *extra):
-    args = ["encrypt-infer", str(prompt), "--checkpoint", ckpt, "--plan", plan, "--allow-insecure-for-tests"]
-    return CliRunner().invoke(cli, [*args, "--no-progress", *extra])
-
-
-def test_cli_encrypt_infer_json(cli_files):
-    ckpt, cal, d = cli_files
-    res = _infer(ckpt, cal, d / "prompt.txt", "--max-new-tokens", "3", "--verify", "--explain", "--json",
-                 str(d / "out.json"))  # fmt: skip
-    assert res.exit_code == 0, res.output
-    out = json.loads((d / "out.json").read_text())
-    required = "continuation tokens top1_agreement max_abs_logit_error seconds rounds bytes_client_to_server"
-    for key in (*required.split(), "bytes_server_to_client", "ring_degree", "client_decryptions"):
-        assert key in out
-    assert out["top1_agreement"] == 1.0 and out["ring_degree"] == 2048 and len(out["tokens"]) == 3
-    assert out["dropped_prompt_bytes"] == 12 and out["prompt_bytes"] == 6  # 6 + 3 - 1 = 8 positions
-    assert (
-        set(out["client_decryptions"]) == {"logits", "refresh"} and out["client_decryptions"]["refresh"] > 0
-    )
-    assert {"prefill", "decode", "keygen"} <= set(out["seconds"])
-    assert "top-1 agreement 100%" in res.output and "rotations" in res.output and "dropped" in res.output
-
-
-def test_cli_non_utf8_prompt_runs(cli_files):
-    ckpt, cal, d = cli_files
-    res = _infer(ckpt, cal, d / "latin1.txt", "--max-new-tokens", "1")
-    assert res.exit_code == 0, res.output
-    assert "not valid UTF-8" in res.output and "caf\ufffd = " in res.output
-
-
-def test_cli_bad_input(cli_files, tmp_path, monkeypatch, capsys):
-    ckpt, cal, d = cli_files
-    assert _infer(ckpt, cal, d / "empty.txt").exit_code == 2
-    assert _infer(ckpt, cal, tmp_path / "missing.txt").exit_code == 2
-    assert _infer(ckpt, cal, d / "prompt.txt", "--max-new-tokens", "0").exit_code == 2
-    from he_aero.cli import main
-
-    other = tmp_path / "other"
-    from tests.he_aero.conftest import make_tiny_checkpoint
-
-    make_tiny_checkpoint(other, seed=1)
-    for argv, message in (
-        (
-            ["--checkpoint", str(other), "--plan", cal, "--allow-insecure-for-tests"],
-            "compiled for checkpoint",
-        ),
-        (["--checkpoint", ckpt, "--plan", str(d / "prompt.txt")], "not valid JSON"),
-        (["--checkpoint", ckpt, "--plan", cal], "below 128-bit security"),
-        (
-            ["--checkpoint", ckpt, "--plan", cal, "--max-new-tokens", "9", "--allow-insecure-for-tests"],
-            "exceeds the model's context",
-        ),
-    ):
-        monkeypatch.setattr(sys, "argv", ["he-aero", "encrypt-infer", str(d / "prompt.txt"), *argv])
-        with pytest.raises(SystemExit) as exc:
-            main()
-        err = capsys.readouterr().err
-        assert exc.value.code == 1 and message in err and "Traceback" not in err
 
 
 @pytest.mark.slow
