@@ -5,7 +5,8 @@ processes. Frame (all integers big-endian)::
 
     magic      6 bytes  b"HEAERO"
     version    u16      FORMAT_VERSION
-    kind       u8       Kind (OFFER, SETUP, TOKENS, LOGITS, REFRESH_REQUEST, REFRESH_RESPONSE)
+    kind       u8       Kind (OFFER, SETUP, TOKENS, LOGITS, REFRESH_REQUEST, REFRESH_RESPONSE, ERROR,
+                        PROGRESS)
     reserved   u8       0
     session    16 bytes the session id the client drew at key generation (zeros in an OFFER)
     meta_len   u32      length of the JSON metadata
@@ -49,6 +50,15 @@ class Kind(enum.IntEnum):
     LOGITS = 4  # server -> client: encrypted logits
     REFRESH_REQUEST = 5  # server -> client: masked ciphertexts
     REFRESH_RESPONSE = 6  # client -> server: the same values re-encrypted at the top level
+    # Added for the network service (he_aero/server/service.py); the frame layout is unchanged, so
+    # FORMAT_VERSION stays 1: a peer that predates them refuses them as "unknown message kind".
+    ERROR = 7  # either way: why the session ends (meta: "code" in ERROR_CODES, "message"); no parts
+    PROGRESS = 8  # server -> client: a stage of the running request finished (meta: "stage"); no reply
+
+
+ERROR_CODES = ("busy", "protocol", "timeout", "shutdown", "internal")
+"""Why an ERROR frame ends a session: the server is at capacity (retry later); a frame was refused; a peer
+did not answer in time; the server is stopping; the server failed (details in its log, not in the frame)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,24 @@ def decode(data: bytes, expect: Kind, session: bytes | None = None) -> Message:
         parts.append(data[p + _LEN.size : p + _LEN.size + n])
         p += _LEN.size + n
     return Message(got, sess, meta, tuple(parts))
+
+
+def peek_kind(data: bytes) -> Kind | None:
+    """The kind a frame says it is, read from its header without validating anything (None: not a frame of
+    this version, or an unknown kind); `decode` still checks the frame."""
+    if len(data) < _HEAD.size or data[:6] != MAGIC or _HEAD.unpack_from(data)[1] != FORMAT_VERSION:
+        return None
+    try:
+        return Kind(data[8])
+    except ValueError:
+        return None
+
+
+def error_frame(code: str, message: str, session: bytes = NO_SESSION) -> bytes:
+    """An ERROR frame: `code` one of ERROR_CODES, `message` one line for the peer's user."""
+    if code not in ERROR_CODES:
+        raise HeAeroError(f"protocol: unknown error code {code!r} (one of {', '.join(ERROR_CODES)})")
+    return encode(Message(Kind.ERROR, session, {"code": code, "message": message}))
 
 
 def meta_field(msg: Message, key: str, kind: type | tuple = int):
