@@ -55,6 +55,11 @@ def seal_max_bits(poly_modulus_degree: int) -> int:
     return int(seal.CoeffModulus.MaxBitCount(poly_modulus_degree, seal.SEC_LEVEL_TYPE.TC128))
 
 
+def conjugation_element(poly_modulus_degree: int) -> int:
+    """SEAL's Galois element of complex conjugation of the slots: X -> X^(2N - 1)."""
+    return 2 * poly_modulus_degree - 1
+
+
 def galois_element(step: int, poly_modulus_degree: int) -> int:
     """SEAL's Galois element for a left rotation by `step` slots (negative: right): 3^(step mod slots) mod 2N.
 
@@ -162,6 +167,9 @@ class PublicContext:
             galois_element(step, self.params.poly_modulus_degree)
         )
 
+    def has_conjugation(self) -> bool:
+        return self.galois_keys.has_key(conjugation_element(self.params.poly_modulus_degree))
+
 
 def public_context(keys: PublicKeys) -> PublicContext:
     """Load the client's public key material; HeAeroError when a part does not parse under the params."""
@@ -192,7 +200,7 @@ def load_ciphertext(ctx: seal.SEALContext, blob: bytes, what: str) -> seal.Ciphe
 
 def is_fresh(ct: seal.Ciphertext, parms_id, scale: float) -> bool:
     """True for a two-polynomial ciphertext at the given level (`parms_id`) and exact scale."""
-    return ct.size() == 2 and ct.parms_id() == parms_id and ct.scale == scale
+    return ct.size() == 2 and ct.parms_id() == parms_id and ct.scale == scale and ct.is_ntt_form()
 
 
 # --- evaluation primitives --------------------------------------------------------------------------------
@@ -205,6 +213,7 @@ class SealOps:
         self.ctx = ctx
         self._ev = seal.Evaluator(ctx.seal_context)
         self._enc = seal.CKKSEncoder(ctx.seal_context)
+        self._zero = seal.Encryptor(ctx.seal_context, ctx.public_key)
 
     def encode(self, values, parms_id, scale: float, slots: int) -> seal.Plaintext:
         """A scalar, or a slot vector zero-padded to `slots`, encoded at `scale` on level `parms_id`."""
@@ -212,8 +221,8 @@ class SealOps:
         if np.isscalar(values):
             self._enc.encode(float(values), parms_id, scale, pt)
         else:
-            v = np.zeros(slots)
-            arr = np.asarray(values, dtype=float).ravel()
+            arr = np.asarray(values).ravel()
+            v = np.zeros(slots, dtype=complex if np.iscomplexobj(arr) else float)
             v[: arr.size] = arr
             self._enc.encode(v.tolist(), parms_id, scale, pt)
         return pt
@@ -256,6 +265,20 @@ class SealOps:
 
     def rotate(self, a, step: int):
         return self._out(self._ev.rotate_vector, a, step, self.ctx.galois_keys)
+
+    def add_conjugate(self, a):
+        """a + conj(a): twice the real part of each slot (one key switch, no level)."""
+        out = self._out(self._ev.complex_conjugate, a, self.ctx.galois_keys)
+        self._ev.add_inplace(out, a)
+        return out
+
+    def rerandomize(self, a):
+        """a + a fresh public-key encryption of zero at a's level and scale: the result's c1 is uniformly
+        random, no longer a function of the computation (the weights) that produced a."""
+        zero = seal.Ciphertext()
+        self._zero.encrypt_zero(a.parms_id(), zero)
+        zero.scale = a.scale  # an encryption of zero decodes to zero at any scale
+        return self._out(self._ev.add, a, zero)
 
     @staticmethod
     def scale(a) -> float:

@@ -142,21 +142,30 @@ class Pipeline:
 
     # --- stages --------------------------------------------------------------------------------------------
     def _linear(self, which: str, n_tokens: int) -> PlainLinear:
+        """The embedding and LM head maps with their weights HALVED: their pending products are projected to
+        the real part (`_real`), which doubles them."""
         key = (which, n_tokens)
         if key not in self._linears:
-            if which == "embed":  # onehot (n, vocab) @ tok_emb (vocab, d)
+            if which == "embed":  # onehot (n, vocab) @ tok_emb (vocab, d) / 2
                 self._linears[key] = PlainLinear(
-                    "embed", self.view.tok_emb, None, self.layout(n_tokens, self.vocab)
+                    "embed", self.view.tok_emb / 2, None, self.layout(n_tokens, self.vocab)
                 )
-            else:  # x (n, d) @ lm_head (d, vocab) + lm_bias
+            else:  # (x (n, d) @ lm_head (d, vocab) + lm_bias) / 2
                 self._linears[key] = PlainLinear(
-                    "lm", self.view.lm_head, self.view.lm_bias, self.layout(n_tokens)
+                    "lm", self.view.lm_head / 2, self.view.lm_bias / 2, self.layout(n_tokens)
                 )
         return self._linears[key]
 
+    @staticmethod
+    def _real(ev: Evaluator, pending: list[Ct]) -> list[Ct]:
+        """2 Re(.) of pending products, rescaled. Where (why): on the client's tokens right after the
+        embedding product (imaginary probes in the one-hot would otherwise carry probe x W through the
+        circuit) and on the logits, the only values the client decrypts unmasked (docs/security.md)."""
+        return [ev.rescale(ev.project_real(c)) for c in pending]
+
     def _embed(self, ev: Evaluator, onehot: list[Ct], position: int, n: int) -> list[Ct]:
         """x = onehot @ tok_emb + pos_emb[position : position + n] in the features layout."""
-        xs = self._linear("embed", n)(ev, onehot)
+        xs = self._real(ev, self._linear("embed", n)(ev, onehot, rescale=False))
         pos = pack(self.view.pos_emb[position : position + n], self.layout(n))
         return [
             ev.add_plain(x, ("pos", position, n, i), lambda v=v: v)
@@ -177,9 +186,8 @@ class Pipeline:
 
         terms = [(ct, ("embed-rows", c), lambda c=c: chunk(c)) for c, ct in enumerate(onehot)]
         y = block_sum(ev, ev.dot_plain(terms, layout), B, 1)
-        x = ev.mul_plain(
-            y, ("row0", "features"), lambda: layout.row_mask() * (np.arange(self.params.slots) < self.d * B)
-        )
+        half_mask = lambda: 0.5 * layout.row_mask() * (np.arange(self.params.slots) < self.d * B)  # noqa: E731
+        (x,) = self._real(ev, [ev.mul_plain(y, ("row0/2", "features"), half_mask, rescale=False)])
         pos = pack(self.view.pos_emb[position : position + 1], layout)[0]
         return [ev.add_plain(x, ("pos", position, 1, 0), lambda: pos, layout)]
 
@@ -201,12 +209,11 @@ class Pipeline:
 
             z = block_sum(ev, ev.mul_plain(spread, ("lm-rows", c), chunk), F, B)
             width = min(B, self.vocab - c * B)
-            z = ev.mul_plain(
-                z, ("block0", width), lambda w=width: (np.arange(self.params.slots) < w).astype(float)
-            )
+            half_mask = lambda w=width: 0.5 * (np.arange(self.params.slots) < w)  # noqa: E731
+            z = ev.mul_plain(z, ("block0/2", width), half_mask, rescale=False)
             bias = np.zeros(self.params.slots)
-            bias[:width] = self.view.lm_bias[c * B : c * B + width]
-            out.append(ev.add_plain(z, ("lm-rows-bias", c), lambda b=bias: b))
+            bias[:width] = self.view.lm_bias[c * B : c * B + width] / 2
+            out += self._real(ev, [ev.add_plain(z, ("lm-rows-bias/2", c), lambda b=bias: b)])
         return out
 
     # --- the run -------------------------------------------------------------------------------------------
@@ -261,7 +268,13 @@ class Pipeline:
         if rows:
             logits = stage("lm_head", lambda: self._lm_rows(ev, ref, xs), lvl)
         else:
-            logits = stage("lm_head", lambda: self._linear("lm", n)(ev, ref.ensure(xs, 1, "lm head")), lvl)
+            logits = stage(
+                "lm_head",
+                lambda: self._real(
+                    ev, self._linear("lm", n)(ev, ref.ensure(xs, 1, "lm head"), rescale=False)
+                ),
+                lvl,
+            )
         return logits, (new_caches if caches is None else caches), records
 
     # --- symbolic runs (no SEAL objects) -------------------------------------------------------------------

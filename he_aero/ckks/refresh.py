@@ -1,12 +1,13 @@
 """Interactive refresh: the stand-in for bootstrapping (which neither SEAL nor TenSEAL has).
 
 Protocol, one round for a batch of ciphertexts (security argument in docs/security.md, section "Refresh"):
-1. server: y = x + r, r uniform in [-W, W] per slot, fresh for every ciphertext and every round,
-   W = bound * 2^hiding_bits (bound: the plan's bound on |x|); serialise y.
-2. client: decrypt y, re-encrypt the decoded values at the top level (scale 2^scale_bits); serialise.
-3. server: subtract r (encoded at the top level), giving x at the top level again.
+1. server: re-randomise x (add a fresh public-key encryption of zero: c1 no longer depends on the weights),
+   then y = x + r, r = r_re + i r_im with r_re, r_im uniform in [-W, W) per slot (real AND imaginary parts),
+   fresh for every ciphertext and every round, W = bound * 2^hiding_bits (bound: the plan's bound on |x|).
+2. client: decrypt y, re-encrypt the real parts at the top level (scale 2^scale_bits); serialise.
+3. server: subtract r_re (encoded at the top level), giving x at the top level again.
 The client sees only x + r, whose distribution is within statistical distance |x| / (2W) <= 2^-(hiding_bits+1)
-of r's per slot. Rounds and bytes (both directions, serialised sizes) are counted.
+of r's per slot and part. Rounds and bytes (both directions, serialised sizes) are counted.
 
 The mask must fit the ciphertext's headroom: |x + r| < 2^(headroom_bits(level)), so a refresh needs the
 ciphertext at or above `min_level()`; kernels call `ensure` with the levels their next stage consumes.
@@ -100,8 +101,9 @@ class Refresher:
         return self.allow and (self.client is not None or self.ev.symbolic)
 
     def min_level(self) -> int | None:
-        """Lowest level whose headroom holds |x + r| <= bound + W (headroom_bits already keeps a sign bit)."""
-        need = math.log2(self.width + self.bound)
+        """Lowest level whose headroom holds |x + r| <= bound + sqrt(2) W (a complex mask; headroom_bits
+        already keeps a sign bit)."""
+        need = math.log2(math.sqrt(2) * self.width + self.bound)
         for lvl in range(self.ev.top + 1):
             if self.ev.params.headroom_bits(lvl) > need:
                 return lvl
@@ -160,17 +162,20 @@ class Refresher:
                 self.log.bytes_to_client += 16 * n * (c.level + 1)
                 self.log.bytes_to_server += 16 * n * (ev.top + 1)
             return [Ct(None, ev.top, c.layout) for c in cts]
-        masks = [self._mask(ev.slots) for _ in cts]
-        self.log.masks_seen.append([float(m[0]) for m in masks])
+        # real AND imaginary parts masked: the imaginary parts of x hold CKKS noise that correlates with the
+        # weights (and, from a client that probes them, more); an honest client keeps the real parts only
+        masks = [self._mask(ev.slots) + 1j * self._mask(ev.slots) for _ in cts]
+        self.log.masks_seen.append([float(m[0].real) for m in masks])
         blobs = []
         for c, r in zip(cts, masks, strict=True):
-            masked = ev.add_plain(c, None, lambda r=r: r)
+            # re-randomised first: c1 of what the client sees no longer depends on the weights
+            masked = ev.add_plain(ev.rerandomize(c), None, lambda r=r: r)
             blobs.append(ev.to_bytes(masked))
         self.log.bytes_to_client += sum(len(b) for b in blobs)
         replies = self.client(blobs)
         self.log.bytes_to_server += sum(len(b) for b in replies)
         out = []
         for i, (blob, r, c) in enumerate(zip(replies, masks, cts, strict=True)):
-            fresh = ev.load_fresh(blob, f"refresh reply ciphertext {i}", c.layout)
-            out.append(ev.add_plain(fresh, None, lambda r=r: -r))
+            fresh = ev.load_client(blob, f"refresh reply ciphertext {i}", c.layout)
+            out.append(ev.add_plain(fresh, None, lambda r=r: -r.real))
         return out

@@ -93,7 +93,7 @@ class Client:
             vectors = rows_pack(onehot[0], self.params.slots, self.offer.block)
         else:  # SLOT-LAYOUT "features" with vocab features
             vectors = pack(onehot, self.token_layout(n))
-        blobs = tuple(keys.encrypt_bytes(v) for v in vectors)
+        blobs = tuple(keys.encrypt_upload(v) for v in vectors)
         meta = {"position": int(position), "n_tokens": int(n), "layout": "rows" if rows else "features"}
         return encode(Message(Kind.TOKENS, self.session, meta, blobs))
 
@@ -166,6 +166,6 @@ def refresh_reply(keys: ClientKeys, blobs: list[bytes]) -> list[bytes]:
     the values at the top level (the `Refresher` callback's shape; `Client.handle_refresh` wraps it in
     frames). HeAeroError when a ciphertext does not load under these keys."""
     return [
-        keys.encrypt_bytes(keys.decrypt_bytes(b, f"client: refresh ciphertext {i}"))
+        keys.encrypt_upload(keys.decrypt_bytes(b, f"client: refresh ciphertext {i}"))
         for i, b in enumerate(blobs)
     ]

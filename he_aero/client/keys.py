@@ -17,6 +17,7 @@ import tenseal.sealapi as seal
 from he_aero.ckks.backend import (
     PublicKeys,
     chain_tables,
+    conjugation_element,
     galois_element,
     load_ciphertext,
     seal_context,
@@ -44,36 +45,42 @@ class ClientKeys:
         slots = params.slots
         self.rotation_steps = tuple(sorted({int(s) % slots for s in rotation_steps} - {0}))
         self._galois_keys = seal.GaloisKeys()
-        if self.rotation_steps:
-            elements = [galois_element(s, params.poly_modulus_degree) for s in self.rotation_steps]
-            keygen.create_galois_keys(elements, self._galois_keys)
+        # every key set has the conjugation key: the server projects each client ciphertext to its real part
+        elements = [galois_element(s, params.poly_modulus_degree) for s in self.rotation_steps]
+        elements.append(conjugation_element(params.poly_modulus_degree))
+        keygen.create_galois_keys(elements, self._galois_keys)
         self._encoder = seal.CKKSEncoder(self.seal_context)
         self._encryptor = seal.Encryptor(self.seal_context, self._public_key)
         self._decryptor = seal.Decryptor(self.seal_context, self._secret_key)
         self.scale = chain_tables(self.seal_context, params.scale_bits)[2][params.levels]
 
-    def encrypt(self, values) -> seal.Ciphertext:
-        """Encrypt a slot vector (zero-padded to N/2) at the top level and its exact scale (~2^scale_bits)."""
-        v = np.zeros(self.params.slots)
-        values = np.asarray(values, dtype=float).ravel()
-        if values.size > v.size:
-            raise HeAeroError(f"encrypt: {values.size} values do not fit {v.size} slots")
+    def encrypt(self, values, scale: float | None = None) -> seal.Ciphertext:
+        """Encrypt a slot vector (zero-padded to N/2; complex values allowed) at the top level and its exact
+        scale (~2^scale_bits), or at `scale`."""
+        values = np.asarray(values).ravel()
+        if values.size > self.params.slots:
+            raise HeAeroError(f"encrypt: {values.size} values do not fit {self.params.slots} slots")
+        v = np.zeros(self.params.slots, dtype=complex if np.iscomplexobj(values) else float)
         v[: values.size] = values
         pt = seal.Plaintext()
-        self._encoder.encode(v.tolist(), self.seal_context.first_parms_id(), self.scale, pt)
+        self._encoder.encode(v.tolist(), self.seal_context.first_parms_id(), scale or self.scale, pt)
         ct = seal.Ciphertext()
         self._encryptor.encrypt(pt, ct)
         return ct
 
-    def decrypt(self, ct: seal.Ciphertext) -> np.ndarray:
-        """Decrypt and decode all N/2 slots (SEAL divides by the ciphertext's exact scale)."""
+    def encrypt_upload(self, values) -> bytes:
+        """What the client sends the server (tokens, refresh replies): the values encrypted at the top level
+        and its exact scale, serialised."""
+        return to_bytes(self.encrypt(values))
+
+    def decrypt(self, ct: seal.Ciphertext, complex_slots: bool = False) -> np.ndarray:
+        """Decrypt and decode all N/2 slots (SEAL divides by the ciphertext's exact scale): their real parts,
+        or the complex values with `complex_slots`."""
         pt = seal.Plaintext()
         self._decryptor.decrypt(ct, pt)
+        if complex_slots:
+            return np.asarray(self._encoder.decode_complex(pt))
         return np.asarray(self._encoder.decode_double(pt))
-
-    def encrypt_bytes(self, values) -> bytes:
-        """`encrypt`, serialised (what crosses the wire)."""
-        return to_bytes(self.encrypt(values))
 
     def decrypt_bytes(self, blob: bytes, what: str = "ciphertext") -> np.ndarray:
         """Load a serialised ciphertext under these keys and decrypt it; HeAeroError names `what`."""
@@ -85,6 +92,6 @@ class ClientKeys:
             params=self.params,
             public_key=to_bytes(self._public_key),
             relin_keys=to_bytes(self._relin_keys),
-            galois_keys=to_bytes(self._galois_keys) if self.rotation_steps else b"",
+            galois_keys=to_bytes(self._galois_keys),
             rotation_steps=self.rotation_steps,
         )

@@ -94,6 +94,8 @@ class Server:
             ctx = public_context(PublicKeys(self.params, *msg.parts, rotation_steps=steps))
         except HeAeroError as exc:
             raise HeAeroError(f"server: SETUP: {exc}") from exc
+        if not ctx.has_conjugation():
+            raise HeAeroError("server: the client's keys lack the conjugation key (real projection)")
         self.session = msg.session
         self.ev = Evaluator(self.params, ctx)
         self.caches = None
@@ -118,7 +120,7 @@ class Server:
         if len(msg.parts) != expected:
             raise HeAeroError(f"server: TOKENS message has {len(msg.parts)} ciphertexts, expected {expected}")
         cts = [
-            ev.load_fresh(blob, f"server: token ciphertext {i}", layout) for i, blob in enumerate(msg.parts)
+            ev.load_client(blob, f"server: token ciphertext {i}", layout) for i, blob in enumerate(msg.parts)
         ]
         return cts, position, n
 

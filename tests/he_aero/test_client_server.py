@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tenseal.sealapi as seal
 
-from he_aero.ckks.backend import from_bytes
+from he_aero.ckks.backend import from_bytes, to_bytes
 from he_aero.ckks.packing import pack
 from he_aero.client.client import Client
 from he_aero.client.keys import ClientKeys
@@ -172,7 +172,7 @@ def test_tampered_and_foreign_messages_reach_no_kernel(tiny_session):
 def _logits_frame(client, values, n, session, keys=None):
     keys = keys or client._keys
     layout = client.token_layout(n)
-    blobs = tuple(keys.encrypt_bytes(v) for v in pack(values, layout))
+    blobs = tuple(to_bytes(keys.encrypt(v)) for v in pack(values, layout))
     return encode(Message(Kind.LOGITS, session, {"position": 0, "n_tokens": n, "layout": "features"}, blobs))
 
 

@@ -16,7 +16,9 @@ def test_rotation_keys_cover_exactly_the_listed_steps(kit):
     for step in STEPS:
         assert kit.server.has_rotation(step)
     assert not kit.server.has_rotation(3)
-    assert kit.server.galois_keys.size() == len({s % SMALL.slots for s in STEPS})
+    # the listed steps plus the conjugation key (the server's real projection of client ciphertexts)
+    assert kit.server.galois_keys.size() == len({s % SMALL.slots for s in STEPS}) + 1
+    assert kit.server.has_conjugation()
     assert galois_element(-1, n) == pow(3, SMALL.slots - 1, 2 * n)
 
 
@@ -42,8 +44,8 @@ def test_evaluator_without_context_is_symbolic():
 
 
 def test_a_key_set_without_rotations_round_trips():
-    server = public_context(ClientKeys(SMALL).public_keys())  # SEAL cannot load an empty Galois key blob
-    assert not server.has_rotation(1) and server.galois_keys.size() == 0
+    server = public_context(ClientKeys(SMALL).public_keys())
+    assert not server.has_rotation(1) and server.galois_keys.size() == 1 and server.has_conjugation()
 
 
 def test_public_keys_that_do_not_parse_are_a_clear_error():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from he_aero.ckks.ciphertext import Evaluator
+from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.refresh import Refresher
 from he_aero.client.client import refresh_reply
 from he_aero.errors import HeAeroError
@@ -117,5 +117,194 @@ def test_masks_come_from_the_os_generator(kit, monkeypatch):
     spy = SpyClient(kit.keys)
     ref = Refresher(kit.ev, spy, bound=8.0, hiding_bits=16)
     ref.refresh([kit.ev.align(kit.enc(X), 0)])
-    assert calls == [8 * SMALL.slots]
+    assert calls == [8 * SMALL.slots] * 2  # the real and the imaginary parts
     assert np.abs(spy.seen[0] - X + ref.width).max() < 1e-2  # x + (-W) on every slot
+
+
+# --- limits, levels and accounting, checked exactly (found by mutation testing, docs/mutation.md) ---
+def _symbolic(bound=8.0, hiding_bits=16, **kw):
+    """A refresher on the symbolic evaluator of SMALL (levels and counts only; no client needed)."""
+    return Refresher(Evaluator(SMALL), None, bound=bound, hiding_bits=hiding_bits, **kw)
+
+
+def test_refresh_log_summary_names_every_counter():
+    from he_aero.ckks.refresh import RefreshLog
+
+    log = RefreshLog(rounds=2, ciphertexts=5, bytes_to_client=7, bytes_to_server=11)
+    assert log.summary() == {"rounds": 2, "ciphertexts": 5, "bytes_to_client": 7, "bytes_to_server": 11}
+
+
+def test_defaults_are_the_documented_bound_and_hiding():
+    """docs/security.md: B = 64 and h = 20 by default, W = B * 2^h."""
+    ref = Refresher(Evaluator(SMALL), None)
+    assert (ref.bound, ref.hiding_bits, ref.width) == (64.0, 20, 64.0 * 2.0**20)
+
+
+@pytest.mark.parametrize(
+    "bound, hiding, message",
+    [
+        (0.0, 16, r"bound must be a positive number, got 0.0"),
+        (-1.0, 16, r"bound must be a positive number, got -1.0"),
+        (float("inf"), 16, r"bound must be a positive number, got inf"),
+        (float("nan"), 16, r"bound must be a positive number, got nan"),
+        (8.0, 0, r"hiding_bits must be in \[1, 40\], got 0"),
+        (8.0, 41, r"hiding_bits must be in \[1, 40\], got 41"),
+        (2.0**120, 40, r"a mask of width 2\^160.0 does not fit any level of N=2048 .*; lower hiding_bits"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_reason(bound, hiding, message):
+    with pytest.raises(HeAeroError, match=f"^refresh: {message}"):
+        _symbolic(bound, hiding)
+
+
+@pytest.mark.parametrize("bound, hiding", [(0.5, 16), (8.0, 1), (8.0, 40)])
+def test_settings_at_the_limits_are_accepted(bound, hiding):
+    ref = _symbolic(bound, hiding)
+    assert ref.width == bound * 2.0**hiding
+
+
+@pytest.mark.parametrize(
+    "bound, hiding, level",
+    [
+        (8.0, 16, 0),  # 2^19 + 8 fits q0's 27 bits of headroom
+        (1.0, 27, 1),  # sqrt(2) 2^27 + 1 = 2^27.5 does not fit 27 bits
+        (2.0**26.4 / (2**20), 20, 0),  # sqrt(2) W + B = 2^26.9 + 2^6.4 < 2^27: fits q0
+        (2.0**26.5 / (2**20), 20, 1),  # sqrt(2) W = 2^27 exactly: headroom must exceed it strictly
+        (2.0**100, 20, 3),
+        (2.0**130, 20, 4),  # the top level is the last candidate
+    ],
+)
+def test_min_level_is_the_first_level_whose_headroom_holds_the_mask(bound, hiding, level):
+    """SMALL's headroom by level: 27, 59, 91, 123, 155 bits (q0..q_l minus the 2^32 scale and a sign bit);
+    the mask is complex, |r| <= sqrt(2) W."""
+    ref = _symbolic(bound, hiding)
+    assert ref.min_level() == level and ref.usable_levels() == SMALL.levels - level
+
+
+def test_seeded_masks_are_numpys_and_logged_per_ciphertext(kit):
+    """seed=7 (tests only) draws numpy's uniform(-W, W), real then imaginary part per ciphertext; the log
+    keeps each ciphertext's first (real) mask value."""
+    ref = Refresher(kit.ev, kit.refresh_client, bound=8.0, hiding_bits=16, seed=7)
+    rng = np.random.default_rng(7)
+    draws = [rng.uniform(-ref.width, ref.width, SMALL.slots) for _ in range(4)]
+    expected = [draws[0], draws[2]]  # the real parts (draws 1 and 3: the imaginary parts)
+    spy = SpyClient(kit.keys)
+    ref.client = spy
+    ref.refresh([kit.ev.align(kit.enc(X), 0), kit.ev.align(kit.enc(-X), 0)])
+    assert ref.log.masks_seen == [[float(expected[0][0]), float(expected[1][0])]]
+    assert_close_bits(spy.seen[0] - X, expected[0], 4, "client's view minus x")
+    assert_close_bits(spy.seen[1] + X, expected[1], 4, "client's view minus x")
+
+
+def test_unseeded_masks_differ_between_refreshers(kit):
+    a = Refresher(kit.ev, kit.refresh_client, bound=8.0, hiding_bits=16)._mask(64)
+    b = Refresher(kit.ev, kit.refresh_client, bound=8.0, hiding_bits=16)._mask(64)
+    assert np.abs(a - b).min() > 0
+
+
+def test_ensure_uses_the_effective_level_of_pending_products():
+    """A pending product at level l has l - 1 levels to give: it is refreshed when l - 1 < floor + need, and
+    the trace records l - 1."""
+    ref = _symbolic()  # floor 0, 4 usable levels
+    ct = Ct(None, 2, "L", pending=True)
+    out = ref.ensure([ct], 2)
+    assert out[0].level == SMALL.levels and out[0].layout == "L" and ref.log.rounds == 1
+    assert ref.trace == [{"stage": "stage", "need": 2, "level_in": 1, "refreshed": 1}]
+
+
+def test_ensure_keeps_a_ciphertext_with_exactly_enough_levels():
+    ref = _symbolic()
+    ct = Ct(None, 2)
+    assert ref.ensure([ct], 2, "exact")[0] is ct and ref.log.rounds == 0
+    top = Ct(None, SMALL.levels)
+    assert ref.ensure([top], SMALL.levels, "all levels")[0] is top  # need == usable_levels is allowed
+    assert [t["refreshed"] for t in ref.trace] == [0, 0]
+
+
+def test_ensure_refuses_a_pending_product_below_the_floor():
+    ref = _symbolic(2.0**20, 20)  # a 2^40 mask: floor 1
+    assert ref.min_level() == 1 and ref.usable_levels() == SMALL.levels - 1
+    with pytest.raises(HeAeroError, match="refresh: mul: a ciphertext fell below level 1, its mask would"):
+        ref.ensure([Ct(None, 1, pending=True)], 1, "mul")
+    assert ref.log.rounds == 0
+
+
+def test_symbolic_rounds_count_ciphertexts_levels_and_bytes():
+    """Per ciphertext: 16 N (level + 1) bytes to the client, 16 N (top + 1) back; counts add up."""
+    ev = Evaluator(SMALL)
+    ref = Refresher(ev, None, bound=8.0, hiding_bits=16)
+    n = SMALL.poly_modulus_degree
+    out = ref.refresh([Ct(None, 0, "a"), Ct(None, 2, "b")])
+    ref.refresh([Ct(None, 1), Ct(None, 0)])
+    assert [(c.level, c.layout) for c in out] == [(SMALL.levels, "a"), (SMALL.levels, "b")]
+    assert ref.log.bytes_to_client == 16 * n * (1 + 3 + 2 + 1)
+    assert ref.log.bytes_to_server == 16 * n * (SMALL.levels + 1) * 4
+    assert (ref.log.rounds, ref.log.ciphertexts) == (2, 4)
+    assert ev.stats.refresh_rounds == 2 and dict(ev.stats.refresh_cts) == {0: 2, 2: 1, 1: 1}
+
+
+def test_real_rounds_count_the_bytes_each_way_and_keep_layouts(kit):
+    sizes = []
+
+    def client(blobs):
+        replies = refresh_reply(kit.keys, blobs)
+        sizes.append((sum(map(len, blobs)), sum(map(len, replies))))
+        return replies
+
+    ev = Evaluator(SMALL, kit.server)
+    ref = Refresher(ev, client, bound=8.0, hiding_bits=16, seed=1)
+    out = ref.refresh([Ct(kit.ev.align(kit.enc(X), 0).data, 0, "rows")])
+    ref.refresh([kit.ev.align(kit.enc(X), 1)])
+    assert out[0].layout == "rows"
+    assert ref.log.bytes_to_client == sizes[0][0] + sizes[1][0]
+    assert ref.log.bytes_to_server == sizes[0][1] + sizes[1][1]
+    assert ev.stats.refresh_rounds == 2 and dict(ev.stats.refresh_cts) == {0: 1, 1: 1}
+
+
+def test_a_stale_or_short_reply_is_refused(kit):
+    """The reply must be one fresh top-level ciphertext per request, in order."""
+    cts = [kit.ev.align(kit.enc(X), 0), kit.ev.align(kit.enc(X), 0)]
+
+    def echo_second(blobs):  # the masked level-0 ciphertext sent back instead of a fresh one
+        return [refresh_reply(kit.keys, blobs[:1])[0], blobs[1]]
+
+    ref = Refresher(kit.ev, echo_second, bound=8.0, hiding_bits=16)
+    with pytest.raises(HeAeroError, match="^refresh reply ciphertext 1 is not a fresh top-level encryption"):
+        ref.refresh(cts)
+    short = Refresher(kit.ev, lambda blobs: refresh_reply(kit.keys, blobs[:1]), bound=8.0, hiding_bits=16)
+    with pytest.raises(ValueError, match="zip"):
+        short.refresh(cts)
+
+
+def _c1(kit, blob, count=256):
+    """The first `count` RNS words of polynomial c1 of a serialised ciphertext."""
+    from he_aero.ckks.backend import load_ciphertext
+
+    ct = load_ciphertext(kit.keys.seal_context, blob, "view")
+    words = ct.dyn_array()
+    start = words.size() // 2  # polynomial-major layout: c0's words, then c1's
+    return [words.at(start + i) for i in range(count)]
+
+
+@pytest.mark.parametrize("rerandomized", [True, False])
+def test_two_refreshes_of_one_ciphertext_show_independent_c1(kit, monkeypatch, rerandomized):
+    """Without re-randomisation c1 is a deterministic function of the client's ciphertext and the weights
+    (the review's candidate-weight test); with it, c1 is fresh each time. The False case shows the check
+    can fail."""
+    from he_aero.ckks.ciphertext import Evaluator
+
+    if not rerandomized:
+        monkeypatch.setattr(Evaluator, "rerandomize", lambda self, a: self.rescale(a))
+    blobs = []
+
+    def capture(request):
+        blobs.extend(request)
+        return kit.refresh_client(request)
+
+    ref = Refresher(kit.ev, capture, bound=8.0, hiding_bits=16)
+    low = kit.ev.align(kit.enc(X), 0)
+    ref.refresh([low])
+    ref.refresh([low])
+    a, b = _c1(kit, blobs[0]), _c1(kit, blobs[1])
+    same = sum(x == y for x, y in zip(a, b, strict=True))
+    assert (same == 0) if rerandomized else (same == len(a))

@@ -4,6 +4,8 @@ that what it does (operations, refreshes, bytes) does not depend on the prompt's
 import numpy as np
 import pytest
 
+from he_aero.ckks.backend import load_ciphertext, to_bytes
+from he_aero.ckks.packing import pack
 from he_aero.errors import HeAeroError
 from he_aero.generation import GenerationConfig
 from he_aero.protocol import Kind, Message, decode, encode
@@ -34,7 +36,7 @@ def test_a_stale_token_ciphertext_is_refused(tiny_session):
     s = tiny_session
     good = decode(s.client.encrypt_tokens([65, 66], 0), Kind.TOKENS, s.client.session)
     ev = s.server.ev
-    low = ev.align(ev.load_fresh(good.parts[0], "test"), ev.top - 1)
+    low = ev.align(ev.load_client(good.parts[0], "test"), ev.top - 1)
     parts = (ev.to_bytes(low),) + good.parts[1:]
     stale = encode(Message(Kind.TOKENS, good.session, good.meta, parts))
     with pytest.raises(HeAeroError, match="token ciphertext 0 is not a fresh top-level encryption"):
@@ -64,3 +66,54 @@ def test_decode_takes_only_the_next_position(tiny, tiny_plan):
     assert np.isfinite(
         client.decrypt_logits(srv.decode(client.encrypt_tokens([65], 3), client.handle_refresh)).logits
     ).all()
+
+
+def _probe_tokens(client, tokens, probe):
+    """A deviating client's TOKENS: the one-hot rows plus imaginary probes."""
+    onehot = np.eye(256)[tokens]
+    layout = client.token_layout(len(tokens))
+    vectors = [re + 1j * im for re, im in zip(pack(onehot, layout), pack(probe, layout), strict=True)]
+    parts = tuple(to_bytes(client._keys.encrypt(v)) for v in vectors)
+    meta = {"position": 0, "n_tokens": len(tokens), "layout": "features"}
+    return encode(Message(Kind.TOKENS, client.session, meta, parts))
+
+
+def _imaginary_seen(session, probe, tokens):
+    """Run a probing prefill; the largest imaginary part the client decrypts at refreshes and in logits."""
+    srv, client = session.server, session.client
+
+    def complex_view(blob):
+        return client._keys.decrypt(
+            load_ciphertext(client._keys.seal_context, blob, "view"), complex_slots=True
+        )
+
+    seen = []
+
+    def spy(request: bytes) -> bytes:
+        seen.extend(complex_view(b) for b in decode(request, Kind.REFRESH_REQUEST, client.session).parts)
+        return client.handle_refresh(request)
+
+    logits = decode(srv.prefill(_probe_tokens(client, tokens, probe), spy), Kind.LOGITS, client.session)
+    at_refresh = max(float(np.abs(v.imag).max()) for v in seen)
+    in_logits = max(float(np.abs(complex_view(b).imag).max()) for b in logits.parts)
+    return len(seen), at_refresh, in_logits
+
+
+def test_imaginary_probes_come_back_as_noise(tiny, tiny_plan, monkeypatch):
+    """The review's attack: imaginary probes in the token ciphertexts, read back from the imaginary parts of
+    the next refresh (there: probe x the weights). With the masks switched OFF (so the test sees what the
+    circuit carries, not the mask), every imaginary part the client decrypts, at each refresh and in the
+    logits, is CKKS noise: the server projects the embedding's and the LM head's outputs to real parts."""
+    from he_aero.ckks.ciphertext import Evaluator
+    from he_aero.ckks.refresh import Refresher
+
+    monkeypatch.setattr(Refresher, "_mask", lambda self, n: np.zeros(n))
+    _, _, header, view, _ = tiny
+    tokens = list(b"abcdefg")
+    probe = np.random.default_rng(0).normal(size=(len(tokens), 256)) * 4.0
+    views, at_refresh, in_logits = _imaginary_seen(insecure_session(view, header, tiny_plan), probe, tokens)
+    assert views >= 2 and at_refresh < 1e-2 and in_logits < 1e-2, (at_refresh, in_logits)
+    # the check can fail: without the projection the same probe comes back at the refreshes
+    monkeypatch.setattr(Evaluator, "project_real", lambda self, a: a)
+    _, leaked, _ = _imaginary_seen(insecure_session(view, header, tiny_plan), probe, tokens)
+    assert leaked > 0.1
