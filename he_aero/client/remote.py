@@ -15,6 +15,7 @@ later), the server refused a frame or timed out, the connection was lost mid-req
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -87,15 +88,18 @@ class RemoteServer:
         self.traffic = traffic
         self.reply_timeout = reply_timeout
         self.records: list = []
+        self._stack = contextlib.ExitStack()  # `with connect(...)`: the form every websockets version keeps
         try:
-            self.ws = connect(
-                self.url,
-                ssl=ssl,
-                compression=None,  # ciphertexts do not compress
-                max_size=MAX_REPLY_BYTES,
-                open_timeout=min(open_timeout, 30.0),
-                proxy=None,
-                close_timeout=5,
+            self.ws = self._stack.enter_context(
+                connect(
+                    self.url,
+                    ssl=ssl,
+                    compression=None,  # ciphertexts do not compress
+                    max_size=MAX_REPLY_BYTES,
+                    open_timeout=min(open_timeout, 30.0),
+                    proxy=None,
+                    close_timeout=5,
+                )
             )
         except (OSError, InvalidURI, InvalidHandshake, TimeoutError) as exc:
             raise HeAeroError(f"server {self.url}: cannot connect ({_reason(exc)})") from exc
@@ -195,7 +199,7 @@ class RemoteServer:
                 raise HeAeroError(f"server {self.url}: unexpected {_kind_name(reply)} during {purpose}")
 
     def close(self) -> None:
-        self.ws.close()
+        self._stack.close()
 
 
 def _reason(exc: BaseException) -> str:
