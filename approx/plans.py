@@ -35,8 +35,9 @@ __all__ = [
     "plan_reciprocal",
 ]
 
-MAX_PLAN_DEPTH = 16
-"""Plan searches give up beyond this depth (far past what a TenSEAL modulus chain holds)."""
+MAX_PLAN_DEPTH = 32
+"""Plan searches give up beyond this depth (refreshes split a plan into pieces: a deep plan is a slow one,
+not an impossible one; a 1/x over a ratio of 10^4 needs ~20 levels)."""
 SCREEN_POINTS = 4097
 
 

@@ -39,6 +39,8 @@ FORMAT_VERSION = 1
 KIND = "he-aero plan"
 RINGS = (8192, 16384, 32768)
 DEFAULT_PLAN = Path(__file__).parent / "data" / "default-plan.json"
+MAX_REFINE = 14
+"""Most squarings (exp) or Newton iterations (1/x) a fitted plan may use: range reduction for wide windows."""
 DECODE_STEPS_IN_COST = 16
 """The ring choice minimises the estimated prefill + this many decode steps."""
 
@@ -232,7 +234,7 @@ def fit_plans(window, denominator, ranges: Ranges, usable: int) -> tuple[Plan, P
     scale into the lag selection shrinks the weights ~100x against fixed-size noise, measured 2+ bits worse
     and once unstable)."""
     exp = recip = None
-    for k in range(0, 9):
+    for k in range(0, MAX_REFINE + 1):
         try:
             cand = plan_exp(window, squarings=k, **{f"max_{ranges.exp_error_kind}_error": ranges.exp_error})
         except ApproxError:  # unreachable with k squarings: try more
@@ -240,7 +242,7 @@ def fit_plans(window, denominator, ranges: Ranges, usable: int) -> tuple[Plan, P
         if step_depth(cand.steps[0], mapped=True) <= usable:
             exp = cand
             break
-    for n in range(0, 9):
+    for n in range(0, MAX_REFINE + 1):
         try:
             cand = plan_reciprocal(tuple(denominator), max_rel_error=ranges.recip_rel_error, newton=n)
         except ApproxError:
