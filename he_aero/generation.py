@@ -9,6 +9,7 @@ Results print themselves: `GenerationResult.report()` (what the CLI prints: `.ve
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -86,6 +87,8 @@ class GenerationResult:
     ring_degree: int
     levels: int
     rotation_keys: int
+    hiding_bits: int = 0  # refresh mask hiding per value (the offer's), bits
+    slots: int = 0  # values per refreshed ciphertext (N/2 slots, real and imaginary parts: x2)
     flag: str | None = None
     plaintext_continuation: bytes | None = None
 
@@ -97,6 +100,20 @@ class GenerationResult:
     def top1_agreement(self) -> float | None:
         vals = [r.top1_agree for r in self.records if r.top1_agree is not None]
         return sum(vals) / len(vals) if vals else None
+
+    @property
+    def refreshed_values(self) -> int:
+        """Masked values the client saw in refreshes: ciphertexts x slots x 2 (real and imaginary parts)."""
+        return int(self.client_decryptions.get("refresh", 0)) * self.slots * 2
+
+    @property
+    def refresh_hiding_bits_session(self) -> float | None:
+        """-log2 of the union bound on the statistical distance over every value the client saw at refreshes:
+        n x 2^-(h+1) (docs/security.md). Negative: no guarantee for the whole session, only per value."""
+        n = self.refreshed_values
+        if not n or not self.hiding_bits:
+            return None
+        return round(self.hiding_bits + 1 - math.log2(n), 2)
 
     @property
     def max_abs_logit_error(self) -> float | None:
@@ -191,6 +208,12 @@ class GenerationResult:
         lines.append(
             "client decryptions: " + ", ".join(f"{k} {v}" for k, v in self.client_decryptions.items())
         )
+        if self.refresh_hiding_bits_session is not None:
+            lines.append(
+                f"refresh hiding: {self.hiding_bits + 1} bits per value, "
+                f"{self.refresh_hiding_bits_session:g} bits over the session's "
+                f"{self.refreshed_values:,} masked values (union bound; docs/security.md)"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -217,6 +240,9 @@ class GenerationResult:
             "ring_degree": self.ring_degree,
             "levels": self.levels,
             "rotation_keys": self.rotation_keys,
+            "refreshed_values": self.refreshed_values,
+            "refresh_hiding_bits_per_value": self.hiding_bits + 1 if self.hiding_bits else None,
+            "refresh_hiding_bits_session": self.refresh_hiding_bits_session,
             "client_decryptions": {
                 "logits": self.client_decryptions.get("logits", 0),
                 "refresh": self.client_decryptions.get("refresh", 0),

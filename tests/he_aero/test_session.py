@@ -146,3 +146,13 @@ def test_decode_in_the_rows_layout(tiny):
         session.server.decode(
             encode(Message(Kind.TOKENS, msg.session, {**msg.meta, "layout": "features"}, msg.parts))
         )
+
+
+def test_the_session_hiding_is_reported_as_computed(tiny_session):
+    """The union bound over every masked value the client saw: (h + 1) - log2(ciphertexts x slots x 2)."""
+    res = tiny_session.generate(b"abc", GenerationConfig(max_new_tokens=2))
+    refreshed = res.client_decryptions["refresh"]
+    assert refreshed > 0 and res.refreshed_values == refreshed * (2048 // 2) * 2
+    expected = res.hiding_bits + 1 - np.log2(refreshed * 1024 * 2)
+    assert res.refresh_hiding_bits_session == pytest.approx(expected, abs=0.01)
+    assert res.to_dict()["refresh_hiding_bits_session"] == res.refresh_hiding_bits_session
