@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PROMPT  ?= examples/prompt.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint format train-default ablation bench-approx bench-kernels bench-he calibrate-default plan-default
+.PHONY: help install demo test test-slow lint format train-default ablation bench-approx bench-kernels bench-he calibrate-default plan-default mutate
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -63,3 +63,12 @@ bench-he: $(STAMP) ## encrypted prefill 16/32/64, decode, op counts, accuracy on
 		--bpb-windows $(BPB_WINDOWS) --out docs/he-accept.json
 	$(BIN)/python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json \
 		--out docs/he-bench.md
+
+mutate: $(STAMP) ## mutation testing of the critical modules -> docs/mutation.md (about 15 min; not in test/CI)
+	$(BIN)/python tools/mutate.py
+
+.PHONY: bench-serve
+BENCH_CLIENTS ?= 4
+BENCH_TOKENS ?= 2
+bench-serve: $(STAMP) ## N clients x M tokens against one `he-aero serve` on loopback (BENCH_CLIENTS, BENCH_TOKENS)
+	$(BIN)/python -m bench.serve --clients $(BENCH_CLIENTS) --tokens $(BENCH_TOKENS)
