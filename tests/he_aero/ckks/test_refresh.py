@@ -117,7 +117,7 @@ def test_masks_come_from_the_os_generator(kit, monkeypatch):
     spy = SpyClient(kit.keys)
     ref = Refresher(kit.ev, spy, bound=8.0, hiding_bits=16)
     ref.refresh([kit.ev.align(kit.enc(X), 0)])
-    assert calls == [8 * SMALL.slots]
+    assert calls == [8 * SMALL.slots] * 2  # the real and the imaginary parts
     assert np.abs(spy.seen[0] - X + ref.width).max() < 1e-2  # x + (-W) on every slot
 
 
@@ -167,29 +167,33 @@ def test_settings_at_the_limits_are_accepted(bound, hiding):
     "bound, hiding, level",
     [
         (8.0, 16, 0),  # 2^19 + 8 fits q0's 27 bits of headroom
-        (1.0, 27, 1),  # 2^27 + 1 does not fit 27 bits (2^27 - 1 would)
-        (2.0**27 / (2**20 + 1), 20, 1),  # W + B = 2^27 exactly: headroom must exceed it strictly
+        (1.0, 27, 1),  # sqrt(2) 2^27 + 1 = 2^27.5 does not fit 27 bits
+        (2.0**26.4 / (2**20), 20, 0),  # sqrt(2) W + B = 2^26.9 + 2^6.4 < 2^27: fits q0
+        (2.0**26.5 / (2**20), 20, 1),  # sqrt(2) W = 2^27 exactly: headroom must exceed it strictly
         (2.0**100, 20, 3),
         (2.0**130, 20, 4),  # the top level is the last candidate
     ],
 )
 def test_min_level_is_the_first_level_whose_headroom_holds_the_mask(bound, hiding, level):
-    """SMALL's headroom by level: 27, 59, 91, 123, 155 bits (q0..q_l minus the 2^32 scale and a sign bit)."""
+    """SMALL's headroom by level: 27, 59, 91, 123, 155 bits (q0..q_l minus the 2^32 scale and a sign bit);
+    the mask is complex, |r| <= sqrt(2) W."""
     ref = _symbolic(bound, hiding)
     assert ref.min_level() == level and ref.usable_levels() == SMALL.levels - level
 
 
 def test_seeded_masks_are_numpys_and_logged_per_ciphertext(kit):
-    """seed=7 (tests only) draws numpy's uniform(-W, W), the first ciphertext's mask first; the log keeps each
-    ciphertext's first mask value, the one the client's view minus x shows."""
+    """seed=7 (tests only) draws numpy's uniform(-W, W), real then imaginary part per ciphertext; the log
+    keeps each ciphertext's first (real) mask value."""
+    ref = Refresher(kit.ev, kit.refresh_client, bound=8.0, hiding_bits=16, seed=7)
+    rng = np.random.default_rng(7)
+    draws = [rng.uniform(-ref.width, ref.width, SMALL.slots) for _ in range(4)]
+    expected = [draws[0], draws[2]]  # the real parts (draws 1 and 3: the imaginary parts)
     spy = SpyClient(kit.keys)
-    ref = Refresher(kit.ev, spy, bound=8.0, hiding_bits=16, seed=7)
-    first = np.random.default_rng(7).uniform(-ref.width, ref.width, SMALL.slots)
+    ref.client = spy
     ref.refresh([kit.ev.align(kit.enc(X), 0), kit.ev.align(kit.enc(-X), 0)])
-    assert_close_bits(spy.seen[0] - X, first, 4, "client's view minus x")
-    (logged,) = ref.log.masks_seen
-    assert len(logged) == 2 and logged[0] == float(first[0])
-    assert abs(logged[1] - (spy.seen[1][0] + X[0])) < 2**-4
+    assert ref.log.masks_seen == [[float(expected[0][0]), float(expected[1][0])]]
+    assert_close_bits(spy.seen[0] - X, expected[0], 4, "client's view minus x")
+    assert_close_bits(spy.seen[1] + X, expected[1], 4, "client's view minus x")
 
 
 def test_unseeded_masks_differ_between_refreshers(kit):
@@ -270,3 +274,37 @@ def test_a_stale_or_short_reply_is_refused(kit):
     short = Refresher(kit.ev, lambda blobs: refresh_reply(kit.keys, blobs[:1]), bound=8.0, hiding_bits=16)
     with pytest.raises(ValueError, match="zip"):
         short.refresh(cts)
+
+
+def _c1(kit, blob, count=256):
+    """The first `count` RNS words of polynomial c1 of a serialised ciphertext."""
+    from he_aero.ckks.backend import load_ciphertext
+
+    ct = load_ciphertext(kit.keys.seal_context, blob, "view")
+    words = ct.dyn_array()
+    start = words.size() // 2  # polynomial-major layout: c0's words, then c1's
+    return [words.at(start + i) for i in range(count)]
+
+
+@pytest.mark.parametrize("rerandomized", [True, False])
+def test_two_refreshes_of_one_ciphertext_show_independent_c1(kit, monkeypatch, rerandomized):
+    """Without re-randomisation c1 is a deterministic function of the client's ciphertext and the weights
+    (the review's candidate-weight test); with it, c1 is fresh each time. The False case shows the check
+    can fail."""
+    from he_aero.ckks.ciphertext import Evaluator
+
+    if not rerandomized:
+        monkeypatch.setattr(Evaluator, "rerandomize", lambda self, a: self.rescale(a))
+    blobs = []
+
+    def capture(request):
+        blobs.extend(request)
+        return kit.refresh_client(request)
+
+    ref = Refresher(kit.ev, capture, bound=8.0, hiding_bits=16)
+    low = kit.ev.align(kit.enc(X), 0)
+    ref.refresh([low])
+    ref.refresh([low])
+    a, b = _c1(kit, blobs[0]), _c1(kit, blobs[1])
+    same = sum(x == y for x, y in zip(a, b, strict=True))
+    assert (same == 0) if rerandomized else (same == len(a))
