@@ -39,6 +39,9 @@ class GenerationConfig:
     top_k : sample among the k most likely tokens only (0 = all); ignored when greedy.
     seed : seeds the sampler (the encryption randomness is never seeded).
     verify : also run the plaintext model and compare logits per generated token.
+    check_domains : before each encrypted step, run the plaintext model (the client holds it in-process) and
+        stop with the cause if any value leaves the plan's approximation domains (`ExecutionPlan.
+        domain_violations`); a remote client without the weights cannot.
     """
 
     max_new_tokens: int = 8
@@ -46,6 +49,7 @@ class GenerationConfig:
     top_k: int = 0
     seed: int = 0
     verify: bool = False
+    check_domains: bool = True
 
     def __post_init__(self):
         if (

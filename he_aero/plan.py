@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from approx.errors import ApproxError
 from approx.plans import Plan, plan_exp, plan_reciprocal
 from he_aero import __version__
@@ -622,6 +624,36 @@ class ExecutionPlan:
             why=str(comparison.get("why", "")) if isinstance(comparison, dict) else "",
             producer=str(data.get("producer", "")),
         )
+
+    def domain_violations(self, view, tokens) -> list[str]:
+        """Where the plaintext model, run on `tokens`, leaves this plan's approximation domains: one line per
+        (layer, head, range) with the value and by how much, worst first; [] when every value is inside.
+
+        Why: a polynomial evaluated outside its domain diverges, and encrypted, nobody sees it. A client that
+        holds the model (in-process runs, a local checkpoint) checks each step before encrypting it, so such
+        an input is reported with its cause instead of producing wrong tokens. `view`:
+        `models.linear_view.LinearView`; `tokens`: the whole sequence so far (<= T_max ints)."""
+        from models.linear_view import embed, layer_forward
+
+        x = embed(view, tokens)
+        causal = np.tril(np.ones((len(tokens), len(tokens)), dtype=bool))
+        found = []
+        for i, (lay, dom) in enumerate(zip(view.layers, self.layers, strict=True)):
+            inter = layer_forward(lay, x)
+            for h in range(lay.n_head):
+                z = inter["z"][h][causal]
+                checks = (
+                    ("exp input z", float(z.min()), dom.z_domain[0], "below"),
+                    ("exp input z", float(z.max()), dom.z_domain[1], "above"),
+                    ("softmax denominator", float(inter["den"][h].max()), dom.denominator_domain[1], "above"),
+                )
+                for what, value, edge, side in checks:
+                    if (value < edge) if side == "below" else (value > edge):
+                        gap = abs(value - edge)
+                        where = f"layer {i} head {h}: {what} {value:.4g}"
+                        found.append((gap, f"{where} {side} the domain edge {edge:.4g} by {gap:.3g}"))
+            x = inter["x_out"]
+        return [line for _, line in sorted(found, reverse=True)]
 
     def save(self, path: Path | str) -> Path:
         """Write the plan as JSON (atomically: a reader never sees half a file)."""

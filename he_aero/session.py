@@ -108,10 +108,14 @@ class Session:
         prompt, dropped = fit_prompt(prompt, self.context, config.max_new_tokens)
         rng = np.random.default_rng(config.seed)
         tokens = list(prompt)
-        out, dt = self._exchange("prefill", tokens, 0, progress)
+        flag = self._out_of_domain(tokens, config)
+        if flag is None:
+            out, dt = self._exchange("prefill", tokens, 0, progress)
+            step = (out.logits[-1], out.flag, dt, len(tokens) - 1)  # (logits row, flag, seconds, position)
+        else:
+            step = (None, flag, 0.0, len(tokens) - 1)
         prefill_stages = list(self.server.records)
         decode_stages: list[list[StageRecord]] = []
-        step = (out.logits[-1], out.flag, dt, len(tokens) - 1)  # (logits row, flag, seconds, position)
         records, generated, logits_rows = [], [], []
         while True:
             logits, flag, dt, pos = step
@@ -125,6 +129,10 @@ class Session:
             tokens.append(token)
             if len(generated) == config.max_new_tokens:
                 break
+            flag = self._out_of_domain(tokens, config)
+            if flag is not None:
+                step = (None, flag, 0.0, len(tokens) - 1)
+                continue
             out, dt = self._exchange("decode", [token], len(tokens) - 1, progress)
             decode_stages.append(list(self.server.records))
             step = (out.logits[0], out.flag, dt, len(tokens) - 1)
@@ -153,6 +161,20 @@ class Session:
         result.traffic = self.channel.traffic.summary()
         result.client_decryptions = dict(self.client.decryptions)
         return result
+
+    def _out_of_domain(self, tokens: list[int], config: GenerationConfig) -> str | None:
+        """The client's pre-check (it holds the model here): why the next step would leave the plan's
+        approximation domains, or None."""
+        if not config.check_domains:
+            return None
+        found = self.server.plan.domain_violations(self.view, tokens)
+        if not found:
+            return None
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        return (
+            f"the input leaves the plan's approximation domains, so the encrypted result would be wrong; "
+            f"nothing was encrypted for this step: {'; '.join(found[:3])}{more}"
+        )
 
     def _verify(self, result: GenerationResult, prompt: list[int], logits_rows, config: GenerationConfig):
         """Plaintext logits at every generated position (same tokens); the plaintext greedy continuation."""

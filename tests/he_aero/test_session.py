@@ -156,3 +156,17 @@ def test_the_session_hiding_is_reported_as_computed(tiny_session):
     expected = res.hiding_bits + 1 - np.log2(refreshed * 1024 * 2)
     assert res.refresh_hiding_bits_session == pytest.approx(expected, abs=0.01)
     assert res.to_dict()["refresh_hiding_bits_session"] == res.refresh_hiding_bits_session
+
+
+def test_an_input_outside_the_domains_is_stopped_with_its_cause_before_any_encryption(tiny, tiny_plan):
+    """"AAAAAAAA" drives the tiny model's layer-0 z below the plan's exp window: the client's pre-check names
+    layer, head, range and gap, and no encrypted step runs (nothing would be right)."""
+    _, _, header, view, _ = tiny
+    session = insecure_session(view, header, tiny_plan)
+    res = session.generate(b"A" * 8, GenerationConfig(max_new_tokens=1))
+    assert res.tokens == [] and res.flag is not None
+    assert "layer 0 head 0: exp input z" in res.flag and "below the domain edge" in res.flag
+    assert "prefill" not in res.traffic["rounds_by_purpose"]  # nothing was encrypted or sent
+    # the same input without the pre-check runs (and is what the check protects against)
+    assert tiny_plan.domain_violations(view, list(b"A" * 8))
+    assert not tiny_plan.domain_violations(view, list(b"if x:\n  "))
