@@ -252,3 +252,31 @@ def test_offer_round_trips_through_a_frame():
         HeAeroError, match=r"^protocol: OFFER message: missing or malformed field \('block'\)"
     ):
         RuntimeOffer.from_message(bad)
+
+
+def test_peek_kind_reads_the_header_only():
+    from he_aero.protocol import peek_kind
+
+    assert peek_kind(frame(kind=5)) is Kind.REFRESH_REQUEST
+    assert peek_kind(frame(kind=8, digest=bytes(32))) is Kind.PROGRESS  # nothing past the header is checked
+    header = frame(kind=7)[:HEAD]
+    assert peek_kind(header) is Kind.ERROR  # exactly a header is enough
+    assert peek_kind(header[:-1]) is None
+    assert peek_kind(frame(magic=b"HEAERX")) is None
+    assert peek_kind(frame(version=2)) is None
+    assert peek_kind(frame(kind=9)) is None
+    assert peek_kind(frame(kind=0)) is None
+
+
+def test_error_frames_carry_a_known_code_and_a_message():
+    from he_aero.protocol import ERROR_CODES, error_frame
+
+    assert ERROR_CODES == ("busy", "protocol", "timeout", "shutdown", "internal")
+    msg = decode(error_frame("busy", "server at capacity"), Kind.ERROR, NO_SESSION)
+    assert msg == Message(Kind.ERROR, NO_SESSION, {"code": "busy", "message": "server at capacity"}, ())
+    assert decode(error_frame("timeout", "late", SESSION), Kind.ERROR, SESSION).meta["code"] == "timeout"
+    with pytest.raises(
+        HeAeroError,
+        match=r"^protocol: unknown error code 'nope' \(one of busy, protocol, timeout, shutdown, internal\)$",
+    ):
+        error_frame("nope", "x")
