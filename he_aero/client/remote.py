@@ -303,6 +303,11 @@ class RemoteSession(Session):
             self._stream(tokens)
         return super()._exchange(purpose, tokens, position, progress)
 
+    def _out_of_domain(self, tokens, config):
+        """No pre-check: it needs the plan's domains and the plaintext model, which a remote client does not
+        have (`GenerationConfig.check_domains`); decrypted logits are still checked (`Client`)."""
+        return None
+
     def _verify(self, result, prompt, logits_rows, config):
         self._stream(result.tokens[self._streamed :])  # the last token, before the plaintext runs
         super()._verify(result, prompt, logits_rows, config)

@@ -244,9 +244,10 @@ class WorkerPool:
             self.warm.append(w)
 
     async def prime(self) -> Worker:
-        """Start the first worker (the model's load check at start-up) and keep it warm."""
+        """Start the first worker (the model's load check at start-up) and the other spares; all kept warm."""
         w = await self.spawn()
         self.warm.append(w)
+        self._refill()
         return w
 
     async def take(self) -> Worker | None:
@@ -450,14 +451,14 @@ class Service:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         first = done.pop()
         reason = first.result()
-        if reason == "worker ended":  # the worker finished, refused something, timed out, or was stopped
+        if self.stopping:
+            await self._send_error(
+                ws, s, "shutdown", "server shutting down; session cancelled", (1001, "shutting down")
+            )
+            reason = "cancelled by shutdown"
+        elif reason == "worker ended":  # the worker finished, refused something, timed out, or was stopped
             code = await w.proc.wait()
-            if self.stopping:
-                await self._send_error(
-                    ws, s, "shutdown", "server shutting down; session cancelled", (1001, "shutting down")
-                )
-                reason = "cancelled by shutdown"
-            elif s.error is not None:
+            if s.error is not None:
                 close = (1008, "session closed") if code in (1, 3) else (1011, "server error")
                 await ws.close(*close)
                 reason = s.error
@@ -513,7 +514,7 @@ class Service:
                     f"ready: GET {scheme.replace('ws', 'http')}://{self.config.host}:{self.port}/ready"
                 )
                 await self._stop.wait()
-                self.stopping = True
+                self.stopping = self.pool.closing = True  # no new sessions, no new spares
                 log.info("shutting down: %d sessions to cancel", len(self.sessions))
                 for s in list(self.sessions.values()):
                     await s.worker.stop()
