@@ -3,13 +3,14 @@
 Layout of a checkpoint directory (docs/design.md section 1)::
 
     model.safetensors   weights (float32)
-    config.json         {"format_version", "config", "weights_sha256", "metadata"}
+    config.json         {"format_version", "config", "weights_sha256", "config_sha256", "metadata"}
     train_log.jsonl     training log (written by training, optional here)
     metrics.json        final metrics (optional here)
 
-`load_checkpoint` checks that both files exist, that the weights' SHA-256 matches, that the config is valid,
-and that the tensor names and shapes match the model the config describes; each failure is a one-line
-`ModelError` that says what to do.
+`load_checkpoint` checks that both files exist, that the weights' SHA-256 matches, that the config is valid and
+unedited (`config_sha256`: a field that keeps tensor shapes, e.g. `temperature_max`, would otherwise change the
+output silently), and that the tensor names and shapes match the model the config describes; each failure is a
+one-line `ModelError` naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def config_sha256(config: dict) -> str:
+    """SHA-256 of the canonical JSON of a model config (sorted keys, compact separators)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def save_checkpoint(model: Decoder, out_dir: Path | str, metadata: dict | None = None) -> Path:
     """Write `model.safetensors` and `config.json` into `out_dir` (created if needed); returns it."""
     out = Path(out_dir)
@@ -51,6 +57,7 @@ def save_checkpoint(model: Decoder, out_dir: Path | str, metadata: dict | None =
         "format_version": FORMAT_VERSION,
         "config": model.cfg.to_dict(),
         "weights_sha256": sha256_file(out / WEIGHTS),
+        "config_sha256": config_sha256(model.cfg.to_dict()),
         "metadata": metadata or {},
     }
     (out / CONFIG).write_text(json.dumps(header, indent=2) + "\n")
@@ -87,7 +94,16 @@ def load_checkpoint(ckpt_dir: Path | str | None = None) -> tuple[Decoder, dict]:
     """Load (model in eval mode, header dict) from a checkpoint directory (default: the shipped one)."""
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else DEFAULT_CHECKPOINT
     header = read_header(ckpt)
-    cfg = DecoderConfig.from_dict(header["config"])
+    where = ckpt / CONFIG
+    if "config_sha256" in header and config_sha256(header["config"]) != header["config_sha256"]:
+        raise ModelError(
+            f"checkpoint {where}: the config does not match its config_sha256: it was edited after training "
+            "(an edited field can change the model's output silently); restore it or retrain"
+        )
+    try:
+        cfg = DecoderConfig.from_dict(header["config"])
+    except (ModelError, TypeError, ValueError) as exc:
+        raise ModelError(f"checkpoint {where}: {exc}") from exc
     weights = ckpt / WEIGHTS
     if not weights.is_file():
         raise ModelError(f"checkpoint {ckpt}: missing {WEIGHTS}")

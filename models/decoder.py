@@ -116,7 +116,7 @@ class DecoderConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ModelError(f"config: unknown field(s) {', '.join(unknown)}")
+            raise ModelError(f"config: unknown field(s) {', '.join(map(repr, unknown))}")
         return cls(**data)
 
 

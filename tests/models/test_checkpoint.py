@@ -56,5 +56,19 @@ def test_corrupt_or_mismatched_config(ckpt):
         load_checkpoint(path)
     wrong = {**header, "config": {**header["config"], "d_model": 32, "n_head": 2}}
     (path / "config.json").write_text(json.dumps(wrong))
+    with pytest.raises(ModelError, match="config.json: the config does not match its config_sha256"):
+        load_checkpoint(path)
+    del wrong["config_sha256"]  # an older checkpoint (no config hash): the tensor shapes still catch this
+    (path / "config.json").write_text(json.dumps(wrong))
     with pytest.raises(ModelError, match="shape"):
+        load_checkpoint(path)
+
+
+def test_an_edited_config_field_that_keeps_shapes_is_refused(ckpt):
+    """temperature_max 2.0 -> 1.0 keeps every tensor shape but changes the output: the config hash refuses it."""
+    path, _ = ckpt
+    header = json.loads((path / "config.json").read_text())
+    header["config"]["temperature_max"] = header["config"]["temperature_max"] / 2
+    (path / "config.json").write_text(json.dumps(header))
+    with pytest.raises(ModelError, match="edited after training"):
         load_checkpoint(path)
