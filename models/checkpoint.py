@@ -7,10 +7,10 @@ Layout of a checkpoint directory (docs/design.md section 1)::
     train_log.jsonl     training log (written by training, optional here)
     metrics.json        final metrics (optional here)
 
-`load_checkpoint` checks that both files exist, that the weights' SHA-256 matches, that the config is valid and
-unedited (`config_sha256`: a field that keeps tensor shapes, e.g. `temperature_max`, would otherwise change the
-output silently), and that the tensor names and shapes match the model the config describes; each failure is a
-one-line `ModelError` naming the file and what to do.
+`load_checkpoint` checks that both files exist, that the weights' SHA-256 matches, that the config is valid
+and unedited (`config_sha256`: a field that keeps tensor shapes, e.g. `temperature_max`, would otherwise
+change the output silently), and that the tensor names and shapes match the model the config describes; each
+failure is a one-line `ModelError` naming the file and what to do.
 """
 
 from __future__ import annotations

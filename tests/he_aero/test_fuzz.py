@@ -1,7 +1,8 @@
 """Fuzzing what parses bytes or files: any mutation of a frame, a plan file, a calibration file or a
-checkpoint config gives a clean error naming it (or, where the mutation is harmless, a valid object), never another
-exception type; any byte string as a prompt gives a check result or a clean error. Seeded (derandomized)
-and bounded so the default suite stays fast."""
+checkpoint config gives a clean error naming it (or, where the mutation is harmless, a valid object), never
+another exception type; any byte string as a prompt gives a check result or a clean error. Seeded
+(derandomized) and bounded so the default suite stays fast.
+"""
 
 import json
 import shutil

@@ -65,7 +65,8 @@ def test_corrupt_or_mismatched_config(ckpt):
 
 
 def test_an_edited_config_field_that_keeps_shapes_is_refused(ckpt):
-    """temperature_max 2.0 -> 1.0 keeps every tensor shape but changes the output: the config hash refuses it."""
+    """temperature_max 2.0 -> 1.0 keeps every tensor shape but changes the output: the config hash refuses
+    it."""
     path, _ = ckpt
     header = json.loads((path / "config.json").read_text())
     header["config"]["temperature_max"] = header["config"]["temperature_max"] / 2
