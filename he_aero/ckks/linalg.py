@@ -89,7 +89,9 @@ class PlainLinear:
         level = ev.lowest(xs)
         xs = [ev.align(x, level) for x in xs]
         f, blk, g = self.layout.per_ct, self.layout.block, self.g
-        nz = np.abs(self.diag).max(axis=3) > 0  # (n_in, n_out, F): skip all-zero diagonals
+        # (n_in, n_out, F): skip diagonals that would encode to the zero plaintext (SEAL refuses a product
+        # by it: "result ciphertext is transparent"); what they drop is below the plaintext resolution
+        nz = np.abs(self.diag).max(axis=3) * 2.0**ev.params.scale_bits >= 0.5
         baby = [[x] for x in xs]  # baby[a][v] = rot(X_a, v B), built as a chain of rotations by B (one key)
         outs = []
         tok = self.layout.n_tokens

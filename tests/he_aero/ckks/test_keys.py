@@ -62,3 +62,11 @@ def test_serialisation_leaves_no_file_behind(kit, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     blob = to_bytes(kit.enc(np.ones(4)).data)
     assert len(blob) > 1000 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [1e30, float("nan"), float("inf"), -(2.0**31)])
+def test_a_value_that_would_corrupt_its_neighbours_is_refused(kit, bad):
+    with pytest.raises(HeAeroError, match="would corrupt every other slot"):
+        kit.keys.encrypt([bad, 1.0, 0.5])
+    x = np.array([2.0**29, 1.0, 0.5])  # at the limit the neighbours keep their precision
+    assert np.abs(kit.keys.decrypt(kit.keys.encrypt(x))[1:3] - x[1:]).max() < 2.0**-10
