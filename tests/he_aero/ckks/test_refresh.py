@@ -308,3 +308,31 @@ def test_two_refreshes_of_one_ciphertext_show_independent_c1(kit, monkeypatch, r
     a, b = _c1(kit, blobs[0]), _c1(kit, blobs[1])
     same = sum(x == y for x, y in zip(a, b, strict=True))
     assert (same == 0) if rerandomized else (same == len(a))
+
+
+def test_a_mask_that_exactly_fills_the_headroom_moves_up_a_level():
+    """sqrt(2) W + B = 2^27 exactly: q0's 27 bits of headroom must exceed it strictly."""
+    import math
+
+    bound = 2.0**27 / (math.sqrt(2) * 2**20 + 1)
+    assert math.log2(math.sqrt(2) * bound * 2**20 + bound) == 27.0
+    assert _symbolic(bound, 20).min_level() == 1
+
+
+def test_imaginary_parts_get_their_own_uniform_mask(kit):
+    """seed=7: the client sees x + r_re + i r_im with r_re, r_im numpy's first two draws of uniform(-W, W)
+    (the complex slots of what it decrypts, before it keeps the real parts)."""
+    from he_aero.ckks.backend import load_ciphertext
+
+    views = []
+
+    def client(blobs):
+        views.extend(kit.keys.decrypt(load_ciphertext(kit.keys.seal_context, b, "v"), True) for b in blobs)
+        return kit.refresh_client(blobs)
+
+    ref = Refresher(kit.ev, client, bound=8.0, hiding_bits=16, seed=7)
+    rng = np.random.default_rng(7)
+    r_re, r_im = (rng.uniform(-ref.width, ref.width, SMALL.slots) for _ in range(2))
+    ref.refresh([kit.ev.align(kit.enc(X), 0)])
+    assert_close_bits(views[0].real - X, r_re, 4, "real mask")
+    assert_close_bits(views[0].imag, r_im, 4, "imaginary mask")
