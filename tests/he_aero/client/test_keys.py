@@ -98,3 +98,27 @@ def test_two_key_sets_do_not_decrypt_each_other(keys):
     other = ClientKeys(SMALL)
     got = other.decrypt(keys.encrypt(np.ones(8)))
     assert np.abs(got[:8] - 1.0).min() > 1.0  # noise, not the message
+
+
+def test_complex_values_round_trip_and_the_default_decrypt_keeps_real_parts(keys):
+    z = np.array([1 + 2j, -0.5 - 0.25j, 3j])
+    ct = keys.encrypt(z)
+    full = keys.decrypt(ct, complex_slots=True)
+    assert np.iscomplexobj(full) and full.shape == (SMALL.slots,)
+    assert_close_bits(full[:3].real, z.real, BITS, "real parts")
+    assert_close_bits(full[:3].imag, z.imag, BITS, "imaginary parts")
+    assert_close_bits(np.abs(full[3:]), np.zeros(SMALL.slots - 3), BITS, "padding")
+    real = keys.decrypt(ct)
+    assert real.dtype == np.float64
+    assert_close_bits(real[:3], z.real, BITS, "default decrypt")
+
+
+def test_encrypt_upload_is_a_serialised_fresh_top_level_encryption(keys):
+    from he_aero.ckks.backend import load_ciphertext
+
+    blob = keys.encrypt_upload([1.0, -2.0, 0.5])
+    assert isinstance(blob, bytes)
+    parms_ids, _, scales = chain_tables(keys.seal_context, SMALL.scale_bits)
+    ct = load_ciphertext(keys.seal_context, blob, "upload")
+    assert is_fresh(ct, parms_ids[SMALL.levels], scales[SMALL.levels])
+    assert_close_bits(keys.decrypt(ct)[:3], [1.0, -2.0, 0.5], BITS, "upload")
