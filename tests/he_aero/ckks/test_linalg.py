@@ -63,16 +63,68 @@ def test_block_sum_spread_horner_binary(kit):
     assert_close_bits(kit.dec(rotate_binary(ev, kit.enc(x), -9)), np.roll(x, 9), BITS - 1, "binary")
 
 
-def test_a_diagonal_below_the_plaintext_resolution_is_skipped_not_refused(kit):
-    """identity + 1e-12 off-diagonal: those diagonals round to the zero plaintext, which SEAL refuses as a
-    factor ("transparent"); they are skipped and the product is right to the plaintext resolution."""
-    from he_aero.ckks.linalg import PlainLinear
-    from he_aero.ckks.packing import feature_layout, pack, unpack
+# --- found by mutation testing (docs/mutation.md) ----------------------------------------------------------
+def test_baby_steps_table():
+    """g: the power of two at or above sqrt(F) (F = 1: no baby steps beyond the input itself)."""
+    from he_aero.ckks.linalg import baby_steps
 
-    d = 16
-    w = np.eye(d) + 1e-12 * np.ones((d, d))
-    layout = feature_layout(kit.params.slots, 4, d)
-    x = np.random.default_rng(0).normal(size=(4, d))
-    lin = PlainLinear("tiny-offdiag", w, None, layout)
-    out = lin(kit.ev, [kit.enc(v, layout) for v in pack(x, layout)])
-    assert np.abs(unpack([kit.dec(c) for c in out], layout) - x @ w).max() < 2.0**-12
+    assert [baby_steps(f) for f in (1, 2, 4, 8, 16, 32, 64, 128)] == [1, 2, 2, 4, 4, 8, 8, 16]
+
+
+def test_bias_vectors_split_over_output_ciphertexts():
+    """d_out = 96 over F = 64 features per ciphertext: bias 0..63 in the first, 64..95 then zeros in the
+    second, each value repeated over its block's valid rows (t < n_tokens)."""
+    layout = feature_layout(SMALL.slots, 3, 32, block=16)  # F = 64
+    b = np.arange(96.0) + 1
+    lin = PlainLinear("bias", np.ones((32, 96)), b, layout)
+    rows = (np.arange(16) < 3).astype(float)
+    assert np.array_equal(lin._bias_vector(0), np.kron(b[:64], rows))
+    assert np.array_equal(lin._bias_vector(1), np.kron(np.r_[b[64:], np.zeros(32)], rows))
+
+
+def test_matmul_refuses_the_wrong_ciphertext_count():
+    layout = feature_layout(SMALL.slots, 8, 160, block=8)  # F = 128: 2 ciphertexts
+    lin = PlainLinear("w", np.ones((160, 8)), None, layout)
+    with pytest.raises(HeAeroError, match=r"^w: expected 2 ciphertexts, got 1$"):
+        lin(Evaluator(SMALL), [Ct(None, SMALL.levels, layout)])
+
+
+def test_diagonals_are_encoded_once_per_token_count(kit):
+    """One name, two token counts on one evaluator: each count gets its own row-masked diagonals and bias
+    (padding rows stay 0), and a repeated call encodes nothing new."""
+    ev = Evaluator(SMALL, kit.server)
+    w = RNG.normal(size=(32, 32)) / np.sqrt(32)
+    b = RNG.normal(size=32)
+    for t in (4, 2):
+        layout = feature_layout(SMALL.slots, t, 32, block=8)
+        x = RNG.normal(size=(t, 32))
+        lin = PlainLinear("same", w, b, layout)
+        xs = [kit.enc(v, layout) for v in pack(x, layout)]
+        (y,) = lin(ev, xs)
+        slots = kit.dec(y)
+        assert_close_bits(unpack([slots], lin.out_layout), x @ w + b, BITS - 3, f"T={t}")
+        assert np.abs(slots.reshape(-1, 8)[:, t:]).max() < 2**-14  # padding rows stay 0
+        encodes = ev.stats.encodes
+        lin(ev, xs)
+        assert ev.stats.encodes == encodes  # all diagonals and the bias came from the cache
+
+
+def test_rotate_binary_positive_steps(kit):
+    x = RNG.uniform(-1, 1, SMALL.slots)
+    assert_close_bits(kit.dec(rotate_binary(kit.ev, kit.enc(x), 3)), np.roll(x, -3), BITS - 1, "rot 1 + 2")
+    assert_close_bits(kit.dec(rotate_binary(kit.ev, kit.enc(x), 0)), x, BITS, "rot 0")
+
+
+@pytest.mark.parametrize("group", [0, 3, 6, -4])
+def test_group_sizes_must_be_powers_of_two(group):
+    ct = Ct(None, SMALL.levels)
+    for fn in (block_sum, block_spread):
+        with pytest.raises(HeAeroError, match=rf"^group size must be a power of two, got {group}$"):
+            fn(Evaluator(SMALL), ct, group, 8)
+
+
+def test_a_group_of_one_is_the_identity():
+    ev = Evaluator(SMALL)
+    ct = Ct(None, SMALL.levels)
+    assert block_sum(ev, ct, 1, 8) is ct and block_spread(ev, ct, 1, 8) is ct
+    assert ev.stats.n_rotations == 0
