@@ -63,6 +63,21 @@ def test_block_sum_spread_horner_binary(kit):
     assert_close_bits(kit.dec(rotate_binary(ev, kit.enc(x), -9)), np.roll(x, 9), BITS - 1, "binary")
 
 
+def test_a_diagonal_below_the_plaintext_resolution_is_skipped_not_refused(kit):
+    """identity + 1e-12 off-diagonal: those diagonals round to the zero plaintext, which SEAL refuses as a
+    factor ("transparent"); they are skipped and the product is right to the plaintext resolution."""
+    from he_aero.ckks.linalg import PlainLinear
+    from he_aero.ckks.packing import feature_layout, pack, unpack
+
+    d = 16
+    w = np.eye(d) + 1e-12 * np.ones((d, d))
+    layout = feature_layout(kit.params.slots, 4, d)
+    x = np.random.default_rng(0).normal(size=(4, d))
+    lin = PlainLinear("tiny-offdiag", w, None, layout)
+    out = lin(kit.ev, [kit.enc(v, layout) for v in pack(x, layout)])
+    assert np.abs(unpack([kit.dec(c) for c in out], layout) - x @ w).max() < 2.0**-12
+
+
 # --- found by mutation testing (docs/mutation.md) ----------------------------------------------------------
 def test_baby_steps_table():
     """g: the power of two at or above sqrt(F) (F = 1: no baby steps beyond the input itself)."""
