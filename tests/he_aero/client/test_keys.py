@@ -122,3 +122,22 @@ def test_encrypt_upload_is_a_serialised_fresh_top_level_encryption(keys):
     ct = load_ciphertext(keys.seal_context, blob, "upload")
     assert is_fresh(ct, parms_ids[SMALL.levels], scales[SMALL.levels])
     assert_close_bits(keys.decrypt(ct)[:3], [1.0, -2.0, 0.5], BITS, "upload")
+
+
+def test_the_magnitude_limit_is_inclusive_and_named(keys):
+    """|value| <= 2^30 is encoded; above, the refusal names both magnitudes and why."""
+    from he_aero.client.keys import MAX_ABS_VALUE
+
+    assert MAX_ABS_VALUE == 2.0**30
+    got = keys.decrypt(keys.encrypt([MAX_ABS_VALUE, -1.0]))
+    assert abs(got[0] / MAX_ABS_VALUE - 1) < 2**-20 and abs(got[1] + 1) < 2**-4
+    with pytest.raises(
+        HeAeroError,
+        match=r"^encrypt: a value of magnitude 1\.07e\+09 exceeds 1\.07e\+09: the encoding \(a double "
+        r"precision FFT\) would corrupt every other slot$",
+    ):
+        keys.encrypt([0.0, -np.nextafter(MAX_ABS_VALUE, np.inf)])
+
+
+def test_no_values_encrypt_to_zeros(keys):
+    assert_close_bits(keys.decrypt(keys.encrypt([])), np.zeros(SMALL.slots), BITS, "empty")
