@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from he_aero.cli import cli
 from he_aero.cli.infer import _Bars
+from tests.he_aero.conftest import LOGIT_TOL
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,7 @@ def test_cli_encrypt_infer_json(cli_files):
     for key in (*required.split(), "bytes_server_to_client", "ring_degree", "client_decryptions"):
         assert key in out
     assert out["top1_agreement"] == 1.0 and out["ring_degree"] == 2048 and len(out["tokens"]) == 3
+    assert out["max_abs_logit_error"] < LOGIT_TOL  # top-1 alone passed a broken causal mask
     assert out["dropped_prompt_bytes"] == 12 and out["prompt_bytes"] == 6  # 6 + 3 - 1 = 8 positions
     assert (
         set(out["client_decryptions"]) == {"logits", "refresh"} and out["client_decryptions"]["refresh"] > 0
