@@ -46,6 +46,7 @@ def test_cli_encrypt_infer_json(cli_files):
     assert {"prefill", "decode", "keygen"} <= set(out["seconds"])
     assert "top-1 agreement 100%" in res.output and "rotations" in res.output and "dropped" in res.output
     assert f"wrote {d / 'out.json'}" in res.stdout
+    assert "WARNING: insecure test ring N=2048" in res.output  # the documented warning
 
 
 def test_cli_prompt_from_stdin_and_json_to_stdout(cli_files):
