@@ -143,3 +143,33 @@ def test_a_group_of_one_is_the_identity():
     ct = Ct(None, SMALL.levels)
     assert block_sum(ev, ct, 1, 8) is ct and block_spread(ev, ct, 1, 8) is ct
     assert ev.stats.n_rotations == 0
+
+
+def test_small_but_representable_diagonals_are_kept(kit):
+    """Off-diagonals of 4e-3 are far above the plaintext resolution (2^-32): skipping them would cost
+    4e-3 * sum(x) here, ~2^-6."""
+    d = 16
+    w = np.eye(d) + 4e-3 * (np.ones((d, d)) - np.eye(d))
+    layout = feature_layout(SMALL.slots, 4, d, block=8)
+    x = RNG.uniform(0.5, 1.0, (4, d))
+    lin = PlainLinear("small-offdiag", w, None, layout)
+    out = lin(kit.ev, [kit.enc(v, layout) for v in pack(x, layout)])
+    assert_close_bits(unpack([kit.dec(c) for c in out], layout), x @ w, BITS - 3, "X W")
+
+
+def test_unrescaled_outputs_stay_pending_one_level_up():
+    layout = feature_layout(SMALL.slots, 8, 32, block=8)
+    lin = PlainLinear("p", RNG.normal(size=(32, 32)), None, layout)
+    (y,) = lin(Evaluator(SMALL), [Ct(None, SMALL.levels, layout)], rescale=False)
+    assert y.pending and y.level == SMALL.levels and y.layout == lin.out_layout
+    (z,) = lin(Evaluator(SMALL), [Ct(None, SMALL.levels, layout)])
+    assert not z.pending and z.level == SMALL.levels - 1
+
+
+def test_an_all_zero_output_block_is_refused_by_name():
+    layout = feature_layout(SMALL.slots, 8, 32, block=8)  # F = 128
+    w = np.zeros((32, 160))
+    w[:, :128] = 1.0  # output ciphertext 0 has weights, ciphertext 1 (columns 128..159) none
+    lin = PlainLinear("w_o", w, None, layout)
+    with pytest.raises(HeAeroError, match=r"^w_o: output ciphertext 1 has an all-zero weight block$"):
+        lin(Evaluator(SMALL), [Ct(None, SMALL.levels, layout)])
