@@ -130,3 +130,44 @@ def test_the_refresher_is_asked_for_each_unsplittable_piece(kind):
         for i, s in enumerate(plan.steps)
         for _ in range(s.times if s.op == "square" else s.iterations if s.op == "newton_recip" else 1)
     ]
+
+
+# --- found by mutation testing (docs/mutation.md) ----------------------------------------------------------
+def test_affine_maps_the_first_domain_onto_the_unit_interval():
+    from he_aero.ckks.poly import affine
+
+    plan = plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=1)
+    a, b = plan.steps[0].domain
+    alpha, beta = affine(plan.steps[0])
+    assert (alpha * a + beta, alpha * b + beta) == pytest.approx((-1.0, 1.0), abs=1e-15)
+
+
+def test_a_constant_polynomial_has_no_ciphertext_result():
+    with pytest.raises(
+        HeAeroError, match=r"^evaluate_chebyshev: a constant polynomial has no ciphertext result$"
+    ):
+        evaluate_chebyshev(Evaluator(SMALL), [2.0, 0.0, 0.0], Ct(None, SMALL.levels))
+
+
+def test_step_depths_on_ciphertexts_use_the_shift_rule():
+    """A poly on (-4, 1) costs its BSGS depth + 1 (the affine map) unless mapped; on a width-2 domain the
+    map is a plaintext shift (no level); squarings cost one level each, one at a time."""
+    from he_aero.ckks.poly import step_depth
+
+    wide = plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=2)
+    poly, square = wide.steps[0], wide.steps[1]
+    cost = bsgs.bsgs_cost(poly.degree)[0]
+    assert (step_depth(poly), step_depth(poly, mapped=True), atomic_depth(poly)) == (cost + 1, cost, cost + 1)
+    assert atomic_depth(poly, mapped=True) == cost
+    assert (square.op, step_depth(square), atomic_depth(square)) == ("square", square.times, 1)
+    narrow = plan_reciprocal((0.5, 2.5), max_rel_error=1e-3, newton=0).steps[0]
+    assert step_depth(narrow) == bsgs.bsgs_cost(narrow.degree)[0]
+
+
+def test_evaluate_chebyshev_adds_constants_on_valid_slots_only(kit):
+    valid = (np.arange(SMALL.slots) % 3 == 0).astype(float)
+    t = RNG.uniform(-1, 1, SMALL.slots) * valid
+    c = [0.5, 0.25, -0.125, 0.0625]
+    y = kit.dec(evaluate_chebyshev(kit.ev, c, kit.enc(t), valid=("thirds", valid)))
+    assert np.abs(y[valid == 0]).max() < 2**-14  # T_0 and the constants never reach invalid slots
+    assert_close_bits(y[valid == 1], np.polynomial.chebyshev.chebval(t[valid == 1], c), BITS - 2, "valid")
