@@ -60,10 +60,10 @@ class RssSampler(threading.Thread):
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid, self.peak_total_kb, self.peak_worker_kb, self.front_kb = pid, 0, 0, 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._halt.wait(0.2):
             kids = [_rss_kb(c) for c in _children(self.pid)]
             front = _rss_kb(self.pid)
             self.front_kb = max(self.front_kb, front)
@@ -71,7 +71,7 @@ class RssSampler(threading.Thread):
             self.peak_worker_kb = max([self.peak_worker_kb, *kids])
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 

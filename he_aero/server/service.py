@@ -183,7 +183,14 @@ class Worker:
         await self.proc.stdin.drain()
 
     async def stop(self, grace: float = 5.0) -> int:
-        """End the process and reap it (SIGTERM: a worker inside SEAL cannot stop cleanly, nor need it)."""
+        """End the process and reap it: end of input first (a worker waiting for its client exits 0 at
+        once), then SIGTERM (a worker inside SEAL cannot stop cleanly, nor need it), then SIGKILL."""
+        if self.proc.returncode is None:
+            try:
+                self.proc.stdin.close()
+                await asyncio.wait_for(self.proc.wait(), 0.5)
+            except (TimeoutError, ConnectionError):
+                pass
         if self.proc.returncode is None:
             try:
                 self.proc.terminate()
@@ -516,8 +523,7 @@ class Service:
                 await self._stop.wait()
                 self.stopping = self.pool.closing = True  # no new sessions, no new spares
                 log.info("shutting down: %d sessions to cancel", len(self.sessions))
-                for s in list(self.sessions.values()):
-                    await s.worker.stop()
+                await asyncio.gather(*(s.worker.stop() for s in list(self.sessions.values())))
                 for _ in range(100):  # let each session send its ERROR frame and close (at most ~5 s)
                     if not self.sessions:
                         break
