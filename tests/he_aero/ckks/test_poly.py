@@ -161,13 +161,53 @@ def test_step_depths_on_ciphertexts_use_the_shift_rule():
     assert atomic_depth(poly, mapped=True) == cost
     assert (square.op, step_depth(square), atomic_depth(square)) == ("square", square.times, 1)
     narrow = plan_reciprocal((0.5, 2.5), max_rel_error=1e-3, newton=0).steps[0]
-    assert step_depth(narrow) == bsgs.bsgs_cost(narrow.degree)[0]
+    assert step_depth(narrow) == atomic_depth(narrow) == bsgs.bsgs_cost(narrow.degree)[0]
 
 
 def test_evaluate_chebyshev_adds_constants_on_valid_slots_only(kit):
     valid = (np.arange(SMALL.slots) % 3 == 0).astype(float)
     t = RNG.uniform(-1, 1, SMALL.slots) * valid
-    c = [0.5, 0.25, -0.125, 0.0625]
-    y = kit.dec(evaluate_chebyshev(kit.ev, c, kit.enc(t), valid=("thirds", valid)))
-    assert np.abs(y[valid == 0]).max() < 2**-14  # T_0 and the constants never reach invalid slots
-    assert_close_bits(y[valid == 1], np.polynomial.chebyshev.chebval(t[valid == 1], c), BITS - 2, "valid")
+    for c in ([0.5, 0.25, -0.125, 0.0625], [1.0, 0.5, 0.0, -0.25]):
+        y = kit.dec(evaluate_chebyshev(kit.ev, c, kit.enc(t), valid=("thirds", valid)))
+        assert np.abs(y[valid == 0]).max() < 2**-14  # T_0 and the constants never reach invalid slots
+        want = np.polynomial.chebyshev.chebval(t[valid == 1], c)
+        assert_close_bits(y[valid == 1], want, BITS - 2, "valid")
+
+
+class Recorder:
+    """A refresher that records the stages it is asked about and refreshes nothing (symbolic)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def ensure(self, cts, need, what):
+        self.calls.append(what)
+        return cts
+
+
+def test_stage_names_default_to_plan_and_follow_the_name_given():
+    ev = Evaluator(CkksParams(2048, (60,) + (32,) * 7 + (60,), 32, insecure_for_tests=True))
+    plan = plan_exp((-8.0, 1.0), max_abs_error=1e-3, squarings=1)
+    x = Ct(None, 7)
+    for run, kw, prefix in [
+        (lambda **k: run_plan(ev, plan, x, **k), {}, "plan"),
+        (lambda **k: run_plan(ev, plan, x, **k), {"name": "l0 exp"}, "l0 exp"),
+        (lambda **k: run_plan_batch(ev, plan, [x], **k), {}, "plan"),
+    ]:
+        rec = Recorder()
+        run(refresher=rec, **kw)
+        assert rec.calls == [f"{prefix} poly", f"{prefix} square"]
+
+
+def test_depth_and_missing_input_refusals_are_worded_for_the_caller(kit):
+    plan = plan_poly("exp", (-4.0, 0.0), 31)
+    need = plan_depth(plan)
+    with pytest.raises(
+        HeAeroError,
+        match=rf"^depth budget: plan '.*' needs {need} levels, the ciphertext has 4 "
+        r"\(refresh before this stage\)$",
+    ):
+        run_plan(kit.ev, plan, kit.enc(np.zeros(4)))
+    recip = plan_reciprocal((1.0, 9.0), max_rel_error=1e-4, newton=1)
+    with pytest.raises(HeAeroError, match=r"^run_plan: x: a newton_recip step needs the plan input x$"):
+        run_plan(Evaluator(SMALL), recip, None, mapped=Ct(None, SMALL.levels), refresher=Recorder())
