@@ -190,3 +190,22 @@ def test_newton_without_x_is_refused():
     steps = (Step("poly", (1, 9), (0.5, 0.1)), Step("newton_recip", iterations=1))
     with pytest.raises(ApproxError, match="newton_recip step needs the plan input x"):
         interpret.run_batch(steps, None, [bsgs.Ops()], [np.zeros(2)])
+
+
+# --- found by mutation testing (docs/mutation.md) ----------------------------------------------------------
+def test_level_costs_default_to_an_unmapped_input_and_a_scaling_map():
+    """Without `mapped` / `shift`, a poly's input map costs a level, on a width-2 domain too (shift=False is
+    the rule `Plan.depth` and the coefficient files use)."""
+    wide = plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=0).steps[0]
+    narrow = plan_reciprocal((0.5, 2.5), max_rel_error=1e-3, newton=0).steps[0]
+    for step in (wide, narrow):
+        cost = bsgs.bsgs_cost(step.degree)[0]
+        assert interpret.affine_levels(step) == 1
+        assert interpret.atomic_depth(step) == interpret.step_depth(step) == cost + 1
+    assert interpret.affine_levels(narrow, shift=True) == 0 and interpret.affine_levels(wide, shift=True) == 1
+
+
+def test_a_constant_result_is_broadcast_like_the_input():
+    t = np.array([0.1, -0.2, 0.3])
+    y = interpret.chebyshev([2.5, 0.0, 0.0], t, bsgs.Ops())
+    assert isinstance(y, np.ndarray) and y.shape == (3,) and y.tolist() == [2.5, 2.5, 2.5]
