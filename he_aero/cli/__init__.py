@@ -17,6 +17,7 @@ from he_aero.cli.fit import fit
 from he_aero.cli.infer import encrypt_infer
 from he_aero.cli.model import eval_, generate, info, train
 from he_aero.cli.plan import plan
+from he_aero.cli.serve import serve
 from he_aero.errors import HeAeroError
 
 
@@ -26,10 +27,10 @@ def cli() -> None:
     """he-aero: private inference of a Softmax-only decoder under CKKS encryption.
 
     Lifecycle: calibrate (ranges) -> plan (ring, approximations, keys list) -> encrypt-infer (keys,
-    encryption, the encrypted run, decryption)."""
+    encryption, the encrypted run, decryption), in one process or against `he-aero serve`."""
 
 
-for _command in (train, eval_, generate, info, fit, calibrate, plan, encrypt_infer):
+for _command in (train, eval_, generate, info, fit, calibrate, plan, encrypt_infer, serve):
     cli.add_command(_command)
 
 

@@ -113,6 +113,19 @@ class _Bars:
 @force_option
 @progress_option
 @click.option(
+    "--server",
+    default=None,
+    show_default="in-process",
+    help="HOST:PORT (or ws:// / wss:// URL) of a `he-aero serve`: run remotely; --verify then needs the same "
+    "weights locally (--checkpoint) and pins the server to them",
+)
+@click.option(
+    "--expect-model",
+    default=None,
+    show_default="any",
+    help="with --server: refuse a server whose weights have another SHA-256 (64 hex digits)",
+)
+@click.option(
     "--allow-insecure-for-tests",
     "insecure",
     is_flag=True,
@@ -132,6 +145,8 @@ def encrypt_infer(
     json_out,
     force,
     no_progress,
+    server,
+    expect_model,
     insecure,
 ) -> None:
     """Continue PROMPT (a file, or - for standard input) under CKKS encryption: the server runs the model on
@@ -164,6 +179,15 @@ def encrypt_infer(
         field, _, message = str(exc).partition(": ")
         option = _FIELD_OPTIONS.get(field, "--max-new-tokens")
         raise click.BadParameter(message or str(exc), param_hint=f"'{option}'") from exc
+    if server is not None:
+        _remote(
+            server, expect_model, prompt, config, path, plan_file, insecure, verify, json_out, no_progress
+        )
+        return
+    if expect_model is not None:
+        raise click.BadParameter(
+            "needs --server (in-process, the weights are local)", param_hint="'--expect-model'"
+        )
     with blame("--plan"):
         plan = load_plan(plan_file)
     with blame("--checkpoint"):
@@ -188,6 +212,57 @@ def encrypt_infer(
     stages = ["embed", *(f"layer {i}" for i in range(len(session.server.pipeline.layers))), "lm_head"]
     with _Bars(stages, max_new_tokens, not no_progress) as bars:
         res = session.generate(prompt, config, bars)
+    say(res.report())
+    outputs = Outputs()
+    if outputs.write_json("--json", json_out, res.to_dict()) and json_out != "-":
+        say(f"wrote {json_out}")
+    problems = [*outputs.failures, *([res.flag_message()] if res.flag is not None else [])]
+    if problems:
+        raise click.ClickException("; ".join(problems))
+
+
+def _remote(server, expect_model, prompt, config, path, plan_file, insecure, verify, json_out, no_progress):
+    """`encrypt-infer --server`: the same generation loop over a websocket (he_aero/client/remote.py)."""
+    from he_aero.client.policy import ClientPolicy
+    from he_aero.client.remote import RemoteSession
+
+    if plan_file is not None:
+        raise click.BadParameter(
+            "the server holds the plan; drop --plan with --server", param_hint="'--plan'"
+        )
+    say = report(json_out)
+    view = None
+    if verify:  # the plaintext twin is local: pin the server to exactly these weights
+        from models.checkpoint import load_checkpoint
+        from models.linear_view import LinearView
+
+        with blame("--checkpoint"):
+            model, header = load_checkpoint(path)
+        local = str(header["weights_sha256"])
+        if expect_model is not None and expect_model.lower() != local:
+            raise click.BadParameter(
+                f"--verify compares with the local checkpoint ({local[:12]}...), not {expect_model[:12]}...",
+                param_hint="'--expect-model'",
+            )
+        expect_model, view = local, LinearView.from_model(model)
+    with blame("--expect-model"):
+        policy = ClientPolicy(allow_insecure_for_tests=insecure, expect_model_sha256=expect_model)
+    click.echo(
+        f"connecting to {server}: keys (this client), then the encrypted run on the server...", err=True
+    )
+    streamed = []
+
+    def on_token(token: int) -> None:
+        streamed.append(token)
+        if json_out != "-":
+            click.echo(
+                f"token {len(streamed)}: {bytes([token]).decode('utf-8', errors='replace')!r}", err=True
+            )
+
+    with RemoteSession(server, policy, view=view, on_token=on_token) as session:
+        stages = list(session.server.stages)
+        with _Bars(stages, config.max_new_tokens, not no_progress) as bars:
+            res = session.generate(prompt, config, bars)
     say(res.report())
     outputs = Outputs()
     if outputs.write_json("--json", json_out, res.to_dict()) and json_out != "-":

@@ -3,6 +3,7 @@ against a fake server that offers what a client must refuse."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -217,3 +218,25 @@ def test_the_server_killed_mid_request_is_one_line_naming_it(files, tmp_path):
     message = str(caught[0])
     assert message.startswith(f"server {srv.url}: ") and "connection lost" in message and "\n" not in message
     assert all(gone(p) for p in workers)  # the workers die with the front end (PR_SET_PDEATHSIG)
+
+
+def test_the_cli_runs_remotely_with_the_in_process_tokens(served, files, tiny_session, tmp_path):
+    """`he-aero encrypt-infer PROMPT --server URL`: same tokens, JSON and exit code as in process; tokens
+    stream as they are decrypted; --plan is refused with --server (the server holds it)."""
+    from click.testing import CliRunner
+
+    from he_aero.cli import cli
+
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(PROMPT)
+    out = tmp_path / "out.json"
+    args = ["encrypt-infer", str(prompt), "--server", served.url, "--checkpoint", str(files[0]), "--verify"]
+    args += ["--allow-insecure-for-tests", "--max-new-tokens", "2", "--no-progress", "--json", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    local = tiny_session.generate(PROMPT, GenerationConfig(max_new_tokens=2))
+    assert data["tokens"] == local.tokens and data["top1_agreement"] == 1.0
+    assert "token 1: " in res.output and "token 2: " in res.output  # streamed
+    bad = CliRunner().invoke(cli, [*args[:4], "--plan", str(files[1])])
+    assert bad.exit_code == 2 and "--plan" in bad.output and "server holds the plan" in bad.output
