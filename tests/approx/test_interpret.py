@@ -209,3 +209,34 @@ def test_a_constant_result_is_broadcast_like_the_input():
     t = np.array([0.1, -0.2, 0.3])
     y = interpret.chebyshev([2.5, 0.0, 0.0], t, bsgs.Ops())
     assert isinstance(y, np.ndarray) and y.shape == (3,) and y.tolist() == [2.5, 2.5, 2.5]
+
+
+@pytest.mark.parametrize(
+    "plan, drop_at",
+    [
+        (plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=1), "poly"),
+        (plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=1), "square"),
+        (plan_reciprocal((1.0, 9.0), max_rel_error=1e-3, newton=1), "newton"),
+    ],
+)
+def test_a_refresh_hook_that_loses_a_value_is_caught(plan, drop_at):
+    """`ensure` must return one value per value it was given: a hook that drops one is a ValueError, never
+    a silently shorter batch."""
+
+    def lossy(values, need, stage):
+        return values[:-1] if stage.endswith(drop_at) else values
+
+    x = np.array([2.0, 3.0])
+    with pytest.raises(ValueError, match="zip"):
+        interpret.run_batch(plan.steps, [x, x], [bsgs.Ops(), bsgs.Ops()], ensure=lossy)
+
+
+def test_the_hook_hears_the_default_name_and_the_scaling_rule():
+    plan = plan_reciprocal((0.5, 2.5), max_rel_error=1e-3, newton=0)  # a width-2 domain
+    calls = []
+    interpret.run_batch(
+        plan.steps, [np.array([1.0])], [bsgs.Ops()], ensure=lambda v, n, s: calls.append((s, n)) or v
+    )
+    assert calls == [
+        ("plan poly", bsgs.bsgs_cost(plan.steps[0].degree)[0] + 1)
+    ]  # shift=False: the map costs 1
