@@ -173,3 +173,9 @@ def test_an_all_zero_output_block_is_refused_by_name():
     lin = PlainLinear("w_o", w, None, layout)
     with pytest.raises(HeAeroError, match=r"^w_o: output ciphertext 1 has an all-zero weight block$"):
         lin(Evaluator(SMALL), [Ct(None, SMALL.levels, layout)])
+
+
+def test_a_bias_of_the_wrong_shape_names_both_shapes():
+    layout = feature_layout(SMALL.slots, 8, 32, block=8)
+    with pytest.raises(HeAeroError, match=r"^bad: bias shape \(9,\) != \(8,\)$"):
+        PlainLinear("bad", np.ones((32, 8)), np.ones(9), layout)
