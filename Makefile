@@ -64,7 +64,7 @@ bench-he: $(STAMP) ## encrypted prefill 16/32/64, decode, op counts, accuracy on
 	$(BIN)/python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json \
 		--out docs/he-bench.md
 
-mutate: $(STAMP) ## mutation testing of the critical modules -> docs/mutation.md (about 15 min; not in test/CI)
+mutate: $(STAMP) ## mutation testing of the critical modules -> docs/mutation.md (about 30 min; not in test/CI)
 	$(BIN)/python tools/mutate.py
 
 .PHONY: bench-serve
