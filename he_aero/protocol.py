@@ -1,6 +1,6 @@
 """The client <-> server protocol: framed, versioned messages of bytes, their validation and byte accounting.
 
-Client and server exchange nothing but the bytes `encode` produces, so the same objects can later run in two
+Client and server exchange nothing but the bytes `to_frame` produces, so the same objects can later run in two
 processes. Frame (all integers big-endian)::
 
     magic      6 bytes  b"HEAERO"
@@ -71,7 +71,7 @@ class Message:
     parts: tuple[bytes, ...] = ()
 
 
-def encode(msg: Message) -> bytes:
+def to_frame(msg: Message) -> bytes:
     """Frame a message (see the module docstring)."""
     if len(msg.session) != 16:
         raise HeAeroError(f"protocol: session id must be 16 bytes, got {len(msg.session)}")
@@ -86,7 +86,7 @@ def encode(msg: Message) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def decode(data: bytes, expect: Kind, session: bytes | None = None) -> Message:
+def parse_frame(data: bytes, expect: Kind, session: bytes | None = None) -> Message:
     """Parse and validate a frame; HeAeroError says what is wrong (truncated, corrupted, foreign, stale).
 
     Parameters
@@ -155,7 +155,7 @@ def decode(data: bytes, expect: Kind, session: bytes | None = None) -> Message:
 
 def peek_kind(data: bytes) -> Kind | None:
     """The kind a frame says it is, read from its header without validating anything (None: not a frame of
-    this version, or an unknown kind); `decode` still checks the frame."""
+    this version, or an unknown kind); `parse_frame` still checks the frame."""
     if len(data) < _HEAD.size or data[:6] != MAGIC or _HEAD.unpack_from(data)[1] != FORMAT_VERSION:
         return None
     try:
@@ -168,7 +168,7 @@ def error_frame(code: str, message: str, session: bytes = NO_SESSION) -> bytes:
     """An ERROR frame: `code` one of ERROR_CODES, `message` one line for the peer's user."""
     if code not in ERROR_CODES:
         raise HeAeroError(f"protocol: unknown error code {code!r} (one of {', '.join(ERROR_CODES)})")
-    return encode(Message(Kind.ERROR, session, {"code": code, "message": message}))
+    return to_frame(Message(Kind.ERROR, session, {"code": code, "message": message}))
 
 
 def meta_field(msg: Message, key: str, kind: type | tuple = int):

@@ -108,8 +108,8 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     (_R + "refresh", "zip(cts, masks, strict=None)", _ZIP_MASKS),
     (_R + "refresh", "zip(cts, masks, )", _ZIP_MASKS),
     (_R + "refresh", "zip(cts, masks, strict=False)", _ZIP_MASKS),
-    ("he_aero.protocol.x_decode", 'problem = "too short" if extra <= 0', _EXTRA),
-    ("he_aero.protocol.x_decode", 'problem = "too short" if extra < 1', _EXTRA),
+    ("he_aero.protocol.x_parse_frame", 'problem = "too short" if extra <= 0', _EXTRA),
+    ("he_aero.protocol.x_parse_frame", 'problem = "too short" if extra < 1', _EXTRA),
     (
         "he_aero.client.policy.xǁClientPolicyǁ__post_init__",
         '"XX0123456789abcdefXX"',

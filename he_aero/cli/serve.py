@@ -66,9 +66,19 @@ from he_aero.cli.options import blame, checkpoint_option
     help="workers kept loaded ahead of clients (saves ~4 s per session; counted within --max-sessions)",
 )
 @click.option(
-    "--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM certificate: wss://"
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    show_default="none: plain ws://",
+    help="PEM certificate: serve wss://",
 )
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key")
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    show_default="none",
+    help="PEM private key of --tls-cert",
+)
 @click.option(
     "--allow-insecure-for-tests",
     "insecure",

@@ -24,7 +24,7 @@ from he_aero.ckks.packing import FeatureLayout, pack, rows_count, rows_pack, row
 from he_aero.client.keys import ClientKeys
 from he_aero.client.policy import ClientPolicy
 from he_aero.errors import HeAeroError
-from he_aero.protocol import Kind, Message, RuntimeOffer, decode, encode, meta_field
+from he_aero.protocol import Kind, Message, RuntimeOffer, meta_field, parse_frame, to_frame
 
 PADDING_TOLERANCE = 1e-2
 """Slots the server leaves exactly 0 decrypt to CKKS noise (~1e-6 here); anything above this means the
@@ -44,7 +44,7 @@ class Client:
     """The data owner: keys, encryption of tokens, decryption of logits, the client half of refreshes."""
 
     def __init__(self, offer: bytes, policy: ClientPolicy | None = None):
-        self.offer = RuntimeOffer.from_message(decode(offer, Kind.OFFER))
+        self.offer = RuntimeOffer.from_message(parse_frame(offer, Kind.OFFER))
         self.policy = policy or ClientPolicy()
         self.params = self.policy.accept(self.offer)  # refuses before any key exists
         self._keys: ClientKeys | None = None
@@ -62,7 +62,7 @@ class Client:
             "params": list(self.params.coeff_mod_bit_sizes),
         }
         parts = (bundle.public_key, bundle.relin_keys, bundle.galois_keys)
-        return encode(Message(Kind.SETUP, self.session, meta, parts))
+        return to_frame(Message(Kind.SETUP, self.session, meta, parts))
 
     def _require_keys(self, stage: str) -> ClientKeys:
         if self._keys is None:
@@ -95,7 +95,7 @@ class Client:
             vectors = pack(onehot, self.token_layout(n))
         blobs = tuple(keys.encrypt_upload(v) for v in vectors)
         meta = {"position": int(position), "n_tokens": int(n), "layout": "rows" if rows else "features"}
-        return encode(Message(Kind.TOKENS, self.session, meta, blobs))
+        return to_frame(Message(Kind.TOKENS, self.session, meta, blobs))
 
     def _rows(self, n: int, position: int) -> bool:
         """Decode steps (one token after the prompt) use the "rows" layout when the server offers it."""
@@ -104,7 +104,7 @@ class Client:
     def decrypt_logits(self, data: bytes) -> DecryptedLogits:
         """Decrypt a LOGITS message and check the values are plausible (see the module docstring)."""
         keys = self._require_keys("decrypt_logits")
-        msg = decode(data, Kind.LOGITS, self.session)
+        msg = parse_frame(data, Kind.LOGITS, self.session)
         n, position = meta_field(msg, "n_tokens"), meta_field(msg, "position")
         vocab, block = self.offer.vocab, self.offer.block
         rows = self._rows(n, position)
@@ -150,9 +150,9 @@ class Client:
 
         It sees x + r only (r uniform in [-W, W], W = refresh_bound * 2^hiding_bits; docs/security.md)."""
         self._require_keys("handle_refresh")
-        msg = decode(data, Kind.REFRESH_REQUEST, self.session)
+        msg = parse_frame(data, Kind.REFRESH_REQUEST, self.session)
         fresh = self.refresh_values(list(msg.parts))
-        return encode(Message(Kind.REFRESH_RESPONSE, self.session, {"n": len(fresh)}, tuple(fresh)))
+        return to_frame(Message(Kind.REFRESH_RESPONSE, self.session, {"n": len(fresh)}, tuple(fresh)))
 
     def refresh_values(self, blobs: list[bytes]) -> list[bytes]:
         """`refresh_reply` with this session's keys, counted."""

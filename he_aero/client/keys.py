@@ -26,7 +26,6 @@ from he_aero.ckks.backend import (
 from he_aero.ckks.params import CkksParams
 from he_aero.errors import HeAeroError
 
-
 MAX_ABS_VALUE = 2.0**30
 """Largest |value| encrypted: the encoder's FFT runs in doubles, so a value v costs every slot ~v 2^-52 of
 precision (measured: [1e30, 1.0, 0.5] decrypts its neighbours as -1.5e14 and -6.4e13); 2^30 keeps 2^-22."""
@@ -68,8 +67,8 @@ class ClientKeys:
         peak = float(np.abs(values).max(initial=0.0))
         if not np.isfinite(peak) or peak > MAX_ABS_VALUE:
             raise HeAeroError(
-                f"encrypt: a value of magnitude {peak:.3g} exceeds {MAX_ABS_VALUE:.3g}: the encoding (a double "
-                "precision FFT) would corrupt every other slot"
+                f"encrypt: a value of magnitude {peak:.3g} exceeds {MAX_ABS_VALUE:.3g}: "
+                "the encoding (a double precision FFT) would corrupt every other slot"
             )
         v = np.zeros(self.params.slots, dtype=complex if np.iscomplexobj(values) else float)
         v[: values.size] = values

@@ -25,7 +25,7 @@ from he_aero.client.client import Client
 from he_aero.client.policy import ClientPolicy
 from he_aero.errors import HeAeroError
 from he_aero.generation import GenerationConfig, GenerationResult
-from he_aero.protocol import Channel, Kind, RuntimeOffer, Traffic, decode, peek_kind
+from he_aero.protocol import Channel, Kind, RuntimeOffer, Traffic, parse_frame, peek_kind
 from he_aero.session import Session
 from he_aero.wan import AERO_WAN, Link, describe, estimate
 
@@ -107,7 +107,7 @@ class RemoteServer:
             self.offer_bytes = self._recv("setup", open_timeout)
             if peek_kind(self.offer_bytes) != Kind.OFFER:
                 raise HeAeroError(f"server {self.url}: expected an OFFER, got {_kind_name(self.offer_bytes)}")
-            msg = decode(self.offer_bytes, Kind.OFFER)
+            msg = parse_frame(self.offer_bytes, Kind.OFFER)
             self.offer = RuntimeOffer.from_message(msg)
         except BaseException:
             self.close()
@@ -163,7 +163,7 @@ class RemoteServer:
         self.traffic.to_client[f"refresh:{purpose}" if refresh else purpose] += len(data)  # as in process
         self.traffic.messages[_kind_name(data)] += 1
         if kind == Kind.ERROR:
-            msg = decode(data, Kind.ERROR)
+            msg = parse_frame(data, Kind.ERROR)
             raise HeAeroError(f"server {self.url}: {msg.meta.get('message', 'error')}")
         return data
 
@@ -185,7 +185,7 @@ class RemoteServer:
             reply = self._recv(purpose, self.reply_timeout)
             kind = peek_kind(reply)
             if kind == Kind.LOGITS:
-                self.records = _stage_records(decode(reply, Kind.LOGITS).meta.get("stages", []))
+                self.records = _stage_records(parse_frame(reply, Kind.LOGITS).meta.get("stages", []))
                 return reply
             if kind == Kind.REFRESH_REQUEST:
                 if refresh_link is None:
@@ -193,7 +193,7 @@ class RemoteServer:
                 self._send(refresh_link(reply), f"refresh:{purpose}")
             elif kind == Kind.PROGRESS:
                 if progress is not None:
-                    stage = decode(reply, Kind.PROGRESS, self.session).meta.get("stage")
+                    stage = parse_frame(reply, Kind.PROGRESS, self.session).meta.get("stage")
                     progress(str(stage))
             else:
                 raise HeAeroError(f"server {self.url}: unexpected {_kind_name(reply)} during {purpose}")

@@ -18,7 +18,7 @@ from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.pipeline import Pipeline, StageRecord
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
-from he_aero.protocol import Kind, Message, RuntimeOffer, decode, encode, meta_field
+from he_aero.protocol import Kind, Message, RuntimeOffer, meta_field, parse_frame, to_frame
 
 
 class Server:
@@ -60,7 +60,7 @@ class Server:
     def offer(self) -> bytes:
         """The OFFER message: the public description the client needs to make keys and tokens."""
         p, plan = self.params, self.plan
-        return encode(
+        return to_frame(
             RuntimeOffer(
                 poly_modulus_degree=p.poly_modulus_degree,
                 coeff_mod_bit_sizes=p.coeff_mod_bit_sizes,
@@ -81,7 +81,7 @@ class Server:
 
     def receive_setup(self, data: bytes) -> None:
         """Build the public context from the client's SETUP message (public, relin and rotation keys)."""
-        msg = decode(data, Kind.SETUP)
+        msg = parse_frame(data, Kind.SETUP)
         if len(msg.parts) != 3:
             raise HeAeroError(
                 f"server: SETUP message has {len(msg.parts)} parts, expected 3 (pk, relin, galois)"
@@ -106,7 +106,7 @@ class Server:
         return self.ev
 
     def _load_tokens(self, ev: Evaluator, data: bytes) -> tuple[list[Ct], int, int]:
-        msg = decode(data, Kind.TOKENS, self.session)
+        msg = parse_frame(data, Kind.TOKENS, self.session)
         position, n = meta_field(msg, "position"), meta_field(msg, "n_tokens")
         if not (0 <= position and 1 <= n and position + n <= self.context):
             raise HeAeroError(f"server: tokens at positions {position}..{position + n - 1} leave the context")
@@ -126,8 +126,8 @@ class Server:
 
     def _refresher(self, ev: Evaluator, link: Callable[[bytes], bytes] | None) -> Refresher:
         def callback(blobs: list[bytes]) -> list[bytes]:
-            reply = decode(
-                link(encode(Message(Kind.REFRESH_REQUEST, self.session, {"n": len(blobs)}, tuple(blobs)))),
+            reply = parse_frame(
+                link(to_frame(Message(Kind.REFRESH_REQUEST, self.session, {"n": len(blobs)}, tuple(blobs)))),
                 Kind.REFRESH_RESPONSE,
                 self.session,
             )
@@ -147,7 +147,7 @@ class Server:
     def _logits_message(self, ev: Evaluator, cts: list[Ct], position: int, n: int, rows: bool) -> bytes:
         layout = "rows" if rows else "features"
         meta = {"position": position, "n_tokens": n, "levels": [c.level for c in cts], "layout": layout}
-        return encode(Message(Kind.LOGITS, self.session, meta, tuple(ev.to_bytes(c) for c in cts)))
+        return to_frame(Message(Kind.LOGITS, self.session, meta, tuple(ev.to_bytes(c) for c in cts)))
 
     def prefill(self, data: bytes, refresh_link=None, progress=None) -> bytes:
         """Run the prompt (TOKENS at position 0); keep the K/V caches; return LOGITS for every position."""

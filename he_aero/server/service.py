@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from he_aero.errors import HeAeroError
-from he_aero.protocol import Kind, decode, error_frame, peek_kind
+from he_aero.protocol import Kind, error_frame, parse_frame, peek_kind
 from he_aero.server import worker as _worker
 
 log = logging.getLogger("he_aero.serve")
@@ -447,7 +447,7 @@ class Service:
                 if frame is None:
                     return "worker ended"
                 if peek_kind(frame) == Kind.ERROR:
-                    s.error = decode(frame, Kind.ERROR).meta.get("message", "")
+                    s.error = parse_frame(frame, Kind.ERROR).meta.get("message", "")
                 try:
                     await ws.send(frame)
                 except ConnectionClosed:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 
 from he_aero.errors import HeAeroError
-from he_aero.protocol import Kind, Message, decode, encode, error_frame
+from he_aero.protocol import Kind, Message, error_frame, parse_frame, to_frame
 
 _TAG = struct.Struct(">cQ")
 FRAME, LOG, ATTACH = b"F", b"L", b"A"
@@ -118,8 +118,8 @@ class WorkerSession:
 
     def offer(self) -> bytes:
         """The server's OFFER with the stage names added (extra metadata: RuntimeOffer ignores it)."""
-        msg = decode(self.server.offer(), Kind.OFFER)
-        return encode(Message(Kind.OFFER, msg.session, {**msg.meta, "stages": stage_names(self.server)}))
+        msg = parse_frame(self.server.offer(), Kind.OFFER)
+        return to_frame(Message(Kind.OFFER, msg.session, {**msg.meta, "stages": stage_names(self.server)}))
 
     def _refresh_link(self, request: bytes) -> bytes:
         self.pipe.send(request)
@@ -127,14 +127,14 @@ class WorkerSession:
         return self.pipe.recv(self.refresh_timeout, "refresh reply (REFRESH_RESPONSE)")
 
     def _progress(self, stage: str) -> None:
-        self.pipe.send(encode(Message(Kind.PROGRESS, self.server.session, {"stage": stage})))
+        self.pipe.send(to_frame(Message(Kind.PROGRESS, self.server.session, {"stage": stage})))
 
     def _with_stages(self, logits: bytes) -> bytes:
         """LOGITS with the request's stage records added (time, op counts, levels: what the in-process run
         reports; the client learns the server's timing, nothing about the weights)."""
-        msg = decode(logits, Kind.LOGITS, self.server.session)
+        msg = parse_frame(logits, Kind.LOGITS, self.server.session)
         stages = [r.to_dict() for r in self.server.records]
-        return encode(Message(Kind.LOGITS, msg.session, {**msg.meta, "stages": stages}, msg.parts))
+        return to_frame(Message(Kind.LOGITS, msg.session, {**msg.meta, "stages": stages}, msg.parts))
 
     def run(self) -> int:
         """Serve the session; returns the exit code (see EXIT_*)."""

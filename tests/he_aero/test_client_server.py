@@ -14,7 +14,7 @@ from he_aero.client.keys import ClientKeys
 from he_aero.client.policy import ClientPolicy
 from he_aero.errors import HeAeroError
 from he_aero.generation import GenerationConfig
-from he_aero.protocol import Channel, Kind, Message, decode, encode
+from he_aero.protocol import Channel, Kind, Message, parse_frame, to_frame
 from he_aero.server.server import Server
 from tests.he_aero.conftest import insecure_session
 
@@ -24,11 +24,11 @@ SESSION = bytes(range(16))
 
 
 def _frame(kind=Kind.TOKENS, parts=(b"abc", b"", b"\x00" * 100)):
-    return encode(Message(kind, SESSION, {"position": 0, "n_tokens": 3}, parts))
+    return to_frame(Message(kind, SESSION, {"position": 0, "n_tokens": 3}, parts))
 
 
 def test_frame_round_trip():
-    msg = decode(_frame(), Kind.TOKENS, SESSION)
+    msg = parse_frame(_frame(), Kind.TOKENS, SESSION)
     assert msg.parts == (b"abc", b"", b"\x00" * 100) and msg.meta == {"position": 0, "n_tokens": 3}
 
 
@@ -36,7 +36,7 @@ def test_frame_round_trip():
 def test_truncated_frames_are_refused(cut):
     data = _frame()
     with pytest.raises(HeAeroError, match="truncated|not an he-aero"):
-        decode(data[:cut], Kind.TOKENS, SESSION)
+        parse_frame(data[:cut], Kind.TOKENS, SESSION)
 
 
 @pytest.mark.parametrize("where", [45, 60, 120, -40])
@@ -44,21 +44,21 @@ def test_corrupted_frames_are_refused(where):
     data = bytearray(_frame())
     data[where] ^= 0x01
     with pytest.raises(HeAeroError, match="corrupted|not valid JSON|does not add up|truncated"):
-        decode(bytes(data), Kind.TOKENS, SESSION)
+        parse_frame(bytes(data), Kind.TOKENS, SESSION)
 
 
 def test_foreign_stale_and_misrouted_frames():
     data = _frame()
     with pytest.raises(HeAeroError, match="not an he-aero message"):
-        decode(b"GIF89a" + data[6:], Kind.TOKENS)
+        parse_frame(b"GIF89a" + data[6:], Kind.TOKENS)
     with pytest.raises(HeAeroError, match="format version 2"):
-        decode(data[:6] + b"\x00\x02" + data[8:], Kind.TOKENS)
+        parse_frame(data[:6] + b"\x00\x02" + data[8:], Kind.TOKENS)
     with pytest.raises(HeAeroError, match="expected a LOGITS message, got a TOKENS"):
-        decode(data, Kind.LOGITS, SESSION)
+        parse_frame(data, Kind.LOGITS, SESSION)
     with pytest.raises(HeAeroError, match="another run"):
-        decode(data, Kind.TOKENS, bytes(16))
+        parse_frame(data, Kind.TOKENS, bytes(16))
     with pytest.raises(HeAeroError, match="extra bytes"):
-        decode(data[:-32] + b"x" + data[-32:], Kind.TOKENS)
+        parse_frame(data[:-32] + b"x" + data[-32:], Kind.TOKENS)
     with pytest.raises(HeAeroError, match="only bytes"):
         Channel().send_to_server("text", "x")
 
@@ -96,7 +96,7 @@ def test_no_object_reachable_from_the_server_can_decrypt(tiny, tiny_plan):
 def test_setup_parts_load_as_exactly_the_three_public_key_types(tiny_session):
     srv = tiny_session.server
     client = Client(srv.offer(), TEST_POLICY)
-    msg = decode(client.keygen(), Kind.SETUP)
+    msg = parse_frame(client.keygen(), Kind.SETUP)
     ctx = client._keys.seal_context
     types = (seal.PublicKey, seal.RelinKeys, seal.GaloisKeys)
     loaded = [from_bytes(t, ctx, b) for t, b in zip(types, msg.parts, strict=True)]
@@ -160,8 +160,8 @@ def test_tampered_and_foreign_messages_reach_no_kernel(tiny_session):
     with pytest.raises(HeAeroError, match="another run"):
         s.server.prefill(other.encrypt_tokens([65, 66], 0))
     # a well-framed message whose payload is not a SEAL ciphertext: SEAL's loader refuses it, we say so
-    msg = decode(good, Kind.TOKENS, s.client.session)
-    junk = encode(Message(Kind.TOKENS, s.client.session, msg.meta, (b"\x00" * 64,) * len(msg.parts)))
+    msg = parse_frame(good, Kind.TOKENS, s.client.session)
+    junk = to_frame(Message(Kind.TOKENS, s.client.session, msg.meta, (b"\x00" * 64,) * len(msg.parts)))
     with pytest.raises(HeAeroError, match="does not load"):
         s.server.prefill(junk)
     # a prompt must start at position 0
@@ -173,7 +173,9 @@ def _logits_frame(client, values, n, session, keys=None):
     keys = keys or client._keys
     layout = client.token_layout(n)
     blobs = tuple(to_bytes(keys.encrypt(v)) for v in pack(values, layout))
-    return encode(Message(Kind.LOGITS, session, {"position": 0, "n_tokens": n, "layout": "features"}, blobs))
+    return to_frame(
+        Message(Kind.LOGITS, session, {"position": 0, "n_tokens": n, "layout": "features"}, blobs)
+    )
 
 
 def test_client_flags_implausible_logits(tiny_session):

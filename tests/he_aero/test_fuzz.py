@@ -15,7 +15,7 @@ from he_aero.calibrate import Calibration
 from he_aero.errors import HeAeroError
 from he_aero.generation import fit_prompt
 from he_aero.plan import ExecutionPlan
-from he_aero.protocol import Kind, Message, decode, encode
+from he_aero.protocol import Kind, Message, parse_frame, to_frame
 from models.errors import ModelError
 
 FUZZ = settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
@@ -56,7 +56,7 @@ def _mutated(data, which: int, value, delete: bool):
 @given(data=st.data())
 def test_any_mutation_of_a_frame_is_refused_cleanly(data):
     frame = bytearray(
-        encode(Message(Kind.TOKENS, bytes(16), {"position": 0, "n_tokens": 2}, (b"ab", b"c" * 40)))
+        to_frame(Message(Kind.TOKENS, bytes(16), {"position": 0, "n_tokens": 2}, (b"ab", b"c" * 40)))
     )
     for _ in range(data.draw(st.integers(1, 4))):
         op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
@@ -70,7 +70,7 @@ def test_any_mutation_of_a_frame_is_refused_cleanly(data):
         if not frame:
             break
     try:
-        decode(bytes(frame), Kind.TOKENS, bytes(16))
+        parse_frame(bytes(frame), Kind.TOKENS, bytes(16))
     except HeAeroError as exc:
         assert str(exc).startswith("protocol: ")
 

@@ -17,9 +17,9 @@ from he_aero.protocol import (
     Message,
     RuntimeOffer,
     Traffic,
-    decode,
-    encode,
     meta_field,
+    parse_frame,
+    to_frame,
 )
 
 SESSION = bytes(range(16))
@@ -58,44 +58,44 @@ def test_encode_writes_the_documented_layout():
     msg = Message(Kind.LOGITS, SESSION, {"b": 1, "a": [2, "é"]}, (b"xy", b"", bytearray(b"\x00\x01")))
     meta = json.dumps({"a": [2, "é"], "b": 1}, sort_keys=True, separators=(",", ":")).encode()
     assert meta == b'{"a":[2,"\\u00e9"],"b":1}'
-    assert encode(msg) == frame(meta, (b"xy", b"", b"\x00\x01"), kind=4)
-    assert len(encode(Message(Kind.OFFER, NO_SESSION, {}))) == HEAD + 2 + 32
+    assert to_frame(msg) == frame(meta, (b"xy", b"", b"\x00\x01"), kind=4)
+    assert len(to_frame(Message(Kind.OFFER, NO_SESSION, {}))) == HEAD + 2 + 32
 
 
 @pytest.mark.parametrize("n", [0, 15, 17])
 def test_encode_refuses_a_session_id_that_is_not_16_bytes(n):
     with pytest.raises(HeAeroError, match=f"^protocol: session id must be 16 bytes, got {n}$"):
-        encode(Message(Kind.TOKENS, bytes(n), {}))
+        to_frame(Message(Kind.TOKENS, bytes(n), {}))
 
 
 def test_decode_returns_kind_session_meta_and_parts():
     data = frame(b'{"n":3}', (b"abc", b"", b"\x00" * 9, b"z"), kind=6)
     for buf in (data, bytearray(data), memoryview(data)):
-        msg = decode(buf, Kind.REFRESH_RESPONSE, SESSION)
+        msg = parse_frame(buf, Kind.REFRESH_RESPONSE, SESSION)
         assert msg == Message(Kind.REFRESH_RESPONSE, SESSION, {"n": 3}, (b"abc", b"", b"\x00" * 9, b"z"))
         assert msg.kind is Kind.REFRESH_RESPONSE and all(type(p) is bytes for p in msg.parts)
 
 
 def test_decode_without_a_session_accepts_any_session():
     other = bytes(range(100, 116))
-    assert decode(frame(session=other), Kind.TOKENS).session == other
+    assert parse_frame(frame(session=other), Kind.TOKENS).session == other
 
 
 def test_the_shortest_frame_is_a_header_and_a_digest():
     data = frame(b"")  # metadata of length 0: not JSON, but not truncated either
     assert len(data) == HEAD + 32
     with pytest.raises(HeAeroError, match="^protocol: TOKENS message: metadata is not valid JSON"):
-        decode(data, Kind.TOKENS)
+        parse_frame(data, Kind.TOKENS)
     with pytest.raises(
         HeAeroError,
         match=rf"^protocol: TOKENS message truncated \({HEAD + 31} bytes, shorter than a header\)$",
     ):
-        decode(data[:-1], Kind.TOKENS)
+        parse_frame(data[:-1], Kind.TOKENS)
 
 
 def test_non_bytes_are_refused():
     with pytest.raises(HeAeroError, match="^protocol: LOGITS message must be bytes, got str$"):
-        decode("HEAERO", Kind.LOGITS)
+        parse_frame("HEAERO", Kind.LOGITS)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_non_bytes_are_refused():
 def test_each_refusal_names_its_reason(kw, message):
     kw = {"parts": (b"abc",), **kw}
     with pytest.raises(HeAeroError, match=message) as err:
-        decode(frame(**kw), Kind.TOKENS, SESSION)
+        parse_frame(frame(**kw), Kind.TOKENS, SESSION)
     assert str(err.value).startswith("protocol: ")
 
 
@@ -141,20 +141,20 @@ def test_a_length_field_that_overshoots_is_too_short():
     with pytest.raises(
         HeAeroError, match=r"truncated or corrupted \(too short: the frame's lengths do not add up\)"
     ):
-        decode(bytes(cut), Kind.TOKENS)
+        parse_frame(bytes(cut), Kind.TOKENS)
 
 
 def test_a_part_length_that_reaches_into_the_digest_is_caught_before_reading_it():
     # 2 parts announced, 1 present: not 8 + 32 bytes left for part 1's length and the digest
     data = frame(b"{}", (b"abc",), n_parts=2)
     with pytest.raises(HeAeroError, match=r"truncated \(part 1 of 2 missing\)"):
-        decode(data, Kind.TOKENS)
+        parse_frame(data, Kind.TOKENS)
     exact = frame(b"{}", (b"",))  # part 0: its 8-byte length, then exactly the digest
-    assert decode(exact, Kind.TOKENS).parts == (b"",)
+    assert parse_frame(exact, Kind.TOKENS).parts == (b"",)
 
 
 def test_the_reserved_byte_is_carried_but_not_interpreted():
-    assert decode(frame(reserved=7), Kind.TOKENS).meta == {}
+    assert parse_frame(frame(reserved=7), Kind.TOKENS).meta == {}
 
 
 def test_meta_field_returns_typed_values_and_names_missing_ones():
@@ -246,7 +246,7 @@ def test_offer_round_trips_through_a_frame():
         30.0,
     ]
     assert msg.meta["decode_rows"] is True and len(msg.meta) == 14
-    assert RuntimeOffer.from_message(decode(encode(msg), Kind.OFFER)) == offer
+    assert RuntimeOffer.from_message(parse_frame(to_frame(msg), Kind.OFFER)) == offer
     bad = Message(Kind.OFFER, NO_SESSION, {k: v for k, v in msg.meta.items() if k != "block"})
     with pytest.raises(
         HeAeroError, match=r"^protocol: OFFER message: missing or malformed field \('block'\)"
@@ -272,9 +272,9 @@ def test_error_frames_carry_a_known_code_and_a_message():
     from he_aero.protocol import ERROR_CODES, error_frame
 
     assert ERROR_CODES == ("busy", "protocol", "timeout", "shutdown", "internal")
-    msg = decode(error_frame("busy", "server at capacity"), Kind.ERROR, NO_SESSION)
+    msg = parse_frame(error_frame("busy", "server at capacity"), Kind.ERROR, NO_SESSION)
     assert msg == Message(Kind.ERROR, NO_SESSION, {"code": "busy", "message": "server at capacity"}, ())
-    assert decode(error_frame("timeout", "late", SESSION), Kind.ERROR, SESSION).meta["code"] == "timeout"
+    assert parse_frame(error_frame("timeout", "late", SESSION), Kind.ERROR, SESSION).meta["code"] == "timeout"
     with pytest.raises(
         HeAeroError,
         match=r"^protocol: unknown error code 'nope' \(one of busy, protocol, timeout, shutdown, internal\)$",

@@ -9,7 +9,7 @@ from he_aero.ckks.packing import pack, rows_pack, rows_unpack, unpack
 from he_aero.errors import HeAeroError
 from he_aero.generation import GenerationConfig, fit_prompt, pick_token
 from he_aero.plan import compile_plan
-from he_aero.protocol import Kind, Message, decode, encode
+from he_aero.protocol import Kind, Message, parse_frame, to_frame
 from models.linear_view import embed, layer_forward, view_forward
 from tests.conftest import assert_close_bits
 from tests.he_aero.conftest import BPB_GAP_TOL, LOGIT_TOL, insecure_session, small_ring_params
@@ -52,8 +52,8 @@ def test_each_stage_matches_its_plaintext_twin(tiny_session):
         x_plain = want
 
 
-def test_prefill_and_greedy_decode_match_plaintext(tiny_session):
-    s = tiny_session
+def test_prefill_and_greedy_decode_match_plaintext(tiny, tiny_plan):
+    s = insecure_session(tiny[3], tiny[2], tiny_plan)  # its own: the byte counts below start from zero
     res = s.generate(bytes(PROMPT[:5]), GenerationConfig(max_new_tokens=4, verify=True))
     assert res.flag is None and len(res.tokens) == 4
     assert res.top1_agreement == 1.0 and res.continuation == res.plaintext_continuation
@@ -142,9 +142,9 @@ def test_decode_in_the_rows_layout(tiny):
     stages = {r.name: r.ops for r in res.decode_stages[0]}
     assert stages["embed"]["rotations"] == 3  # log2(block = 8)
     with pytest.raises(HeAeroError, match="layout"):  # a features-layout token where rows are expected
-        msg = decode(session.client.encrypt_tokens([65], 5), Kind.TOKENS, session.client.session)
+        msg = parse_frame(session.client.encrypt_tokens([65], 5), Kind.TOKENS, session.client.session)
         session.server.decode(
-            encode(Message(Kind.TOKENS, msg.session, {**msg.meta, "layout": "features"}, msg.parts))
+            to_frame(Message(Kind.TOKENS, msg.session, {**msg.meta, "layout": "features"}, msg.parts))
         )
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from he_aero.protocol import Kind, decode, peek_kind
+from he_aero.protocol import Kind, parse_frame, peek_kind
 
 READY_TIMEOUT = 180.0
 
@@ -127,7 +127,7 @@ class RawClient:
         while True:
             data = self.recv(timeout)
             if peek_kind(data) == Kind.ERROR:
-                meta = decode(data, Kind.ERROR).meta
+                meta = parse_frame(data, Kind.ERROR).meta
                 break
         try:
             self.ws.recv(timeout=10)
@@ -154,7 +154,7 @@ def _describe(data) -> str:
         return f"text {data[:60]!r}"
     kind = peek_kind(data)
     if kind == Kind.ERROR:
-        return f"ERROR {decode(data, Kind.ERROR).meta}"
+        return f"ERROR {parse_frame(data, Kind.ERROR).meta}"
     return kind.name if kind else "unknown"
 
 

@@ -15,7 +15,7 @@ from he_aero.client.policy import ClientPolicy
 from he_aero.client.remote import run_remote, server_url
 from he_aero.errors import HeAeroError
 from he_aero.generation import GenerationConfig
-from he_aero.protocol import RuntimeOffer, encode
+from he_aero.protocol import RuntimeOffer, to_frame
 from he_aero.wan import AERO_WAN, Link, estimate, wan_seconds
 from tests.he_aero.client.serving import Served, gone
 
@@ -110,7 +110,7 @@ def test_a_crafted_offer_is_refused_before_keys(monkeypatch, changes, policy, wo
     received = []
 
     def handler(ws):
-        ws.send(encode(_offer(**changes).to_message()))
+        ws.send(to_frame(_offer(**changes).to_message()))
         try:
             for message in ws:
                 received.append(message)

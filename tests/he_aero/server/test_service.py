@@ -16,7 +16,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from he_aero.protocol import Kind, Message, decode, encode
+from he_aero.protocol import Kind, Message, parse_frame, to_frame
 from tests.he_aero.client.serving import RawClient, Served, gone, prefill
 
 PROMPT = [100, 101, 102, 32, 102, 40]  # "def f("
@@ -58,8 +58,8 @@ def keyed(served):
 
 
 def _reframe(data: bytes, expect: Kind, **changes) -> bytes:
-    msg = decode(data, expect)
-    return encode(
+    msg = parse_frame(data, expect)
+    return to_frame(
         Message(changes.get("kind", msg.kind), changes.get("session", msg.session), msg.meta, msg.parts)
     )
 
@@ -144,9 +144,9 @@ def test_a_refresh_reply_with_the_wrong_count_is_refused(served, keyed):
         raw.recv_kind(Kind.OFFER)
         raw.send(setup)
         raw.send(client.encrypt_tokens(PROMPT, 0))
-        reply = decode(client.handle_refresh(raw.recv_kind(Kind.REFRESH_REQUEST)), Kind.REFRESH_RESPONSE)
+        reply = parse_frame(client.handle_refresh(raw.recv_kind(Kind.REFRESH_REQUEST)), Kind.REFRESH_RESPONSE)
         short = Message(Kind.REFRESH_RESPONSE, reply.session, reply.meta, reply.parts[:-1])
-        raw.send(encode(short))
+        raw.send(to_frame(short))
         _refused(
             served, raw, f"refresh reply has {len(reply.parts) - 1} ciphertexts, sent {len(reply.parts)}"
         )
