@@ -404,6 +404,17 @@ def main(argv=None) -> None:
     r.add_argument("--accept", type=Path, nargs="*", default=[], help="accept JSON files (merged)")
     r.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    if args.cmd == "speed":  # refuse before any key is made: decode steps follow a prefill of lengths[0]
+        from he_aero.plan import load_plan
+
+        context = load_plan(args.plan).shape.t_max
+        if not all(1 <= n <= context for n in args.lengths):
+            ap.error(f"--lengths: each must lie in [1, {context}] (the model's context), got {args.lengths}")
+        if args.decode < 0 or args.lengths[0] + args.decode > context:
+            ap.error(
+                f"--decode: {args.decode} steps after a prefill of {args.lengths[0]} tokens "
+                f"(--lengths' first) pass the context of {context}"
+            )
     if args.cmd == "prompts":
         rows = [{"text": p.decode("latin-1"), "bytes": list(p)} for p in select_prompts(args.n, args.length)]
         doc = {

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench import infer
 
 
@@ -28,3 +30,20 @@ def test_bench_pipeline_runs_on_the_tiny_model(tiny_session, tmp_path):
                 "bits per byte on 1", "equal the pipeline's symbolic count", "The plan that ran")  # fmt: skip
     for part in sections:
         assert part in md
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--lengths", "64", "--decode", "3"], "--decode"),
+        (["--lengths", "0"], "--lengths"),
+        (["--lengths", "65"], "--lengths"),
+    ],
+)
+def test_speed_past_the_context_is_a_usage_error_before_any_work(args, option, capsys, tmp_path):
+    from bench import infer
+
+    with pytest.raises(SystemExit) as exc:
+        infer.main(["speed", *args, "--out", str(tmp_path / "x.json")])
+    assert exc.value.code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
