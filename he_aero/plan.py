@@ -541,7 +541,7 @@ class ExecutionPlan:
         if reader.need(data, "kind") != KIND:
             raise HeAeroError(f"{where}: field 'kind' is {data['kind']!r}, not {KIND!r} (not a plan file)")
         version = reader.need(data, "format_version")
-        if version != FORMAT_VERSION:
+        if isinstance(version, bool) or version != FORMAT_VERSION:
             raise HeAeroError(
                 f"{where}: format_version {version!r}, this he-aero reads {FORMAT_VERSION} "
                 "(re-run `he-aero plan`)"
@@ -550,7 +550,11 @@ class ExecutionPlan:
         sha = reader.need(ckpt, "weights_sha256", "checkpoint.")
         cal_sha = reader.need(data, "calibration_sha256")
         for name, value in (("checkpoint.weights_sha256", sha), ("calibration_sha256", cal_sha)):
-            if not isinstance(value, str) or len(value) != 64:
+            if (
+                not isinstance(value, str)
+                or len(value) != 64
+                or any(c not in "0123456789abcdef" for c in value)
+            ):
                 raise HeAeroError(f"{where}: field {name!r} is not a SHA-256 hex digest")
         try:
             shape = ModelShape(**reader.need(ckpt, "shape", "checkpoint."))
@@ -562,9 +566,9 @@ class ExecutionPlan:
         try:
             params = CkksParams(
                 reader.integer(ck, "poly_modulus_degree", "ckks."),
-                tuple(reader.need(ck, "coeff_mod_bit_sizes", "ckks.")),
+                tuple(reader.integers(ck, "coeff_mod_bit_sizes", "ckks.")),
                 reader.integer(ck, "scale_bits", "ckks."),
-                bool(reader.need(ck, "insecure_for_tests", "ckks.")),
+                reader.boolean(ck, "insecure_for_tests", "ckks."),
             )
         except (HeAeroError, TypeError, ValueError) as exc:
             raise HeAeroError(f"{where}: field 'ckks': {exc}") from exc
@@ -584,6 +588,13 @@ class ExecutionPlan:
                 raise HeAeroError(f"{where}: layers[{i}]: expected an exp and a reciprocal plan")
             z = reader.pair(reader.need(raw, "z_domain", ctx), f"{ctx}z_domain")
             den = reader.pair(reader.need(raw, "denominator_domain", ctx), f"{ctx}denominator_domain")
+            for plan, dom, name in ((exp, z, "exp"), (recip, den, "reciprocal")):
+                a, b = plan.steps[0].domain  # what the first polynomial is fitted on must cover the range
+                if a > dom[0] or b < dom[1]:
+                    raise HeAeroError(
+                        f"{where}: layers[{i}].{name}: its polynomial's domain [{a:g}, {b:g}] does not "
+                        f"cover the layer's range [{dom[0]:g}, {dom[1]:g}]"
+                    )
             layers.append(LayerPlan(exp, recip, z, den))
         refresh = reader.need(data, "refresh")
         bound = reader.need(refresh, "activation_bound", "refresh.")
@@ -593,35 +604,44 @@ class ExecutionPlan:
             or not (math.isfinite(bound) and bound > 0)
         ):
             raise HeAeroError(f"{where}: field 'refresh.activation_bound' must be a positive number")
-        steps = reader.need(data, "rotation_steps")
-        if not isinstance(steps, list) or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in steps
-        ):
-            raise HeAeroError(f"{where}: field 'rotation_steps' must be a list of integers")
-        comparison = data.get("comparison", {})
+        steps = reader.integers(data, "rotation_steps")
+        if not steps or any(not 0 < s < params.slots for s in steps) or len(set(steps)) != len(steps):
+            raise HeAeroError(
+                f"{where}: field 'rotation_steps' must list distinct slot steps in [1, {params.slots - 1}]"
+            )
+        hiding = reader.integer(refresh, "hiding_bits", "refresh.")
+        if not 1 <= hiding <= 40:
+            raise HeAeroError(f"{where}: field 'refresh.hiding_bits' must lie in [1, 40], got {hiding}")
+        try:  # the refresh levels follow from ring, bound and hiding: recomputed, never trusted
+            probe = Refresher(Evaluator(params), None, float(bound), hiding)
+        except HeAeroError as exc:
+            raise HeAeroError(f"{where}: field 'refresh': {exc}") from exc
+        for key, want in (("min_level", probe.min_level()), ("usable_levels", probe.usable_levels())):
+            if reader.integer(refresh, key, "refresh.") != want:
+                raise HeAeroError(
+                    f"{where}: field 'refresh.{key}' is {refresh[key]}, the ring and bound give {want}"
+                )
         block = reader.integer(layout, "block", "layout.")
         if block < shape.t_max or block & (block - 1) or block > params.slots:
             raise HeAeroError(
                 f"{where}: field 'layout.block' {block} must be a power of two holding the context"
             )
+        informational = _informational(data, where)
         return cls(
             weights_sha256=sha,
             calibration_sha256=cal_sha,
             shape=shape,
             params=params,
             block=block,
-            decode_rows=bool(reader.need(layout, "decode_rows", "layout.")),
+            decode_rows=reader.boolean(layout, "decode_rows", "layout."),
             layers=tuple(layers),
             activation_bound=float(bound),
-            hiding_bits=reader.integer(refresh, "hiding_bits", "refresh."),
+            hiding_bits=hiding,
             logit_domain=reader.pair(reader.need(data, "logit_domain"), "logit_domain"),
             rotation_steps=tuple(steps),
-            usable_levels=reader.integer(refresh, "usable_levels", "refresh."),
-            refresh_min_level=reader.integer(refresh, "min_level", "refresh."),
-            estimates=data.get("estimates", {}),
-            stages=tuple(data.get("stages", ())),
-            comparison=tuple(comparison.get("rings", ())) if isinstance(comparison, dict) else (),
-            why=str(comparison.get("why", "")) if isinstance(comparison, dict) else "",
+            usable_levels=probe.usable_levels(),
+            refresh_min_level=probe.min_level(),
+            **informational,
             producer=str(data.get("producer", "")),
         )
 
@@ -737,6 +757,47 @@ def _canonical(data: dict) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
+ESTIMATE_KEYS = {
+    "rotations", "ctct_mults", "pt_mults", "refresh_rounds", "refreshed_ciphertexts", "refresh_mb",
+    "latency_s",
+}  # fmt: skip
+STAGE_KEYS = {"stage", "need", "level_in", "refreshed"}
+RING_KEYS = {"poly_modulus_degree", "levels", "feasible", "reason", "chosen"}
+FEASIBLE_RING_KEYS = {"usable_levels", "prefill_latency_s", "decode_latency_s", "prefill_refresh_rounds",
+                      "decode_refresh_rounds", "prefill_refresh_mb", "decode_refresh_mb"}  # fmt: skip
+
+
+def _informational(data: dict, where: str) -> dict:
+    """The plan file's descriptive parts (estimates, stage levels, ring comparison), shape-checked: they are
+    printed by `explain`, never run, so a malformed one is refused here rather than failing there."""
+    estimates = data.get("estimates", {})
+    stages = data.get("stages", [])
+    comparison = data.get("comparison", {"rings": [], "why": ""})
+    rings = comparison.get("rings", []) if isinstance(comparison, dict) else None
+
+    def ring_ok(r):
+        return (
+            isinstance(r, dict)
+            and RING_KEYS <= set(r)
+            and (not r["feasible"] or FEASIBLE_RING_KEYS <= set(r))
+        )
+
+    ok = (
+        isinstance(estimates, dict)
+        and all(isinstance(v, dict) and ESTIMATE_KEYS <= set(v) for v in estimates.values())
+        and isinstance(stages, list)
+        and all(isinstance(s, dict) and STAGE_KEYS <= set(s) for s in stages)
+        and isinstance(rings, list)
+        and all(ring_ok(r) for r in rings)
+    )
+    if not ok:
+        raise HeAeroError(
+            f"{where}: fields 'estimates', 'stages' or 'comparison' are malformed (re-run `he-aero plan`)"
+        )
+    return {"estimates": estimates, "stages": tuple(stages), "comparison": tuple(rings),
+            "why": str(comparison.get("why", ""))}  # fmt: skip
+
+
 class _Reader:
     """Field access for `from_dict` with errors that name the field."""
 
@@ -747,6 +808,20 @@ class _Reader:
         if not isinstance(d, dict) or key not in d:
             raise HeAeroError(f"{self.where}: missing field {ctx}{key!r}")
         return d[key]
+
+    def boolean(self, d, key, ctx="") -> bool:
+        value = self.need(d, key, ctx)
+        if not isinstance(value, bool):
+            raise HeAeroError(f"{self.where}: field {ctx}{key!r} must be true or false, got {value!r}")
+        return value
+
+    def integers(self, d, key, ctx="") -> list[int]:
+        value = self.need(d, key, ctx)
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise HeAeroError(f"{self.where}: field {ctx}{key!r} must be a list of integers, got {value!r}")
+        return value
 
     def integer(self, d, key, ctx="") -> int:
         value = self.need(d, key, ctx)

@@ -130,3 +130,31 @@ def test_cli_plan_describes_the_shipped_model_and_writes_a_file(tmp_path):
     assert load_plan(out).to_dict()["rotation_steps"] == load_plan(DEFAULT_PLAN).to_dict()["rotation_steps"]
     bad = CliRunner().invoke(cli, ["plan", "--ring", "4096"])
     assert bad.exit_code == 2 and "--ring" in bad.output
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda d: d["refresh"].update(hiding_bits=100), "refresh.hiding_bits"),
+        (lambda d: d["refresh"].update(activation_bound=1e-12), "refresh.min_level"),  # masks ~1e-6 wide
+        (lambda d: d["refresh"].update(usable_levels=99), "refresh.usable_levels"),
+        (lambda d: d.update(rotation_steps=[]), "rotation_steps"),
+        (lambda d: d.update(rotation_steps=[-1, 99999999]), "rotation_steps"),
+        (lambda d: d["ckks"].update(insecure_for_tests="false"), "ckks.'insecure_for_tests'"),
+        (lambda d: d["layout"].update(decode_rows="false"), "layout.'decode_rows'"),
+        (lambda d: d.update(format_version=True), "format_version"),
+        (lambda d: d["ckks"]["coeff_mod_bit_sizes"].__setitem__(0, 50.5), "coeff_mod_bit_sizes"),
+        (lambda d: d["checkpoint"].update(weights_sha256="z" * 64), "checkpoint.weights_sha256"),
+        (lambda d: d["layers"][0]["exp"]["steps"][0].update(domain=[0, 1]), "layers[0].exp"),
+        (lambda d: d.update(stages=5), "stages"),
+        (lambda d: d.update(estimates="x"), "estimates"),
+        (lambda d: d["comparison"].update(rings=[{"feasible": True}]), "comparison"),
+    ],
+)
+def test_a_careless_or_hostile_plan_is_refused_at_load(tiny_plan, edit, field):
+    """Found by review: values the loader took silently (refresh settings, key steps, wrongly typed
+    flags, a polynomial fitted on another domain, malformed descriptive parts) are refused, naming the field."""
+    data = json.loads(json.dumps(tiny_plan.to_dict()))
+    edit(data)
+    with pytest.raises(HeAeroError, match="plan: .*" + re.escape(field)):
+        ExecutionPlan.from_dict(data)
