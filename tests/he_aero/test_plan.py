@@ -152,8 +152,8 @@ def test_cli_plan_describes_the_shipped_model_and_writes_a_file(tmp_path):
     ],
 )
 def test_a_careless_or_hostile_plan_is_refused_at_load(tiny_plan, edit, field):
-    """Found by review: values the loader took silently (refresh settings, key steps, wrongly typed
-    flags, a polynomial fitted on another domain, malformed descriptive parts) are refused, naming the field."""
+    """Found by review: values the loader took silently (refresh settings, key steps, wrongly typed flags,
+    a polynomial fitted on another domain, malformed descriptive parts) are refused, naming the field."""
     data = json.loads(json.dumps(tiny_plan.to_dict()))
     edit(data)
     with pytest.raises(HeAeroError, match="plan: .*" + re.escape(field)):
