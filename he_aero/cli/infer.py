@@ -192,6 +192,10 @@ def encrypt_infer(
         plan = load_plan(plan_file)
     with blame("--checkpoint"):
         model, header = load_checkpoint(path)
+    with blame("--plan"):  # refused before any key is made, naming the option
+        plan.check_checkpoint(header)
+        if not plan.params.is_secure and not insecure:
+            plan.params.require_secure()
     if not plan.params.is_secure:
         click.echo(f"WARNING: insecure test ring N={plan.params.poly_modulus_degree}", err=True)
     click.echo("setting up: keys (the client), public context (the server)...", err=True)

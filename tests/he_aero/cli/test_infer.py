@@ -102,18 +102,19 @@ def test_cli_bad_input(cli_files, tmp_path, monkeypatch, capsys):
     for argv, code, message in (
         (
             ["--checkpoint", str(other), "--plan", plan, "--allow-insecure-for-tests"],
-            1,
+            2,
             "compiled for checkpoint",
         ),
         (["--checkpoint", ckpt, "--plan", str(d / "prompt.txt")], 2, "'--plan'"),
         (["--checkpoint", str(tmp_path / "none"), "--plan", plan], 2, "'--checkpoint'"),
-        (["--checkpoint", ckpt, "--plan", plan], 1, "below 128-bit security"),
+        (["--checkpoint", ckpt, "--plan", plan], 2, "below 128-bit security"),
     ):
         monkeypatch.setattr(sys, "argv", ["he-aero", "encrypt-infer", str(d / "prompt.txt"), *argv])
         with pytest.raises(SystemExit) as exc:
             main()
         err = capsys.readouterr().err
         assert exc.value.code == code and message in err and "Traceback" not in err
+        assert "setting up" not in err and "WARNING" not in err  # refused before any key or warning
 
 
 def test_cli_flagged_first_token_with_verify_and_a_failed_write(cli_files, tmp_path, monkeypatch):
