@@ -703,7 +703,7 @@ class ExecutionPlan:
             f"model: d={s.d_model} heads={s.n_head} layers={s.n_layer} T_max={s.t_max} vocab={s.vocab}; "
             f"weights {self.weights_sha256[:12]}..., calibration {self.calibration_sha256[:12]}...",
             "",
-            "estimates (op counts x measured op latencies; refresh MB uncompressed, the wire carries ~60% of it):",
+            "estimates: op counts x measured op latencies; refresh MB uncompressed (the wire's are smaller)",
             f"{'N':>6} {'levels':>6} {'usable':>6} {'prefill s':>9} {'decode s':>8} {'rounds p/d':>10} "
             f"{'MB p/d':>13}  note",
         ]
