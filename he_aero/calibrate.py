@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from he_aero import __version__
+from he_aero.artifacts import interval, read_json
 from he_aero.errors import HeAeroError
 
 FORMAT_VERSION = 2
@@ -100,19 +101,6 @@ def widen(lo: float, hi: float, margin: float) -> tuple[float, float]:
     return float(lo - margin * w), float(hi + margin * w)
 
 
-def _interval(value, name: str, floor: float | None = None) -> tuple[float, float]:
-    """`value` as a finite (lo, hi) with lo < hi (and lo >= floor); HeAeroError names field `name`."""
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError) as exc:
-        raise HeAeroError(f"field {name!r} must be [lo, hi], got {value!r}") from exc
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise HeAeroError(f"field {name!r} must be finite with lo < hi, got {value!r}")
-    if floor is not None and lo < floor:
-        raise HeAeroError(f"field {name!r} must start at >= {floor:g}, got {value!r}")
-    return lo, hi
-
-
 # --- the instrumented plaintext layers --------------------------------------------------------------------
 ACTIVATIONS = ("x_in", "q", "k", "v", "num", "heads", "x_sa", "x_out")
 
@@ -149,8 +137,8 @@ class LayerCalibration:
     denominator_domain: tuple[float, float]
 
     def __post_init__(self):
-        object.__setattr__(self, "z_domain", _interval(self.z_domain, "z_domain"))
-        den = _interval(self.denominator_domain, "denominator_domain", floor=1.0)
+        object.__setattr__(self, "z_domain", interval(self.z_domain, "z_domain"))
+        den = interval(self.denominator_domain, "denominator_domain", floor=1.0)
         object.__setattr__(self, "denominator_domain", den)
 
     def to_dict(self) -> dict:
@@ -192,7 +180,7 @@ class Calibration:
         sha = self.weights_sha256
         if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
             raise HeAeroError("field 'checkpoint.weights_sha256' is not a SHA-256 hex digest")
-        object.__setattr__(self, "logit_domain", _interval(self.logit_domain, "logit_domain"))
+        object.__setattr__(self, "logit_domain", interval(self.logit_domain, "logit_domain"))
         bound = self.activation_bound
         if isinstance(bound, bool) or not (
             isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0
@@ -345,17 +333,7 @@ class Calibration:
 def load_calibration(path: Path | str | None = None) -> Calibration:
     """Read and validate a calibration file (default: the shipped one, for the shipped default checkpoint)."""
     path = Path(path) if path is not None else DEFAULT_CALIBRATION
-    if not path.is_file():
-        hint = (
-            " (the shipped default is made by `make calibrate-default`)"
-            if path == DEFAULT_CALIBRATION
-            else ""
-        )
-        raise HeAeroError(f"calibration {path}: no such file{hint}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HeAeroError(f"calibration {path}: not valid JSON ({exc})") from exc
+    data = read_json(path, "calibration", DEFAULT_CALIBRATION, "calibrate-default")
     return Calibration.from_dict(data, where=f"calibration {path}")
 
 

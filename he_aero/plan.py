@@ -28,6 +28,7 @@ import numpy as np
 from approx.errors import ApproxError
 from approx.plans import Plan, plan_exp, plan_reciprocal
 from he_aero import __version__
+from he_aero.artifacts import interval, read_json
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.packing import block_for, feature_layout, rows_count
@@ -832,24 +833,15 @@ class _Reader:
 
     def pair(self, value, name) -> tuple[float, float]:
         try:
-            lo, hi = (float(v) for v in value)
-        except (TypeError, ValueError) as exc:
-            raise HeAeroError(f"{self.where}: field {name!r} must be [lo, hi], got {value!r}") from exc
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise HeAeroError(f"{self.where}: field {name!r} must be finite with lo < hi, got {value!r}")
-        return lo, hi
+            return interval(value, name)
+        except HeAeroError as exc:
+            raise HeAeroError(f"{self.where}: {exc}") from exc
 
 
 def load_plan(path: Path | str | None = None) -> ExecutionPlan:
     """Read and validate a plan file (default: the shipped one, for the shipped default checkpoint)."""
     path = Path(path) if path is not None else DEFAULT_PLAN
-    if not path.is_file():
-        hint = " (the shipped default is made by `make plan-default`)" if path == DEFAULT_PLAN else ""
-        raise HeAeroError(f"plan {path}: no such file{hint}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HeAeroError(f"plan {path}: not valid JSON ({exc})") from exc
+    data = read_json(path, "plan", DEFAULT_PLAN, "plan-default")
     return ExecutionPlan.from_dict(data, where=f"plan {path}")
 
 

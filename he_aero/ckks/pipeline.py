@@ -127,6 +127,11 @@ class Pipeline:
         ]
         self._linears: dict = {}
 
+    @property
+    def stage_names(self) -> list[str]:
+        """The stages of `run` in order, as its StageRecords and `progress` calls name them."""
+        return ["embed", *(f"layer {i}" for i in range(len(self.layers))), "lm_head"]
+
     # --- layouts -------------------------------------------------------------------------------------------
     def layout(self, n_tokens: int, n_features: int | None = None) -> FeatureLayout:
         return FeatureLayout(self.params.slots, self.block, n_features or self.d, n_tokens)
@@ -246,30 +251,31 @@ class Pipeline:
 
         layout = self.layout(n)
         rows = self.rows and caches is not None  # decode steps: "rows" layout in and out
+        embed, *layer_names, head = self.stage_names
         if rows:
-            xs = stage("embed", lambda: self._embed_rows(ev, onehot, position), ev.lowest(onehot))
+            xs = stage(embed, lambda: self._embed_rows(ev, onehot, position), ev.lowest(onehot))
         else:
-            xs = stage("embed", lambda: self._embed(ev, onehot, position, n), ev.lowest(onehot))
+            xs = stage(embed, lambda: self._embed(ev, onehot, position, n), ev.lowest(onehot))
         new_caches = []
         for i, layer in enumerate(self.layers):
             lvl = ev.lowest(xs)
             if caches is None:
                 xs, cache = stage(
-                    f"layer {i}", lambda layer=layer, xs=xs: layer.prefill(ev, ref, xs, layout), lvl
+                    layer_names[i], lambda layer=layer, xs=xs: layer.prefill(ev, ref, xs, layout), lvl
                 )
                 new_caches.append(cache)
             else:
                 xs = stage(
-                    f"layer {i}",
+                    layer_names[i],
                     lambda layer=layer, xs=xs, c=caches[i]: layer.decode(ev, ref, xs, c, layout),
                     lvl,
                 )
         lvl = ev.lowest(xs)
         if rows:
-            logits = stage("lm_head", lambda: self._lm_rows(ev, ref, xs), lvl)
+            logits = stage(head, lambda: self._lm_rows(ev, ref, xs), lvl)
         else:
             logits = stage(
-                "lm_head",
+                head,
                 lambda: self._real(
                     ev, self._linear("lm", n)(ev, ref.ensure(xs, 1, "lm head"), rescale=False)
                 ),

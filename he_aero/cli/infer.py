@@ -16,6 +16,7 @@ from he_aero.cli.options import (
     checkpoint_option,
     force_option,
     json_option,
+    plan_option,
     progress_option,
     prompt_argument,
     report,
@@ -81,14 +82,7 @@ class _Bars:
 @click.command("encrypt-infer")
 @prompt_argument()
 @checkpoint_option()
-@click.option(
-    "--plan",
-    "plan_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    show_default="the shipped model's",
-    help="plan file for the checkpoint (`he-aero plan --out`)",
-)
+@plan_option
 @click.option(
     "--max-new-tokens",
     type=click.IntRange(1),
@@ -213,16 +207,9 @@ def encrypt_infer(
         srv = session.server
         *_, records = srv.pipeline.symbolic_prefill(len(fitted), plan.activation_bound, plan.hiding_bits)
         say(plan.explain() + "\n\n" + describe_prefill(records, len(fitted)))
-    stages = ["embed", *(f"layer {i}" for i in range(len(session.server.pipeline.layers))), "lm_head"]
-    with _Bars(stages, max_new_tokens, not no_progress) as bars:
+    with _Bars(session.server.pipeline.stage_names, max_new_tokens, not no_progress) as bars:
         res = session.generate(prompt, config, bars)
-    say(res.report())
-    outputs = Outputs()
-    if outputs.write_json("--json", json_out, res.to_dict()) and json_out != "-":
-        say(f"wrote {json_out}")
-    problems = [*outputs.failures, *([res.flag_message()] if res.flag is not None else [])]
-    if problems:
-        raise click.ClickException("; ".join(problems))
+    _finish(res, json_out, say)
 
 
 def _remote(server, expect_model, prompt, config, path, plan_file, insecure, verify, json_out, no_progress):
@@ -267,6 +254,11 @@ def _remote(server, expect_model, prompt, config, path, plan_file, insecure, ver
         stages = list(session.server.stages)
         with _Bars(stages, config.max_new_tokens, not no_progress) as bars:
             res = session.generate(prompt, config, bars)
+    _finish(res, json_out, say)
+
+
+def _finish(res, json_out, say) -> None:
+    """Print the result, write --json; exit 1 naming a failed write or the client's flag."""
     say(res.report())
     outputs = Outputs()
     if outputs.write_json("--json", json_out, res.to_dict()) and json_out != "-":

@@ -201,6 +201,16 @@ def prompt_argument(required: bool = True):
 
 
 # --- the checkpoint ----------------------------------------------------------------------------------------
+plan_option = click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_default="the shipped model's",
+    help="plan file for the checkpoint (`he-aero plan --out`)",
+)
+
+
 def checkpoint_option(positional_alias: bool = False):
     """`--checkpoint DIR`; with `positional_alias`, the older `[CHECKPOINT]` argument is still accepted."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from he_aero.cli.options import blame, checkpoint_option
+from he_aero.cli.options import blame, checkpoint_option, plan_option
 
 
 @click.command("serve")
@@ -22,14 +22,7 @@ from he_aero.cli.options import blame, checkpoint_option
     help="TCP port (0: any free one)",
 )
 @checkpoint_option()
-@click.option(
-    "--plan",
-    "plan_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    show_default="the shipped model's",
-    help="plan file for the checkpoint (`he-aero plan --out`)",
-)
+@plan_option
 @click.option(
     "--max-sessions",
     type=click.IntRange(1),

@@ -103,11 +103,6 @@ class Pipe:
         return payload
 
 
-def stage_names(server) -> list[str]:
-    """The pipeline's stages in order, as `progress` names them (the client's progress bars)."""
-    return ["embed", *(f"layer {i}" for i in range(len(server.pipeline.layers))), "lm_head"]
-
-
 class WorkerSession:
     """One client's session on a `Server` (he_aero/server/server.py), driven by frames from a `Pipe`."""
 
@@ -119,7 +114,9 @@ class WorkerSession:
     def offer(self) -> bytes:
         """The server's OFFER with the stage names added (extra metadata: RuntimeOffer ignores it)."""
         msg = parse_frame(self.server.offer(), Kind.OFFER)
-        return to_frame(Message(Kind.OFFER, msg.session, {**msg.meta, "stages": stage_names(self.server)}))
+        return to_frame(
+            Message(Kind.OFFER, msg.session, {**msg.meta, "stages": self.server.pipeline.stage_names})
+        )
 
     def _refresh_link(self, request: bytes) -> bytes:
         self.pipe.send(request)

@@ -1,0 +1,37 @@
+"""What the versioned JSON artifacts (calibration, plan) share: reading the file, and the checks of a field.
+
+Each error is a HeAeroError; `read_json` names the file, `interval` the field (callers add the file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from he_aero.errors import HeAeroError
+
+
+def read_json(path: Path, noun: str, default: Path, remake: str):
+    """The parsed JSON of artifact file `path`; `noun` starts each error ("calibration", "plan") and
+    `remake` is the make target that rebuilds the shipped `default`."""
+    if not path.is_file():
+        hint = f" (the shipped default is made by `make {remake}`)" if path == default else ""
+        raise HeAeroError(f"{noun} {path}: no such file{hint}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HeAeroError(f"{noun} {path}: not valid JSON ({exc})") from exc
+
+
+def interval(value, name: str, floor: float | None = None) -> tuple[float, float]:
+    """`value` as a finite (lo, hi) with lo < hi (and lo >= floor); HeAeroError names field `name`."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise HeAeroError(f"field {name!r} must be [lo, hi], got {value!r}") from exc
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise HeAeroError(f"field {name!r} must be finite with lo < hi, got {value!r}")
+    if floor is not None and lo < floor:
+        raise HeAeroError(f"field {name!r} must start at >= {floor:g}, got {value!r}")
+    return lo, hi
