@@ -206,9 +206,9 @@ def _counted(session, n_tokens: int, decode: bool) -> list:
     """StageRecords of the same pass on a symbolic evaluator (no SEAL objects): a prefill of n_tokens, or one
     decode step against a cache of n_tokens."""
     pipe, plan = session.server.pipeline, session.server.plan
-    _, _, caches, records = pipe.symbolic_prefill(n_tokens, plan.activation_bound, plan.hiding_bits)
+    _, _, caches, records = pipe.symbolic_prefill(n_tokens, plan.activation_bound, plan.mask_bits)
     if decode:
-        _, _, records = pipe.symbolic_decode(caches, plan.activation_bound, plan.hiding_bits)
+        _, _, records = pipe.symbolic_decode(caches, plan.activation_bound, plan.mask_bits)
     return records
 
 

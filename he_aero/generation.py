@@ -9,12 +9,12 @@ Results print themselves: `GenerationResult.report()` (what the CLI prints: `.ve
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 
 import numpy as np
 
+from he_aero.ckks.hiding import RefreshHiding
 from he_aero.ckks.pipeline import StageRecord
 from he_aero.errors import HeAeroError
 
@@ -91,8 +91,7 @@ class GenerationResult:
     ring_degree: int
     levels: int
     rotation_keys: int
-    hiding_bits: int = 0  # refresh mask hiding per value (the offer's), bits
-    slots: int = 0  # values per refreshed ciphertext (N/2 slots, real and imaginary parts: x2)
+    hiding: RefreshHiding | None = None  # what the refresh hides (the offer's ring, mask and bound)
     flag: str | None = None
     plaintext_continuation: bytes | None = None
 
@@ -106,18 +105,18 @@ class GenerationResult:
         return sum(vals) / len(vals) if vals else None
 
     @property
-    def refreshed_values(self) -> int:
-        """Masked values the client saw in refreshes: ciphertexts x slots x 2 (real and imaginary parts)."""
-        return int(self.client_decryptions.get("refresh", 0)) * self.slots * 2
+    def refreshed_polynomials(self) -> int:
+        """Masked polynomials the client decrypted in refreshes (one per refreshed ciphertext)."""
+        return int(self.client_decryptions.get("refresh", 0))
 
     @property
     def refresh_hiding_bits_session(self) -> float | None:
-        """-log2 of the union bound on the statistical distance over every value the client saw at refreshes:
-        n x 2^-(h+1) (docs/security.md). Negative: no guarantee for the whole session, only per value."""
-        n = self.refreshed_values
-        if not n or not self.hiding_bits:
+        """-log2 of the bound on the statistical distance over every polynomial the client decrypted at
+        refreshes: n N T / 2^(k+1) (he_aero/ckks/hiding.py); None without refreshes."""
+        n = self.refreshed_polynomials
+        if not n or self.hiding is None:
             return None
-        return round(self.hiding_bits + 1 - math.log2(n), 2)
+        return round(self.hiding.session_bits(n), 2)
 
     @property
     def max_abs_logit_error(self) -> float | None:
@@ -214,9 +213,9 @@ class GenerationResult:
         )
         if self.refresh_hiding_bits_session is not None:
             lines.append(
-                f"refresh hiding: {self.hiding_bits + 1} bits per value, "
+                f"refresh hiding: {self.hiding.per_polynomial_bits:.1f} bits per polynomial, "
                 f"{self.refresh_hiding_bits_session:g} bits over the session's "
-                f"{self.refreshed_values:,} masked values (union bound; docs/security.md)"
+                f"{self.refreshed_polynomials:,} masked polynomials (docs/security.md)"
             )
         return "\n".join(lines)
 
@@ -244,8 +243,11 @@ class GenerationResult:
             "ring_degree": self.ring_degree,
             "levels": self.levels,
             "rotation_keys": self.rotation_keys,
-            "refreshed_values": self.refreshed_values,
-            "refresh_hiding_bits_per_value": self.hiding_bits + 1 if self.hiding_bits else None,
+            "refreshed_polynomials": self.refreshed_polynomials,
+            "refresh_mask_bits": self.hiding.mask_bits if self.hiding else None,
+            "refresh_hiding_bits_per_polynomial": (
+                round(self.hiding.per_polynomial_bits, 2) if self.hiding else None
+            ),
             "refresh_hiding_bits_session": self.refresh_hiding_bits_session,
             "client_decryptions": {
                 "logits": self.client_decryptions.get("logits", 0),

@@ -30,15 +30,16 @@ from approx.plans import Plan, plan_exp, plan_reciprocal
 from he_aero import __version__
 from he_aero.artifacts import interval, read_json
 from he_aero.ckks.ciphertext import Ct, Evaluator
+from he_aero.ckks.hiding import MASK_BITS, SESSION_HIDING_BITS, RefreshHiding
 from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.packing import block_for, feature_layout, rows_count
-from he_aero.ckks.params import HIDING_BITS, CkksParams, default_params
+from he_aero.ckks.params import CkksParams, default_params
 from he_aero.ckks.pipeline import Pipeline, shape_only_view
 from he_aero.ckks.poly import atomic_depth, step_depth
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KIND = "he-aero plan"
 RINGS = (8192, 16384, 32768)
 DEFAULT_PLAN = Path(__file__).parent / "data" / "default-plan.json"
@@ -121,13 +122,15 @@ class PlanConfig:
     Attributes
     ----------
     exp_max_rel_error, recip_max_rel_error : certified relative error bounds of the exp and 1/x plans.
-    hiding_bits : statistical hiding of a refresh mask per slot, in bits (docs/security.md).
+    mask_bits : k, refresh masks are uniform in [-2^k, 2^k) on every coefficient (he_aero/ckks/hiding.py).
+    session_hiding_bits : the statistical hiding a session keeps; caps a session's refreshed polynomials.
     rings : candidate ring degrees.
     """
 
     exp_max_rel_error: float = 1e-4
     recip_max_rel_error: float = 1e-4
-    hiding_bits: int = HIDING_BITS
+    mask_bits: int = MASK_BITS
+    session_hiding_bits: int = SESSION_HIDING_BITS
     rings: tuple[int, ...] = RINGS
 
     def __post_init__(self):
@@ -135,8 +138,10 @@ class PlanConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v < 1):
                 raise HeAeroError(f"plan {name}: expected a number in (0, 1), got {v!r}")
-        if isinstance(self.hiding_bits, bool) or not isinstance(self.hiding_bits, int):
-            raise HeAeroError(f"plan hiding_bits: expected an integer, got {self.hiding_bits!r}")
+        for name, lo, hi in (("mask_bits", 1, 127), ("session_hiding_bits", 1, 128)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise HeAeroError(f"plan {name}: expected an integer in [{lo}, {hi}], got {v!r}")
         if not self.rings or any(r not in RINGS for r in self.rings):
             raise HeAeroError(f"plan rings: expected some of {list(RINGS)}, got {list(self.rings)}")
 
@@ -308,7 +313,7 @@ def evaluate_ring(
     params: CkksParams,
     shape: ModelShape,
     ranges: Ranges,
-    hiding_bits: int,
+    mask_bits: int,
     plans: list | None,
     decode_rows: bool | None = None,
 ) -> RingReport:
@@ -316,7 +321,7 @@ def evaluate_ring(
     decides the decode layout by shape (`decode_rows_for`)."""
     report = RingReport(params, False)
     try:
-        probe = Refresher(Evaluator(params), None, ranges.activation_bound, hiding_bits)
+        probe = Refresher(Evaluator(params), None, ranges.activation_bound, mask_bits)
     except HeAeroError as exc:
         report.reason = str(exc)
         return report
@@ -354,12 +359,12 @@ def evaluate_ring(
         plans, params, report.block, report.decode_rows,
     )  # fmt: skip
     bound = ranges.activation_bound
-    ev, ref, caches, _ = pipe.symbolic_prefill(shape.t_max, bound, hiding_bits)
+    ev, ref, caches, _ = pipe.symbolic_prefill(shape.t_max, bound, mask_bits)
     report.prefill = _phase_summary(ev, ref, params)
     report.stages = ref.trace
     for c in caches:  # the costliest decode step: the last position
         c.length = shape.t_max - 1
-    dev, dref, _ = pipe.symbolic_decode(caches, bound, hiding_bits)
+    dev, dref, _ = pipe.symbolic_decode(caches, bound, mask_bits)
     report.decode = _phase_summary(dev, dref, params)
     report.key_bytes_base = KEY_BYTES.get(params.poly_modulus_degree, (0, 0))[1]  # tests: small rings
     report.feasible = True
@@ -370,7 +375,7 @@ def choose_ring(
     shape: ModelShape,
     ranges: Ranges,
     plans: list | None = None,
-    hiding_bits: int = HIDING_BITS,
+    mask_bits: int = MASK_BITS,
     rings=RINGS,
 ) -> RingChoice:
     """Compare the rings; choose the lowest estimated prefill + DECODE_STEPS_IN_COST decode steps."""
@@ -378,7 +383,7 @@ def choose_ring(
         raise HeAeroError(f"ranges: {len(ranges.z_window)} z windows for {shape.n_layer} layers")
     if plans is not None and len(plans) != shape.n_layer:
         raise HeAeroError(f"plans: {len(plans)} for {shape.n_layer} layers")
-    cands = [evaluate_ring(default_params(n), shape, ranges, hiding_bits, plans) for n in rings]
+    cands = [evaluate_ring(default_params(n), shape, ranges, mask_bits, plans) for n in rings]
     ok = [c for c in cands if c.feasible]
     if not ok:
         raise HeAeroError("no ring can run this model: " + "; ".join(
@@ -411,7 +416,7 @@ def layer_depths(shape: ModelShape, plans: list) -> list[int]:
     out = []
     for i in range(shape.n_layer):
         ev = Evaluator(deep)
-        ref = Refresher(ev, None, 1.0, HIDING_BITS, allow=False)
+        ref = Refresher(ev, None, 1.0, MASK_BITS, allow=False)
         xs = [Ct(None, deep.levels, layout) for _ in range(layout.n_ct)]
         xs, _ = EncryptedLayer(i, view.layers[0], *plans[i]).prefill(ev, ref, xs, layout)
         out.append(deep.levels - ev.lowest(xs))
@@ -422,7 +427,7 @@ def check_depth_budget(shape: ModelShape, plans: list, params: CkksParams, refre
     """Raise before any encryption if the model cannot run on `params`: without refresh each layer's whole
     depth must fit the chain; with refresh, every plan step must fit between two refreshes."""
     if refresh:
-        rep = evaluate_ring(params, shape, Ranges(((-1.0, 1.0),) * shape.n_layer), HIDING_BITS, plans)
+        rep = evaluate_ring(params, shape, Ranges(((-1.0, 1.0),) * shape.n_layer), MASK_BITS, plans)
         if not rep.feasible:
             raise HeAeroError(f"depth budget on {params.describe()}: {rep.reason}")
         return
@@ -459,8 +464,9 @@ class ExecutionPlan:
     block: int
     decode_rows: bool
     layers: tuple[LayerPlan, ...]
-    activation_bound: float  # bound on |x| of any refreshed value: the refresh mask's scale
-    hiding_bits: int
+    activation_bound: float  # bound on |x| of any refreshed value (the refresh's message bound)
+    mask_bits: int
+    session_hiding_bits: int
     logit_domain: tuple[float, float]  # the client's plausibility check
     rotation_steps: tuple[int, ...]
     usable_levels: int
@@ -475,6 +481,18 @@ class ExecutionPlan:
     def plans(self) -> list[tuple[Plan, Plan]]:
         """Per layer (exp, reciprocal): what `Pipeline` takes."""
         return [(lay.exp, lay.reciprocal) for lay in self.layers]
+
+    @property
+    def hiding(self) -> RefreshHiding:
+        """What the refresh hides on this ring with this bound (he_aero/ckks/hiding.py)."""
+        p = self.params
+        return RefreshHiding(p.poly_modulus_degree, self.mask_bits, p.scale_bits, self.activation_bound)
+
+    @property
+    def max_refresh_polynomials(self) -> int:
+        """The session cap the server enforces: the most refreshed polynomials that keep
+        `session_hiding_bits` of hiding."""
+        return self.hiding.max_polynomials(self.session_hiding_bits)
 
     @property
     def key_bytes(self) -> int:
@@ -522,7 +540,10 @@ class ExecutionPlan:
             ],
             "refresh": {
                 "activation_bound": self.activation_bound,
-                "hiding_bits": self.hiding_bits,
+                "mask_bits": self.mask_bits,
+                "session_hiding_bits": self.session_hiding_bits,
+                "max_refresh_polynomials": self.max_refresh_polynomials,
+                "per_polynomial_hiding_bits": round(self.hiding.per_polynomial_bits, 3),
                 "usable_levels": self.usable_levels,
                 "min_level": self.refresh_min_level,
             },
@@ -610,14 +631,19 @@ class ExecutionPlan:
             raise HeAeroError(
                 f"{where}: field 'rotation_steps' must list distinct slot steps in [1, {params.slots - 1}]"
             )
-        hiding = reader.integer(refresh, "hiding_bits", "refresh.")
-        if not 1 <= hiding <= 40:
-            raise HeAeroError(f"{where}: field 'refresh.hiding_bits' must lie in [1, 40], got {hiding}")
-        try:  # the refresh levels follow from ring, bound and hiding: recomputed, never trusted
-            probe = Refresher(Evaluator(params), None, float(bound), hiding)
+        mask_bits = reader.integer(refresh, "mask_bits", "refresh.")
+        session_bits = reader.integer(refresh, "session_hiding_bits", "refresh.")
+        try:  # the refresh levels and cap follow from ring, bound and mask: recomputed, never trusted
+            PlanConfig(mask_bits=mask_bits, session_hiding_bits=session_bits)
+            probe = Refresher(Evaluator(params), None, float(bound), mask_bits)
         except HeAeroError as exc:
             raise HeAeroError(f"{where}: field 'refresh': {exc}") from exc
-        for key, want in (("min_level", probe.min_level()), ("usable_levels", probe.usable_levels())):
+        cap = probe.hiding.max_polynomials(session_bits)
+        for key, want in (
+            ("min_level", probe.min_level()),
+            ("usable_levels", probe.usable_levels()),
+            ("max_refresh_polynomials", cap),
+        ):
             if reader.integer(refresh, key, "refresh.") != want:
                 raise HeAeroError(
                     f"{where}: field 'refresh.{key}' is {refresh[key]}, the ring and bound give {want}"
@@ -637,7 +663,8 @@ class ExecutionPlan:
             decode_rows=reader.boolean(layout, "decode_rows", "layout."),
             layers=tuple(layers),
             activation_bound=float(bound),
-            hiding_bits=hiding,
+            mask_bits=mask_bits,
+            session_hiding_bits=session_bits,
             logit_domain=reader.pair(reader.need(data, "logit_domain"), "logit_domain"),
             rotation_steps=tuple(steps),
             usable_levels=probe.usable_levels(),
@@ -723,9 +750,12 @@ class ExecutionPlan:
                 f"{'<- chosen' if r['chosen'] else ''}"
             )
         lines += ["", f"choice: N={p.poly_modulus_degree}. {self.why}", "", p.describe()]
+        h = self.hiding
         lines.append(
-            f"refresh: masks hide {self.hiding_bits} bits per slot, |x| <= {self.activation_bound:.4g}; "
-            f"a refresh needs level >= {self.refresh_min_level}, so {self.usable_levels} levels in between"
+            f"refresh: masks of 2^{self.mask_bits} on every coefficient, |x| <= {self.activation_bound:.4g}, "
+            f"so {h.per_polynomial_bits:.1f} bits of hiding per polynomial; a session may refresh up to "
+            f"{self.max_refresh_polynomials} polynomials ({self.session_hiding_bits} bits); refreshes happen "
+            f"at level {self.refresh_min_level}, so {self.usable_levels} levels in between"
         )
         lines.append(
             f"slot layout: features, {self.block}-slot token blocks, {p.slots // self.block} features per "
@@ -876,9 +906,9 @@ def compile_plan(
     if params is None:
         if decode_rows is not None:
             raise HeAeroError("plan: forcing the decode layout needs a given ring (params)")
-        choice = choose_ring(shape, ranges, None, config.hiding_bits, config.rings)
+        choice = choose_ring(shape, ranges, None, config.mask_bits, config.rings)
     else:
-        report = evaluate_ring(params, shape, ranges, config.hiding_bits, None, decode_rows)
+        report = evaluate_ring(params, shape, ranges, config.mask_bits, None, decode_rows)
         if not report.feasible:
             raise HeAeroError(f"plan: {params.describe()} cannot run this model: {report.reason}")
         choice = RingChoice([report], report, "the ring was given")
@@ -887,7 +917,7 @@ def compile_plan(
         shape_only_view(shape.d_model, shape.n_head, shape.n_layer, shape.t_max, shape.vocab),
         best.plans, best.params, best.block, best.decode_rows,
     )  # fmt: skip
-    steps = pipe.rotation_steps(ranges.activation_bound, config.hiding_bits)
+    steps = pipe.rotation_steps(ranges.activation_bound, config.mask_bits)
     layers = tuple(
         LayerPlan(e, r, tuple(lay.z_domain), tuple(lay.denominator_domain))
         for (e, r), lay in zip(best.plans, calibration.layers, strict=True)
@@ -901,7 +931,8 @@ def compile_plan(
         decode_rows=best.decode_rows,
         layers=layers,
         activation_bound=float(calibration.activation_bound),
-        hiding_bits=config.hiding_bits,
+        mask_bits=config.mask_bits,
+        session_hiding_bits=config.session_hiding_bits,
         logit_domain=tuple(calibration.logit_domain),
         rotation_steps=steps,
         usable_levels=best.usable_levels,

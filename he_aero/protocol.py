@@ -255,8 +255,9 @@ class RuntimeOffer:
 
     Everything here is public: CKKS parameters, the rotation steps the kernels use (the client makes exactly
     those keys), the slot layout (block = slots per feature column, a power of two >= the context length),
-    model shape, the calibrated logit range (the client's plausibility check), the refresh settings (mask
-    bound and hiding bits, so the client can check the hiding it is promised) and the SHA-256 of the weights
+    model shape, the calibrated logit range (the client's plausibility check), the refresh settings (value
+    bound, mask bits and the session's cap on refreshed polynomials, from which the client computes the
+    hiding it is promised) and the SHA-256 of the weights
     and of the plan. The offer states; the client decides (he_aero/client/policy.py): nothing in it can
     lower the client's security requirements.
     """
@@ -271,7 +272,8 @@ class RuntimeOffer:
     d_model: int
     logit_domain: tuple[float, float]
     refresh_bound: float
-    hiding_bits: int
+    mask_bits: int
+    max_refresh_polynomials: int
     model_sha256: str
     plan_sha256: str
     decode_rows: bool  # decode tokens and logits use the "rows" layout (packing.rows_pack)
@@ -295,7 +297,8 @@ class RuntimeOffer:
                 d_model=int(m["d_model"]),
                 logit_domain=(float(m["logit_domain"][0]), float(m["logit_domain"][1])),
                 refresh_bound=float(m["refresh_bound"]),
-                hiding_bits=int(m["hiding_bits"]),
+                mask_bits=int(m["mask_bits"]),
+                max_refresh_polynomials=int(m["max_refresh_polynomials"]),
                 model_sha256=str(m["model_sha256"]),
                 plan_sha256=str(m["plan_sha256"]),
                 decode_rows=bool(m["decode_rows"]),

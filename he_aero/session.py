@@ -149,8 +149,7 @@ class Session:
             ring_degree=self.server.params.poly_modulus_degree,
             levels=self.server.params.levels,
             rotation_keys=len(self.server.rotation_steps),
-            hiding_bits=self.client.offer.hiding_bits,
-            slots=self.client.params.slots,
+            hiding=self.client.hiding,
             flag=records[-1].flag,
         )
         if config.verify:

@@ -18,14 +18,18 @@ killed run). Where memfd does not exist, a named temporary file is used and remo
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import tenseal.sealapi as seal
+import zstandard
 
+from he_aero.ckks import rns
 from he_aero.ckks.params import CkksParams
 from he_aero.errors import HeAeroError
 
@@ -69,13 +73,15 @@ def galois_element(step: int, poly_modulus_degree: int) -> int:
     return pow(3, step % slots, 2 * poly_modulus_degree)
 
 
-def chain_tables(ctx: seal.SEALContext, scale_bits: int) -> tuple[dict, dict, dict]:
-    """(parms_id, dropped prime, exact scale) per level.
+def chain_tables(ctx: seal.SEALContext, params: CkksParams) -> tuple[dict, dict, dict]:
+    """(parms_id, dropped prime, exact scale) per level of `params`' chain under `ctx`.
 
     Scales: S_{l-1} = S_l^2 / q_l keeps every ct x ct product on the table, but iterated forward from 2^s it
-    doubles any relative drift per level (22 levels at N=32768 blow up). So S_0 = 2^s is fixed first and
-    S_l = sqrt(S_{l-1} q_l) is run upwards (a contraction), then the table is recomputed downwards from that
-    S_top with SEAL's own double arithmetic (S * S / q), so products land bit-for-bit on it."""
+    doubles any relative drift per level (22 levels at N=32768 blow up). So S_base = 2^s is fixed first at the
+    lowest level computed on (`CkksParams.base_level`) and S_l = sqrt(S_{l-1} q_l) is run upwards (a
+    contraction), then the table is recomputed downwards from that S_top with SEAL's own double arithmetic
+    (S * S / q), so products land bit-for-bit on it. Levels below the base get the same recurrence; no
+    product lands there."""
     parms_ids, primes = {}, {}
     data = ctx.first_context_data()
     while data is not None:
@@ -84,8 +90,8 @@ def chain_tables(ctx: seal.SEALContext, scale_bits: int) -> tuple[dict, dict, di
         primes[lvl] = data.parms().coeff_modulus()[-1].value()
         data = data.next_context_data()
     top = max(parms_ids)
-    s = float(2**scale_bits)
-    for lvl in range(1, top + 1):
+    s = float(2**params.scale_bits)
+    for lvl in range(params.base_level + 1, top + 1):
         s = (s * primes[lvl]) ** 0.5
     scales = {top: s}
     for lvl in range(top, 0, -1):
@@ -129,6 +135,111 @@ def from_bytes(cls, ctx: seal.SEALContext, data: bytes):
         obj = cls()
         obj.load(ctx, path)
         return obj
+
+
+# --- RNS words (the flooding refresh works on the integer polynomials) ------------------------------------
+# SEAL's serialised layout (seal/serialization.h, ciphertext.cpp, plaintext.cpp, dynarray.h), read and written
+# here so that numpy sees the words without a per-word binding call (`DynArray.at` costs ~0.6 us a word):
+#   header (16 B): magic 0xA15E, header size 16, version major, minor, compression mode, reserved, total size
+#   Ciphertext: parms_id (4 x u64), is_ntt_form (u8), size, N, coeff_modulus_size (u64 each), scale (f64),
+#     correction factor (u64), then a DynArray: its own header, a word count (u64) and the words, stored
+#     polynomial by polynomial, prime by prime: shape (size, coeff_modulus_size, N)
+#   Plaintext: parms_id (4 x u64), coeff_count (u64), scale (f64), then the DynArray (shape (primes, N))
+_HEADER = struct.Struct("<HBBBBHQ")
+_MAGIC, _COMPR_NONE, _COMPR_ZSTD = 0xA15E, 0, 2
+_CT_MEMBERS = struct.Struct("<32sBQQQdQ")
+
+
+def _members(obj) -> bytes:
+    """The object's serialised members, uncompressed."""
+    blob = to_bytes(obj)
+    magic, hsize, _, _, compr, _, size = _HEADER.unpack_from(blob)
+    if magic != _MAGIC or hsize != _HEADER.size or size != len(blob):
+        raise HeAeroError("backend: not a SEAL serialisation")
+    body = blob[hsize:]
+    if compr == _COMPR_ZSTD:
+        body = zstandard.ZstdDecompressor().decompress(body, max_output_size=1 << 31)
+    elif compr != _COMPR_NONE:
+        raise HeAeroError(f"backend: SEAL compression mode {compr} is not supported")
+    return body
+
+
+@functools.cache
+def _seal_version() -> tuple[int, int]:
+    """SEAL's (major, minor) version bytes, as its own serialisation writes them."""
+    _, _, major, minor, *_ = _HEADER.unpack_from(to_bytes(seal.Plaintext()))
+    return major, minor
+
+
+def _dynarray_words(body: bytes, offset: int) -> np.ndarray:
+    count = struct.unpack_from("<Q", body, offset + _HEADER.size)[0]
+    start = offset + _HEADER.size + 8
+    return np.frombuffer(body, dtype="<u8", count=count, offset=start).astype(np.uint64)
+
+
+def ciphertext_words(ct: seal.Ciphertext) -> np.ndarray:
+    """(size, primes, N) uint64: the ciphertext's RNS words (NTT form or not, as the ciphertext is)."""
+    body = _members(ct)
+    _, _, size, n, primes, _, _ = _CT_MEMBERS.unpack_from(body)
+    return _dynarray_words(body, _CT_MEMBERS.size).reshape(size, primes, n)
+
+
+def ciphertext_like(
+    ctx: seal.SEALContext, template: seal.Ciphertext, words: np.ndarray, ntt: bool, scale: float
+) -> seal.Ciphertext:
+    """A ciphertext at `template`'s level with the given (size, primes, N) words, NTT flag and scale (SEAL's
+    own loader parses and validates it). With words [m, 0] it is the trivial encryption of m."""
+    major, minor = _seal_version()
+    parms_id = struct.pack("<4Q", *template.parms_id())
+    size, primes, n = words.shape
+    if (primes, n) != (template.coeff_modulus_size(), template.poly_modulus_degree()):
+        raise HeAeroError(f"backend: words of shape {words.shape} do not fit the template's level")
+    payload = np.ascontiguousarray(words, dtype="<u8").tobytes()
+    dyn = _HEADER.pack(_MAGIC, _HEADER.size, major, minor, _COMPR_NONE, 0, _HEADER.size + 8 + len(payload))
+    members = _CT_MEMBERS.pack(parms_id, int(ntt), size, n, primes, float(scale), 1)
+    members += dyn + struct.pack("<Q", words.size) + payload
+    head = _HEADER.pack(_MAGIC, _HEADER.size, major, minor, _COMPR_NONE, 0, _HEADER.size + len(members))
+    return from_bytes(seal.Ciphertext, ctx, head + members)
+
+
+def _unit_pair(template, c0: np.ndarray | None, ntt: bool) -> np.ndarray:
+    """Words of (c0, 1) at `template`'s level: c1 is the constant polynomial 1, all ones in NTT form and
+    (1, 0, ..., 0) per prime in coefficient form. Why a unit c1: SEAL refuses to transform or combine a
+    transparent ciphertext (c1 = 0), and a known c1 is removed again exactly by `_sub_unit`."""
+    shape = (template.coeff_modulus_size(), template.poly_modulus_degree())
+    c1 = np.ones(shape, np.uint64) if ntt else np.zeros(shape, np.uint64)
+    if not ntt:
+        c1[:, 0] = 1
+    return np.stack([np.zeros(shape, np.uint64) if c0 is None else c0, c1])
+
+
+def add_polynomial(ctx: seal.SEALContext, evaluator, a, words: np.ndarray, subtract: bool = False):
+    """a + (m, 0) (or a - (m, 0)): the polynomial m with coefficient words `words` ((primes, N), reduced,
+    not NTT) added exactly to a's c0, at a's level and scale (SEAL's NTT moves m into a's NTT form)."""
+    t = ciphertext_like(ctx, a, _unit_pair(a, words, ntt=False), ntt=False, scale=a.scale)
+    evaluator.transform_to_ntt_inplace(t)  # (NTT(m), NTT(1) = all ones)
+    unit = ciphertext_like(ctx, a, _unit_pair(a, None, ntt=True), ntt=True, scale=a.scale)
+    out = seal.Ciphertext()
+    if subtract:
+        evaluator.sub(a, t, out)
+        evaluator.add_inplace(out, unit)  # c1 back to a's
+    else:
+        evaluator.add(a, t, out)
+        evaluator.sub_inplace(out, unit)
+    return out
+
+
+def plaintext_coefficients(ctx: seal.SEALContext, evaluator, pt: seal.Plaintext, template) -> np.ndarray:
+    """(primes, N) coefficient words of an NTT-form plaintext at `template`'s level (its inverse NTT)."""
+    carrier = ciphertext_like(ctx, template, _unit_pair(template, None, ntt=True), ntt=True, scale=pt.scale)
+    evaluator.add_plain_inplace(carrier, pt)  # (P, 1)
+    evaluator.transform_from_ntt_inplace(carrier)
+    return ciphertext_words(carrier)[0]
+
+
+def level_primes(ctx: seal.SEALContext, parms_id) -> list[int]:
+    """The primes q_0..q_l of the level `parms_id` (the ciphertext modulus there)."""
+    return [q.value() for q in ctx.get_context_data(parms_id).parms().coeff_modulus()]
 
 
 # --- the public context -----------------------------------------------------------------------------------
@@ -283,3 +394,13 @@ class SealOps:
     @staticmethod
     def scale(a) -> float:
         return a.scale
+
+    def add_trivial(self, a, poly: rns.IntPoly, subtract: bool = False):
+        """a + m (or a - m) for an integer polynomial m added to c0 coefficient by coefficient (at a's
+        level; SEAL's NTT moves it into a's NTT form): the refresh's mask, exact to the last bit."""
+        ctx = self.ctx.seal_context
+        words = poly.residues(level_primes(ctx, a.parms_id()))
+        return add_polynomial(ctx, self._ev, a, words, subtract)
+
+    def primes(self, a) -> list[int]:
+        return level_primes(self.ctx.seal_context, a.parms_id())

@@ -4,7 +4,8 @@ Scale discipline (why): SEAL's primes are only close to 2^s, and TenSEAL's reset
 each rescale costs precision. Here every ciphertext at level l has scale exactly S_l, a per-level constant:
 S_{l-1} = S_l^2 / q_l (q_l: the prime a rescale from level l drops; S_0 = 2^scale_bits, see
 `keys.chain_tables`). Then
-- ct x ct at level l, rescaled, lands exactly on S_{l-1};
+- ct x ct at level l, rescaled, lands exactly on S_{l-1} (S_base = 2^scale_bits at `CkksParams.base_level`,
+  the lowest level a product may land on);
 - ct x plaintext encodes the plaintext at scale q_l * S_{l-1} / S_l, so the product also lands on S_{l-1};
 - a ciphertext moved down from level l to m < l is mod-switched to m + 1 and multiplied by 1 encoded at
   scale q_{m+1} * S_m / S_l (one cheap plaintext product), landing exactly on S_m.
@@ -114,6 +115,7 @@ class Evaluator:
         self.server = server
         self.symbolic = server is None
         self.top = params.levels
+        self.base = params.base_level
         self.slots = params.slots
         if self.symbolic:  # nominal primes: a symbolic run tracks levels, not values (and skips SEAL setup)
             bits = params.coeff_mod_bit_sizes
@@ -122,9 +124,10 @@ class Evaluator:
             self.scales = {lvl: float(2**params.scale_bits) for lvl in range(self.top + 1)}
         else:
             ctx = server.seal_context
-            self.parms_ids, self.primes, self.scales = chain_tables(ctx, params.scale_bits)
+            self.parms_ids, self.primes, self.scales = chain_tables(ctx, params)
         nominal = 2.0**params.scale_bits
-        if not self.symbolic and any(not 0.5 < s / nominal < 2.0 for s in self.scales.values()):
+        computed = [s for lvl, s in self.scales.items() if lvl >= self.base]
+        if not self.symbolic and any(not 0.5 < s / nominal < 2.0 for s in computed):
             raise HeAeroError(
                 f"exact scales drift beyond a factor 2 of 2^{params.scale_bits} on {params.describe()}"
             )
@@ -187,10 +190,11 @@ class Evaluator:
         return out
 
     def _need(self, a: Ct, what: str):
-        if a.level < 1:
+        if a.level <= self.base:
             raise HeAeroError(
-                f"depth budget exhausted: {what} needs a level but the ciphertext is at level 0 "
-                f"(chain of {self.top} levels); a refresh must come before this operation"
+                f"depth budget exhausted: {what} needs a level but the ciphertext is at level {a.level}, "
+                f"the base of the chain (levels {self.base + 1}..{self.top} compute); a refresh must come "
+                "before this operation"
             )
 
     def _rescaled(self, out: Ct) -> Ct:
@@ -436,6 +440,29 @@ class Evaluator:
             return a
         with self._timer:
             return Ct(self._ops.rerandomize(a.data), a.level, a.layout)
+
+    # --- the refresh's primitives (he_aero/ckks/refresh.py) ------------------------------------------------
+    def drop_to(self, a: Ct, level: int) -> Ct:
+        """`a` mod-switched down to `level`, its scale unchanged (so no longer the level's exact S_level:
+        only for a ciphertext about to leave the server)."""
+        a = self.rescale(a)
+        if a.level == level or self.symbolic:
+            return Ct(a.data, level, a.layout)
+        if a.level < level:
+            raise HeAeroError(f"drop_to: cannot raise a ciphertext from level {a.level} to {level}")
+        with self._timer:
+            return Ct(self._ops.mod_switch(a.data, self.parms_ids[level]), level, a.layout)
+
+    def add_integer_poly(self, a: Ct, poly, subtract: bool = False) -> Ct:
+        """`a` + m (or - m), m an integer polynomial (`rns.IntPoly`) added to c0 coefficient by coefficient,
+        exactly (the refresh's mask and its removal)."""
+        if self.symbolic:
+            return a
+        with self._timer:
+            return Ct(self._ops.add_trivial(a.data, poly, subtract), a.level, a.layout)
+
+    def scale_of(self, a: Ct) -> float:
+        return self._ops.scale(a.data)
 
     @staticmethod
     def to_bytes(a: Ct) -> bytes:

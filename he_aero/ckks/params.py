@@ -1,8 +1,10 @@
 """CKKS parameters: ring degree, modulus chain and scale, validated against SEAL's 128-bit security table.
 
-A chain is `[q0, q1, ..., qL, P]`: q0 is the base prime (it bounds the magnitude of values at level 0),
-q1..qL are the rescale primes (one per level, ~2^scale_bits each) and P is the special prime used only by
-key switching (relinearisation and rotations). Measured on this machine (tests/he_aero/ckks/test_params.py
+A chain is `[base primes, rescale primes, P]`: the base primes (wider than the scale) hold what no level
+computes on: the magnitude of values and, at the refresh level, the refresh's mask (he_aero/ckks/hiding.py);
+the rescale primes (~2^scale_bits each) are consumed one per level by products; P is the special prime used
+only by key switching (relinearisation and rotations). Level l keeps primes q_0..q_l; `base_level` is the
+lowest level a product may land on. Measured on this machine (tests/he_aero/ckks/test_params.py
 keeps the rule): P must be at least as large as q0, otherwise key-switching noise swamps the message
 (N=8192, scale 2^35, |x| <= 1: [60, 35, 35, 35, 53] keeps 9 bits after one rotation, [50, 35, 35, 35, 60] 22).
 """
@@ -18,10 +20,6 @@ SEAL_MAX_BITS = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 88
 HomomorphicEncryption.org table, the one `CoeffModulus.MaxBitCount(N, tc128)` returns)."""
 
 MIN_PRIME_BITS, MAX_PRIME_BITS = 20, 60
-
-HIDING_BITS = 20
-"""Statistical hiding of an interactive-refresh mask per slot, in bits (docs/security.md): the plan's default
-and the client's default minimum."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,19 @@ class CkksParams:
         return len(self.coeff_mod_bit_sizes) - 2
 
     @property
+    def base_level(self) -> int:
+        """The lowest level computed on: the leading primes wider than the scale are the base, and the exact
+        scales are anchored at its top (`backend.chain_tables`)."""
+        n = 1
+        while n < len(self.coeff_mod_bit_sizes) - 2 and self.coeff_mod_bit_sizes[n] > self.scale_bits:
+            n += 1
+        return n - 1
+
+    def modulus_bits(self, level: int) -> int:
+        """Nominal bits of the ciphertext modulus at `level` (q_0..q_level)."""
+        return sum(self.coeff_mod_bit_sizes[: level + 1])
+
+    @property
     def total_bits(self) -> int:
         return sum(self.coeff_mod_bit_sizes)
 
@@ -109,16 +120,20 @@ class CkksParams:
         )
 
 
-def default_params(poly_modulus_degree: int) -> CkksParams:
-    """The chain this project uses for each ring: q0 = P = 60 bits and as many 32-bit rescale primes as
-    SEAL's 128-bit limit allows (N=8192: 3, 16384: 9, 32768: 23 levels).
+BASE_PRIMES = (37, 36, 36)
+"""The default base: 109 bits, the modulus a flooding refresh with 107-bit masks needs (hiding.MASK_BITS)."""
 
-    Why 60-bit q0: a refresh masks values with r of width bound * 2^hiding_bits, and q0 / 2^32 leaves 27
-    bits of headroom at level 0, so the last level is usable before a refresh (with 35-bit primes and q0 = 50
-    only 14 bits: a refresh would have to happen one level early). Why 32-bit primes: with exact scale
-    tracking they lose no precision to prime drift, and at N=8192 they buy a third level."""
+
+def default_params(poly_modulus_degree: int) -> CkksParams:
+    """The chain this project uses for each ring: the 109-bit base, P = 37 bits and as many 32-bit rescale
+    primes as SEAL's 128-bit limit allows (N=8192: 2, 16384: 9, 32768: 22 usable levels).
+
+    Why a 109-bit base: the refresh adds a mask of 2^107 to every coefficient (he_aero/ckks/hiding.py); the
+    masked value must stay below half the modulus where it is refreshed. Why P = 37: key switching needs the
+    special prime at least as wide as the widest prime it decomposes over (see the module docstring). Why
+    32-bit rescale primes: with exact scale tracking they lose no precision to prime drift."""
     if poly_modulus_degree not in (8192, 16384, 32768):
         raise HeAeroError(f"ring degree: expected 8192, 16384 or 32768, got {poly_modulus_degree}")
-    q0, mid, special = 60, 32, 60
-    n_mid = (SEAL_MAX_BITS[poly_modulus_degree] - q0 - special) // mid
-    return CkksParams(poly_modulus_degree, (q0,) + (mid,) * n_mid + (special,), mid)
+    mid, special = 32, max(BASE_PRIMES)
+    n_mid = (SEAL_MAX_BITS[poly_modulus_degree] - sum(BASE_PRIMES) - special) // mid
+    return CkksParams(poly_modulus_degree, BASE_PRIMES + (mid,) * n_mid + (special,), mid)

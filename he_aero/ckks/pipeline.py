@@ -288,17 +288,17 @@ class Pipeline:
         layout = None if rows else self.layout(n, self.vocab)
         return [Ct(None, ev.top, layout) for _ in range(self.token_cts(rows, n))]
 
-    def symbolic_prefill(self, n_tokens: int, bound: float, hiding_bits: int):
+    def symbolic_prefill(self, n_tokens: int, bound: float, mask_bits: int):
         """(Evaluator, Refresher, caches, records) of a counted prefill of n_tokens."""
         ev = Evaluator(self.params, None)
-        ref = Refresher(ev, None, bound=bound, hiding_bits=hiding_bits)
+        ref = Refresher(ev, None, bound=bound, mask_bits=mask_bits)
         _, caches, records = self.run(ev, ref, self._symbolic_tokens(ev, False, n_tokens), 0, n_tokens, None)
         return ev, ref, caches, records
 
-    def symbolic_decode(self, caches: list[KVCache], bound: float, hiding_bits: int):
+    def symbolic_decode(self, caches: list[KVCache], bound: float, mask_bits: int):
         """(Evaluator, Refresher, records) of one counted decode step against `caches` (not grown)."""
         ev = Evaluator(self.params, None)
-        ref = Refresher(ev, None, bound=bound, hiding_bits=hiding_bits)
+        ref = Refresher(ev, None, bound=bound, mask_bits=mask_bits)
         length = caches[0].length
         saved = [(c.k, c.v) for c in caches]
         _, _, records = self.run(ev, ref, self._symbolic_tokens(ev, self.rows, 1), length, 1, caches)
@@ -308,15 +308,15 @@ class Pipeline:
             c.k, c.v, c.length = k, v, length
         return ev, ref, records
 
-    def rotation_steps(self, bound: float, hiding_bits: int) -> tuple[int, ...]:
+    def rotation_steps(self, bound: float, mask_bits: int) -> tuple[int, ...]:
         """Every rotation step the kernels use: a symbolic prefill of the full context (all attention lags)
         and decode steps at every cache length (their rotations differ by length only)."""
-        ev, _, caches, _ = self.symbolic_prefill(self.context, bound, hiding_bits)
+        ev, _, caches, _ = self.symbolic_prefill(self.context, bound, mask_bits)
         steps = set(ev.stats.steps_used)
         for length in range(1, self.context):
             for c in caches:
                 c.length = length
-            dec, _, _ = self.symbolic_decode(caches, bound, hiding_bits)
+            dec, _, _ = self.symbolic_decode(caches, bound, mask_bits)
             steps |= dec.stats.steps_used
         self.clear()
         return tuple(sorted(steps))

@@ -1,34 +1,51 @@
-"""Interactive refresh: the stand-in for bootstrapping (which neither SEAL nor TenSEAL has).
+"""Interactive refresh by coefficient-domain flooding: the stand-in for bootstrapping (SEAL has none).
 
-Protocol, one round for a batch of ciphertexts (security argument in docs/security.md, section "Refresh"):
-1. server: re-randomise x (add a fresh public-key encryption of zero: c1 no longer depends on the weights),
-   then y = x + r, r = r_re + i r_im with r_re, r_im uniform in [-W, W) per slot (real AND imaginary parts),
-   fresh for every ciphertext and every round, W = bound * 2^hiding_bits (bound: the plan's bound on |x|).
-2. client: decrypt y, re-encrypt the real parts at the top level (scale 2^scale_bits); serialise.
-3. server: subtract r_re (encoded at the top level), giving x at the top level again.
-The client sees only x + r, whose distribution is within statistical distance |x| / (2W) <= 2^-(hiding_bits+1)
-of r's per slot and part. Rounds and bytes (both directions, serialised sizes) are counted.
+Protocol, one round for a batch of ciphertexts (security argument and numbers: he_aero/ckks/hiding.py and
+docs/security.md, section "Refresh"):
+1. server: move x down to the refresh level (`min_level`: the lowest whose modulus holds the mask),
+   re-randomise it (add a fresh public-key encryption of zero: c1 no longer depends on the weights), then add
+   to c0 an integer polynomial r, every coefficient uniform in [-2^k, 2^k) from the OS CSPRNG
+   (`rns.IntPoly.uniform`).
+2. client: decrypt to the exact integer polynomial V = M + r (inverse NTT and CRT: no slot decoding, no
+   floating point), convert it to the top scale by the factor P / 2^60 ~ S_top / S (`rns.scale_factor`,
+   computed by both parties from the same two doubles), encrypt it afresh at the top level
+   (`ClientKeys.reencrypt_exact`).
+3. server: subtract r converted by the same factor, giving x at the top level.
+Both sides round once with the same rule, so the result is M P / 2^60 within one unit: an error of 2^-32
+relative to the scale plus |M| 2^-61 from the dyadic factor, far below a fresh encryption's noise.
 
-The mask must fit the ciphertext's headroom: |x + r| < 2^(headroom_bits(level)), so a refresh needs the
-ciphertext at or above `min_level()`; kernels call `ensure` with the levels their next stage consumes.
+The client sees V only, within statistical distance N T / 2^(k+1) of a uniform mask per polynomial
+(`RefreshHiding`); the server caps a session's refreshed polynomials (`max_polynomials`) so that the
+session's total stays within the hiding the plan states. Rounds and bytes (serialised, both directions) are
+counted.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from he_aero.ckks import rns
 from he_aero.ckks.ciphertext import Ct, Evaluator
-from he_aero.ckks.params import HIDING_BITS
+from he_aero.ckks.hiding import MASK_BITS, RefreshHiding
+from he_aero.ckks.params import CkksParams
 from he_aero.errors import HeAeroError
 
 ClientCallback = Callable[[list[bytes]], list[bytes]]
-"""The client's half of a round (he_aero/client/client.py, `Client.refresh_values`): serialised masked
-ciphertexts in, serialised fresh top-level ciphertexts out."""
+"""The client's half of a round (he_aero/client/client.py, `refresh_reply`): serialised masked ciphertexts
+in, serialised fresh top-level ciphertexts out."""
+
+
+def refresh_level(params: CkksParams, hiding: RefreshHiding) -> int | None:
+    """The lowest level (at or above the chain's base) whose modulus holds a masked value, |M + r| < Q/2,
+    with one bit to spare for SEAL's primes lying just below their nominal 2^bits; None if none does.
+    Client and server both call this: the client refuses refresh ciphertexts at any other level."""
+    need = hiding.modulus_bits_needed() + 1
+    for lvl in range(params.base_level, params.levels + 1):
+        if params.modulus_bits(lvl) >= need:
+            return lvl
+    return None
 
 
 @dataclass
@@ -37,9 +54,7 @@ class RefreshLog:
     ciphertexts: int = 0
     bytes_to_client: int = 0
     bytes_to_server: int = 0
-    masks_seen: list = field(
-        default_factory=list, repr=False
-    )  # first mask values per ct (tests: fresh masks)
+    masks_seen: list = field(default_factory=list, repr=False)  # first mask coefficient per ct (tests)
 
     def summary(self) -> dict:
         return {
@@ -58,9 +73,12 @@ class Refresher:
     ev : the evaluator (symbolic evaluators count rounds and estimate bytes without a client).
     client : the client's callback (None: refresh disabled; a stage that runs out of levels raises).
     bound : bound on |x| of any refreshed value (from calibration; the plan's activation bound).
-    hiding_bits : statistical hiding per slot (mask width W = bound * 2^hiding_bits).
-    seed : None draws masks from the OS CSPRNG (production); an int (numpy, predictable) only for tests.
+    mask_bits : k; mask coefficients are uniform in [-2^k, 2^k).
     allow : False forbids refreshes (a stage short of levels raises instead; the planner's depth count).
+    max_polynomials : refuse a round that would take the refreshed polynomials past this many (the session's
+        budget for its stated hiding); None: no cap (tests, symbolic runs).
+
+    Raises HeAeroError when no level of the chain holds the mask.
     """
 
     def __init__(
@@ -68,50 +86,39 @@ class Refresher:
         ev: Evaluator,
         client: ClientCallback | None,
         bound: float = 64.0,
-        hiding_bits: int = HIDING_BITS,
-        seed: int | None = None,
+        mask_bits: int = MASK_BITS,
         allow: bool = True,
+        max_polynomials: int | None = None,
     ):
-        if not bound > 0 or not math.isfinite(bound):
-            raise HeAeroError(f"refresh: bound must be a positive number, got {bound}")
-        if not 1 <= hiding_bits <= 40:
-            raise HeAeroError(f"refresh: hiding_bits must be in [1, 40], got {hiding_bits}")
-        self.ev, self.client, self.bound, self.hiding_bits = ev, client, float(bound), int(hiding_bits)
-        self.allow = allow
-        self.width = self.bound * 2.0**self.hiding_bits
-        self.rng = None if seed is None else np.random.default_rng(seed)
+        self.hiding = RefreshHiding(ev.params.poly_modulus_degree, mask_bits, ev.params.scale_bits, bound)
+        self.ev, self.client, self.bound, self.mask_bits = ev, client, float(bound), mask_bits
+        self.allow, self.max_polynomials = allow, max_polynomials
         self.log = RefreshLog()
         self.trace: list[dict] = []  # one entry per stage: the planner's level assignment
-        if self.min_level() is None:
+        self._floor = refresh_level(ev.params, self.hiding)
+        if self._floor is None:
             raise HeAeroError(
-                f"refresh: a mask of width 2^{math.log2(self.width):.1f} does not fit any level of "
-                f"{ev.params.describe()}; lower hiding_bits or the bound"
+                f"refresh: a mask of 2^{mask_bits} needs a modulus of "
+                f"{self.hiding.modulus_bits_needed() + 1:.1f} bits, which no level of "
+                f"{ev.params.describe()} has; lower mask_bits or widen the chain's base"
             )
-
-    def _mask(self, n: int) -> np.ndarray:
-        """n uniform values in [-W, W): from the OS CSPRNG (53 random bits each) unless seeded for a test.
-        Why not numpy's generator: PCG64 is predictable from its outputs, and masks must not be."""
-        if self.rng is not None:
-            return self.rng.uniform(-self.width, self.width, n)
-        bits = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
-        return (bits.astype(np.float64) * 2.0**-53 * 2.0 - 1.0) * self.width
+        modulus = math.prod(int(ev.primes[lvl]) for lvl in range(self._floor + 1))
+        if not ev.symbolic and 2 * (2**mask_bits + 2**self.hiding.message_bits) >= modulus:
+            raise HeAeroError(
+                f"refresh: the level-{self._floor} modulus is too small for a 2^{mask_bits} mask"
+            )
 
     @property
     def enabled(self) -> bool:
         return self.allow and (self.client is not None or self.ev.symbolic)
 
-    def min_level(self) -> int | None:
-        """Lowest level whose headroom holds |x + r| <= bound + sqrt(2) W (a complex mask; headroom_bits
-        already keeps a sign bit)."""
-        need = math.log2(math.sqrt(2) * self.width + self.bound)
-        for lvl in range(self.ev.top + 1):
-            if self.ev.params.headroom_bits(lvl) > need:
-                return lvl
-        return None
+    def min_level(self) -> int:
+        """The refresh level: ciphertexts are masked and sent there."""
+        return self._floor
 
     def usable_levels(self) -> int:
         """Levels a stage may consume between two refreshes."""
-        return self.ev.top - self.min_level()
+        return self.ev.top - self._floor
 
     def ensure(self, cts: list[Ct], need: int, what: str = "stage") -> list[Ct]:
         """cts with at least `need` levels above `min_level()`, refreshing (one round) those without."""
@@ -149,33 +156,45 @@ class Refresher:
         return out
 
     def refresh(self, cts: list[Ct]) -> list[Ct]:
-        """One round: mask, send, receive at the top level, unmask."""
+        """One round: move down, re-randomise, flood, send; receive at the top level, unmask."""
         ev = self.ev
+        if self.max_polynomials is not None and self.log.ciphertexts + len(cts) > self.max_polynomials:
+            raise HeAeroError(
+                f"refresh: this session has refreshed {self.log.ciphertexts} polynomials; {len(cts)} more "
+                f"would pass its budget of {self.max_polynomials}, beyond which the hiding it was offered "
+                "no longer holds"
+            )
         self.log.rounds += 1
         self.log.ciphertexts += len(cts)
         ev.stats.refresh_rounds += 1
         for c in cts:
             ev.stats.refresh_cts[c.level] += 1
+        floor = self.min_level()
         if ev.symbolic:
             n = ev.params.poly_modulus_degree
-            for c in cts:  # uncompressed size estimate: 2 polynomials x (level + 1) primes x N words
-                self.log.bytes_to_client += 16 * n * (c.level + 1)
+            for _ in cts:  # uncompressed size estimate: 2 polynomials x (level + 1) primes x N words
+                self.log.bytes_to_client += 16 * n * (floor + 1)
                 self.log.bytes_to_server += 16 * n * (ev.top + 1)
             return [Ct(None, ev.top, c.layout) for c in cts]
-        # real AND imaginary parts masked: the imaginary parts of x hold CKKS noise that correlates with the
-        # weights (and, from a client that probes them, more); an honest client keeps the real parts only
-        masks = [self._mask(ev.slots) + 1j * self._mask(ev.slots) for _ in cts]
-        self.log.masks_seen.append([float(m[0].real) for m in masks])
-        blobs = []
-        for c, r in zip(cts, masks, strict=True):
+        n = ev.params.poly_modulus_degree
+        masks, scales, blobs = [], [], []
+        for c in cts:
+            r = rns.IntPoly.uniform(self.mask_bits, n)
             # re-randomised first: c1 of what the client sees no longer depends on the weights
-            masked = ev.add_plain(ev.rerandomize(c), None, lambda r=r: r)
+            masked = ev.add_integer_poly(ev.rerandomize(ev.drop_to(c, floor)), r)
+            masks.append(r)
+            scales.append(ev.scale_of(masked))
             blobs.append(ev.to_bytes(masked))
+        self.log.masks_seen.append([int(r.limbs[0, 0]) for r in masks])
         self.log.bytes_to_client += sum(len(b) for b in blobs)
         replies = self.client(blobs)
         self.log.bytes_to_server += sum(len(b) for b in replies)
+        if len(replies) != len(cts):
+            raise HeAeroError(f"refresh: the client returned {len(replies)} ciphertexts for {len(cts)}")
         out = []
-        for i, (blob, r, c) in enumerate(zip(replies, masks, cts, strict=True)):
+        for i, (blob, r, scale, c) in enumerate(zip(replies, masks, scales, cts, strict=True)):
             fresh = ev.load_client(blob, f"refresh reply ciphertext {i}", c.layout)
-            out.append(ev.add_plain(fresh, None, lambda r=r: -r.real))
+            # the client converted V = M + r with this same factor: the mask's share cancels exactly
+            r_top = r.scaled(rns.scale_factor(ev.scales[ev.top], scale))
+            out.append(ev.add_integer_poly(fresh, r_top, subtract=True))
         return out

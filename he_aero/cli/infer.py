@@ -205,7 +205,7 @@ def encrypt_infer(
         )
     if explain:
         srv = session.server
-        *_, records = srv.pipeline.symbolic_prefill(len(fitted), plan.activation_bound, plan.hiding_bits)
+        *_, records = srv.pipeline.symbolic_prefill(len(fitted), plan.activation_bound, plan.mask_bits)
         say(plan.explain() + "\n\n" + describe_prefill(records, len(fitted)))
     with _Bars(session.server.pipeline.stage_names, max_new_tokens, not no_progress) as bars:
         res = session.generate(prompt, config, bars)

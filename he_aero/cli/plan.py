@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from he_aero.ckks.params import HIDING_BITS
+from he_aero.ckks.hiding import SESSION_HIDING_BITS
 from he_aero.cli.options import Outputs, blame, checkpoint_option, force_option, output_option
 
 
@@ -38,11 +38,11 @@ from he_aero.cli.options import Outputs, blame, checkpoint_option, force_option,
     help="certified relative error of the 1/x plans",
 )
 @click.option(
-    "--hiding-bits",
-    type=click.IntRange(1, 40),
-    default=HIDING_BITS,
+    "--session-hiding-bits",
+    type=click.IntRange(1, 128),
+    default=SESSION_HIDING_BITS,
     show_default=True,
-    help="statistical hiding of a refresh mask per slot, in bits",
+    help="statistical hiding a session keeps, in bits: caps the polynomials a session may refresh",
 )
 @click.option(
     "--ring",
@@ -60,7 +60,9 @@ from he_aero.cli.options import Outputs, blame, checkpoint_option, force_option,
 )
 @output_option("--out", help="write the plan file (what `encrypt-infer --plan` and the server load)")
 @force_option
-def plan(checkpoint, calibration, exp_error, recip_error, hiding_bits, rings, explain, out, force) -> None:
+def plan(
+    checkpoint, calibration, exp_error, recip_error, session_hiding_bits, rings, explain, out, force
+) -> None:
     """Choose the ring, chain, approximation plans, refresh points and rotation keys for a checkpoint, before
     any key is made."""
     from he_aero.calibrate import load_calibration
@@ -74,7 +76,7 @@ def plan(checkpoint, calibration, exp_error, recip_error, hiding_bits, rings, ex
     config = PlanConfig(
         exp_max_rel_error=exp_error,
         recip_max_rel_error=recip_error,
-        hiding_bits=hiding_bits,
+        session_hiding_bits=session_hiding_bits,
         rings=tuple(int(r) for r in rings) or RINGS,
     )
     result = compile_plan(header, cal, config)

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from he_aero.ckks.backend import load_ciphertext, to_bytes
+from he_aero.ckks.hiding import RefreshHiding
 from he_aero.ckks.packing import FeatureLayout, pack, rows_count, rows_pack, rows_unpack, unpack
+from he_aero.ckks.refresh import refresh_level
 from he_aero.client.keys import ClientKeys
 from he_aero.client.policy import ClientPolicy
 from he_aero.errors import HeAeroError
@@ -47,6 +50,9 @@ class Client:
         self.offer = RuntimeOffer.from_message(parse_frame(offer, Kind.OFFER))
         self.policy = policy or ClientPolicy()
         self.params = self.policy.accept(self.offer)  # refuses before any key exists
+        p, o = self.params, self.offer
+        self.hiding = RefreshHiding(p.poly_modulus_degree, o.mask_bits, p.scale_bits, o.refresh_bound)
+        self.refresh_level = refresh_level(self.params, self.hiding)
         self._keys: ClientKeys | None = None
         self.session: bytes | None = None
         self.decryptions: Counter = Counter()  # purpose ("logits", "refresh") -> ciphertexts decrypted
@@ -148,7 +154,8 @@ class Client:
     def handle_refresh(self, data: bytes) -> bytes:
         """The client's half of a refresh round: decrypt the masked values, re-encrypt at the top level.
 
-        It sees x + r only (r uniform in [-W, W], W = refresh_bound * 2^hiding_bits; docs/security.md)."""
+        It sees V = M + r only: every coefficient of r uniform in [-2^k, 2^k), k the offer's mask_bits
+        (he_aero/ckks/hiding.py; docs/security.md)."""
         self._require_keys("handle_refresh")
         msg = parse_frame(data, Kind.REFRESH_REQUEST, self.session)
         fresh = self.refresh_values(list(msg.parts))
@@ -156,16 +163,26 @@ class Client:
 
     def refresh_values(self, blobs: list[bytes]) -> list[bytes]:
         """`refresh_reply` with this session's keys, counted."""
-        fresh = refresh_reply(self._require_keys("refresh"), blobs)
+        keys = self._require_keys("refresh")
+        fresh = refresh_reply(keys, blobs, self.refresh_level, self.offer.mask_bits)
         self.decryptions["refresh"] += len(blobs)
         return fresh
 
 
-def refresh_reply(keys: ClientKeys, blobs: list[bytes]) -> list[bytes]:
-    """The client's half of a refresh round on bare ciphertexts: decrypt each masked ciphertext, re-encrypt
-    the values at the top level (the `Refresher` callback's shape; `Client.handle_refresh` wraps it in
-    frames). HeAeroError when a ciphertext does not load under these keys."""
-    return [
-        keys.encrypt_upload(keys.decrypt_bytes(b, f"client: refresh ciphertext {i}"))
-        for i, b in enumerate(blobs)
-    ]
+def refresh_reply(
+    keys: ClientKeys, blobs: list[bytes], level: int | None = None, mask_bits: int | None = None
+) -> list[bytes]:
+    """The client's half of a refresh round on bare ciphertexts (the `Refresher` callback's shape;
+    `Client.handle_refresh` wraps it in frames): each masked ciphertext decrypted to its exact integer
+    polynomial and re-encrypted at the top level (`ClientKeys.reencrypt_exact`).
+
+    HeAeroError when a ciphertext does not load under these keys, is not a two-polynomial ciphertext at the
+    refresh `level` (when given), or is not flooded with a 2^mask_bits mask (when given)."""
+    out = []
+    for i, blob in enumerate(blobs):
+        what = f"client: refresh ciphertext {i}"
+        ct = load_ciphertext(keys.seal_context, blob, what)
+        if ct.size() != 2 or (level is not None and ct.parms_id() != keys.parms_ids[level]):
+            raise HeAeroError(f"{what} is not a two-polynomial ciphertext at the refresh level {level}")
+        out.append(to_bytes(keys.reencrypt_exact(ct, mask_bits)))
+    return out

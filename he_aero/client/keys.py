@@ -14,12 +14,16 @@ from __future__ import annotations
 import numpy as np
 import tenseal.sealapi as seal
 
+from he_aero.ckks import rns
 from he_aero.ckks.backend import (
     PublicKeys,
+    add_polynomial,
     chain_tables,
     conjugation_element,
     galois_element,
+    level_primes,
     load_ciphertext,
+    plaintext_coefficients,
     seal_context,
     to_bytes,
 )
@@ -56,7 +60,9 @@ class ClientKeys:
         self._encoder = seal.CKKSEncoder(self.seal_context)
         self._encryptor = seal.Encryptor(self.seal_context, self._public_key)
         self._decryptor = seal.Decryptor(self.seal_context, self._secret_key)
-        self.scale = chain_tables(self.seal_context, params.scale_bits)[2][params.levels]
+        self._evaluator = seal.Evaluator(self.seal_context)  # NTT transforms of the exact refresh
+        self.parms_ids, _, scales = chain_tables(self.seal_context, params)
+        self.scale = scales[params.levels]
 
     def encrypt(self, values, scale: float | None = None) -> seal.Ciphertext:
         """Encrypt a slot vector (zero-padded to N/2; complex values allowed) at the top level and its exact
@@ -95,6 +101,42 @@ class ClientKeys:
     def decrypt_bytes(self, blob: bytes, what: str = "ciphertext") -> np.ndarray:
         """Load a serialised ciphertext under these keys and decrypt it; HeAeroError names `what`."""
         return self.decrypt(load_ciphertext(self.seal_context, blob, what))
+
+    # --- exact integer polynomials (the flooding refresh, he_aero/ckks/refresh.py) ------------------------
+    def decrypt_poly(self, ct: seal.Ciphertext) -> rns.IntPoly:
+        """The exact integer polynomial a ciphertext decrypts to (N coefficients), centred modulo the
+        ciphertext's modulus (inverse NTT and CRT; no slot decoding, no floating point)."""
+        pt = seal.Plaintext()
+        self._decryptor.decrypt(ct, pt)
+        words = plaintext_coefficients(self.seal_context, self._evaluator, pt, ct)
+        return rns.IntPoly.from_residues(words, level_primes(self.seal_context, ct.parms_id()))
+
+    def encrypt_poly(self, poly: rns.IntPoly) -> seal.Ciphertext:
+        """A fresh top-level encryption of the integer polynomial `poly` at the top scale:
+        a public-key encryption of zero plus the polynomial added exactly to c0."""
+        zero = seal.Ciphertext()
+        self._encryptor.encrypt_zero(zero)
+        zero.scale = self.scale
+        words = poly.residues(level_primes(self.seal_context, zero.parms_id()))
+        return add_polynomial(self.seal_context, self._evaluator, zero, words)
+
+    def reencrypt_exact(self, ct: seal.Ciphertext, mask_bits: int | None = None) -> seal.Ciphertext:
+        """The client's half of a flooding refresh: decrypt to the exact polynomial V, convert it from the
+        ciphertext's scale to the top scale by the exact ratio of the two (rounded once, to the nearest
+        integer) and encrypt it afresh at the top level.
+
+        With `mask_bits` k, refuse (HeAeroError) a polynomial that was not flooded: an honest mask has some
+        coefficient above 2^(k-2) except with probability 4^-N; a smaller V means the server sent its
+        activation unmasked, and it is not re-encrypted."""
+        poly = self.decrypt_poly(ct)
+        if mask_bits is not None:
+            peak = poly.max_abs_bits()
+            if not peak >= mask_bits - 2:
+                raise HeAeroError(
+                    f"refresh: the polynomial is not flooded (largest coefficient 2^{peak:.1f}, a "
+                    f"2^{mask_bits} mask was promised): refusing to handle an unmasked activation"
+                )
+        return self.encrypt_poly(poly.scaled(rns.scale_factor(self.scale, ct.scale)))
 
     def public_keys(self) -> PublicKeys:
         """The public material as bytes: public, relinearisation and rotation keys (no secret key)."""

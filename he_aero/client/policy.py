@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from he_aero.ckks.params import HIDING_BITS, CkksParams
+from he_aero.ckks.hiding import SESSION_HIDING_BITS, RefreshHiding
+from he_aero.ckks.params import CkksParams
 from he_aero.errors import HeAeroError
 from he_aero.protocol import RuntimeOffer
 
@@ -21,20 +22,20 @@ class ClientPolicy:
 
     Attributes
     ----------
-    min_hiding_bits : refuse offers whose refresh masks hide fewer bits per slot.
+    min_session_hiding_bits : refuse offers whose refresh hides fewer bits over a whole session (computed
+        here from the offer's ring, mask width, bound and session cap: he_aero/ckks/hiding.py).
     expect_model_sha256 : refuse offers for other weights (None: any model).
     allow_insecure_for_tests : accept rings below 128-bit security (tests only).
     """
 
-    min_hiding_bits: int = HIDING_BITS
+    min_session_hiding_bits: int = SESSION_HIDING_BITS
     expect_model_sha256: str | None = None
     allow_insecure_for_tests: bool = False
 
     def __post_init__(self):
-        if isinstance(self.min_hiding_bits, bool) or not isinstance(self.min_hiding_bits, int):
-            raise HeAeroError(
-                f"client policy: min_hiding_bits must be an integer, got {self.min_hiding_bits!r}"
-            )
+        bits = self.min_session_hiding_bits
+        if isinstance(bits, bool) or not isinstance(bits, int):
+            raise HeAeroError(f"client policy: min_session_hiding_bits must be an integer, got {bits!r}")
         sha = self.expect_model_sha256
         if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
             raise HeAeroError(f"client policy: expect_model_sha256 must be a SHA-256 hex digest, got {sha!r}")
@@ -52,10 +53,12 @@ class ClientPolicy:
             raise HeAeroError(f"client: refusing the server's offer: {exc}") from exc
         if not params.is_secure and not self.allow_insecure_for_tests:
             params.require_secure()
-        if offer.hiding_bits < self.min_hiding_bits:
+        session = self.session_hiding(offer, params)
+        if not session >= self.min_session_hiding_bits:
             raise HeAeroError(
-                f"client: refusing the server's offer: refresh masks hide {offer.hiding_bits} bits per slot, "
-                f"this client requires >= {self.min_hiding_bits}"
+                f"client: refusing the server's offer: its refresh hides {session:.1f} bits over a session "
+                f"(masks of 2^{offer.mask_bits}, up to {offer.max_refresh_polynomials} polynomials), this "
+                f"client requires >= {self.min_session_hiding_bits}"
             )
         if (
             self.expect_model_sha256 is not None
@@ -70,3 +73,14 @@ class ClientPolicy:
                 f"client: refusing the server's offer: block {offer.block} is not a valid layout"
             )
         return params
+
+    @staticmethod
+    def session_hiding(offer: RuntimeOffer, params: CkksParams) -> float:
+        """Bits of hiding over a session of the offer's maximum length, computed (not read from the offer)."""
+        try:
+            hiding = RefreshHiding(
+                params.poly_modulus_degree, offer.mask_bits, params.scale_bits, offer.refresh_bound
+            )
+        except HeAeroError as exc:
+            raise HeAeroError(f"client: refusing the server's offer: {exc}") from exc
+        return hiding.session_bits(offer.max_refresh_polynomials)

@@ -51,6 +51,7 @@ class Server:
         self.session: bytes | None = None
         self.caches: list | None = None
         self.records: list[StageRecord] = []
+        self.refreshed = 0  # polynomials refreshed in this session: capped by the plan (hiding budget)
 
     @property
     def rotation_steps(self) -> tuple[int, ...]:
@@ -72,7 +73,8 @@ class Server:
                 d_model=self.pipeline.d,
                 logit_domain=tuple(plan.logit_domain),
                 refresh_bound=plan.activation_bound,
-                hiding_bits=plan.hiding_bits,
+                mask_bits=plan.mask_bits,
+                max_refresh_polynomials=plan.max_refresh_polynomials,
                 model_sha256=str(self.header["weights_sha256"]),
                 plan_sha256=plan.sha256,
                 decode_rows=plan.decode_rows,
@@ -99,6 +101,7 @@ class Server:
         self.session = msg.session
         self.ev = Evaluator(self.params, ctx)
         self.caches = None
+        self.refreshed = 0
 
     def _require_setup(self, stage: str) -> Evaluator:
         if self.ev is None:
@@ -141,7 +144,8 @@ class Server:
             ev,
             None if link is None else callback,
             bound=self.plan.activation_bound,
-            hiding_bits=self.plan.hiding_bits,
+            mask_bits=self.plan.mask_bits,
+            max_polynomials=self.plan.max_refresh_polynomials - self.refreshed,
         )
 
     def _logits_message(self, ev: Evaluator, cts: list[Ct], position: int, n: int, rows: bool) -> bytes:
@@ -156,7 +160,10 @@ class Server:
         if position != 0:
             raise HeAeroError(f"server: a prompt starts at position 0, not {position}")
         ref = self._refresher(ev, refresh_link)
-        logits, self.caches, self.records = self.pipeline.run(ev, ref, onehot, 0, n, None, progress)
+        try:
+            logits, self.caches, self.records = self.pipeline.run(ev, ref, onehot, 0, n, None, progress)
+        finally:
+            self.refreshed += ref.log.ciphertexts
         return self._logits_message(ev, logits, 0, n, False)
 
     def decode(self, data: bytes, refresh_link=None, progress=None) -> bytes:
@@ -170,5 +177,8 @@ class Server:
                 f"server: decode takes the token at position {self.caches[0].length}, got {n} at {position}"
             )
         ref = self._refresher(ev, refresh_link)
-        logits, _, self.records = self.pipeline.run(ev, ref, onehot, position, 1, self.caches, progress)
+        try:
+            logits, _, self.records = self.pipeline.run(ev, ref, onehot, position, 1, self.caches, progress)
+        finally:
+            self.refreshed += ref.log.ciphertexts
         return self._logits_message(ev, logits, position, 1, self.pipeline.rows)

@@ -15,12 +15,12 @@ from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 from he_aero.plan import Ranges, fit_plans
 from tests.conftest import assert_close_bits
-from tests.he_aero.ckks.kit import SMALL, Kit
+from tests.he_aero.ckks.kit import SMALL, Kit, TEST_MASK_BITS
 
 T, H, DK, BLOCK = 20, 6, 8, 32  # d = 48: per_ct = 1024 / 32 = 32 features -> 2 ciphertexts (32 + 16)
 D = H * DK
 SINK = (0.5, 1.0, 1.5, 0.25, 0.75, 2.0)
-HIDING, BOUND = 12, 16.0
+BOUND = 16.0
 
 
 def sink_attention(q, k, v, sink):
@@ -44,7 +44,7 @@ def setup():
     steps = set()
     for lay in (layout, layout.with_tokens(1)):  # symbolic runs list the rotation keys
         ev = Evaluator(SMALL)
-        ref = Refresher(ev, None, BOUND, HIDING)
+        ref = Refresher(ev, None, BOUND, TEST_MASK_BITS)
         cts = [Ct(None, SMALL.levels, lay)] * lay.n_ct
         if lay.n_tokens == 1:
             attention_decode(ev, ref, spec, cts, KVCache(list(cts), list(cts), T), lay)
@@ -60,7 +60,7 @@ def setup():
 def test_prefill_matches_numpy_sink_attention(setup):
     spec, layout, kit, q, k, v = setup
     enc = [[kit.enc(p, layout) for p in pack(m, layout)] for m in (q, k, v)]
-    ref = Refresher(kit.ev, kit.refresh_client, BOUND, HIDING, seed=0)
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
     out = attention_prefill(kit.ev, ref, spec, *enc, layout)
     assert len(out) == 2 and all(c.layout == layout for c in out)
     got = unpack([kit.dec(c) for c in out], layout)
@@ -80,7 +80,7 @@ def test_decode_step_matches_numpy_on_the_last_row(setup):
     ck = [Ct(c.data, c.level, layout) for c in (kit.enc(p, prefix) for p in pack(k[: T - 1], prefix))]
     cv = [Ct(c.data, c.level, layout) for c in (kit.enc(p, prefix) for p in pack(v[: T - 1], prefix))]
     cache = KVCache(ck, cv, T - 1)
-    ev, ref = kit.ev, Refresher(kit.ev, kit.refresh_client, BOUND, HIDING, seed=1)
+    ev, ref = kit.ev, Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
     cache.append(
         ev, [kit.enc(p, one) for p in pack(k[-1:], one)], [kit.enc(p, one) for p in pack(v[-1:], one)]
     )

@@ -6,7 +6,7 @@ import pytest
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.errors import HeAeroError
 from tests.conftest import assert_close_bits
-from tests.he_aero.ckks.kit import BITS, SMALL
+from tests.he_aero.ckks.kit import BITS, SMALL, TEST_MASK_BITS
 
 RNG = np.random.default_rng(0)
 X = RNG.uniform(-1, 1, SMALL.slots)
@@ -88,7 +88,7 @@ def test_operation_counts_match_an_independent_count_of_seal_calls(monkeypatch):
     from he_aero.ckks.refresh import Refresher
     from he_aero.plan import Ranges, fit_plans
     from tests.he_aero.ckks.kit import SMALL, Kit
-    from tests.he_aero.ckks.test_layer import BOUND, HIDING, T, _layer_view
+    from tests.he_aero.ckks.test_layer import BOUND, T, _layer_view
 
     calls: Counter = Counter()
     for name in ("rotate", "multiply", "multiply_plain", "relinearize_inplace"):
@@ -106,9 +106,9 @@ def test_operation_counts_match_an_independent_count_of_seal_calls(monkeypatch):
     layout = feature_layout(SMALL.slots, T, lay.w_q.shape[0], block=16)
     symbolic = Evaluator(SMALL)  # the rotation keys this layer needs
     blank = [Ct(None, SMALL.levels, layout)] * layout.n_ct
-    layer.prefill(symbolic, Refresher(symbolic, None, BOUND, HIDING), blank, layout)
+    layer.prefill(symbolic, Refresher(symbolic, None, BOUND, TEST_MASK_BITS), blank, layout)
     kit = Kit(SMALL, sorted(symbolic.stats.steps_used))
-    ref = Refresher(kit.ev, kit.refresh_client, BOUND, HIDING, seed=0)
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
     xs = [kit.enc(v, layout) for v in pack(rng.normal(size=(T, lay.w_q.shape[0])), layout)]
     kit.ev.reset_stats()
     calls.clear()

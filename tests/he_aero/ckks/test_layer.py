@@ -12,10 +12,10 @@ from he_aero.ckks.refresh import Refresher
 from he_aero.plan import Ranges, fit_plans
 from models.linear_view import LayerView, LinearView, view_forward
 from tests.conftest import assert_close_bits
-from tests.he_aero.ckks.kit import SMALL, Kit
+from tests.he_aero.ckks.kit import SMALL, Kit, TEST_MASK_BITS
 
 T, D, H, BLOCK = 8, 32, 2, 16
-HIDING, BOUND = 12, 16.0
+BOUND = 16.0
 
 
 def _layer_view(rng):
@@ -50,7 +50,7 @@ def setup():
     steps = set()
     for lay_ in (layout, layout.with_tokens(1)):  # symbolic runs list the rotation keys
         ev = Evaluator(SMALL)
-        ref = Refresher(ev, None, BOUND, HIDING)
+        ref = Refresher(ev, None, BOUND, TEST_MASK_BITS)
         xs = [Ct(None, SMALL.levels, lay_)] * lay_.n_ct
         if lay_.n_tokens == 1:
             cache = KVCache([Ct(None, SMALL.levels)] * lay_.n_ct, [Ct(None, SMALL.levels)] * lay_.n_ct, T)
@@ -64,7 +64,7 @@ def setup():
 
 def test_prefill_then_decode_match_numpy(setup):
     lay, x, layer, layout, kit = setup
-    ref = Refresher(kit.ev, kit.refresh_client, BOUND, HIDING, seed=0)
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
     xs = [kit.enc(v, layout) for v in pack(x[:T], layout)]
     out, cache = layer.prefill(kit.ev, ref, xs, layout)
     want = _reference(lay, x[:T])
@@ -80,9 +80,9 @@ def test_prefill_then_decode_match_numpy(setup):
 def test_symbolic_run_predicts_levels_and_rounds(setup):
     lay, x, layer, layout, kit = setup
     sym = Evaluator(SMALL)
-    sref = Refresher(sym, None, BOUND, HIDING)
+    sref = Refresher(sym, None, BOUND, TEST_MASK_BITS)
     s_out, _ = layer.prefill(sym, sref, [Ct(None, SMALL.levels, layout)] * layout.n_ct, layout)
-    ref = Refresher(kit.ev, kit.refresh_client, BOUND, HIDING, seed=0)
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
     kit.ev.reset_stats()
     out, _ = layer.prefill(kit.ev, ref, [kit.enc(v, layout) for v in pack(x[:T], layout)], layout)
     assert [c.level for c in out] == [c.level for c in s_out]

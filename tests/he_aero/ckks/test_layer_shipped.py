@@ -42,7 +42,7 @@ def _run_layer(shipped, n_tokens):
     tokens = np.frombuffer(load_split("test")[8192 : 8192 + n_tokens + 1], dtype=np.uint8)
     x = embed(view, tokens)  # (n + 1, d): the real embedding of test text
     want = layer_forward(view.layers[0], x)["x_out"]
-    ref = Refresher(ev, lambda blobs: refresh_reply(keys, blobs), plan.activation_bound, plan.hiding_bits)
+    ref = Refresher(ev, lambda blobs: refresh_reply(keys, blobs), plan.activation_bound, plan.mask_bits)
     layout = pipe.layout(n_tokens)
     xs = [Ct(keys.encrypt(v), ev.top, layout) for v in pack(x[:n_tokens], layout)]
     assert len(xs) == 2  # d=128 features: two ciphertexts of 64 blocks at N=8192

@@ -10,7 +10,7 @@ from he_aero.ckks.params import CkksParams
 from he_aero.ckks.poly import atomic_depth, evaluate_chebyshev, plan_depth, run_plan, run_plan_batch
 from he_aero.errors import HeAeroError
 from tests.conftest import assert_close_bits
-from tests.he_aero.ckks.kit import BITS, SMALL
+from tests.he_aero.ckks.kit import BITS, SMALL, TEST_MASK_BITS
 
 RNG = np.random.default_rng(0)
 
@@ -60,7 +60,7 @@ def test_reciprocal_with_newton_and_refresh_between_iterations(kit):
 
     plan = plan_reciprocal((1.0, 9.0), max_rel_error=1e-4, newton=2)
     x = RNG.uniform(1, 9, SMALL.slots)
-    ref = Refresher(kit.ev, kit.refresh_client, bound=16, hiding_bits=12, seed=1)
+    ref = Refresher(kit.ev, kit.refresh_client, bound=16, mask_bits=TEST_MASK_BITS)
     y = run_plan(kit.ev, plan, kit.enc(x), refresher=ref)
     assert plan.depth > SMALL.levels and ref.log.rounds >= 1  # did not fit one chain
     assert_close_bits(kit.dec(y), 1 / x, 12, "1/x with Newton")

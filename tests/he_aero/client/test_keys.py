@@ -34,7 +34,7 @@ def test_no_rotation_steps_means_no_rotation_keys():
 
 
 def test_encrypt_is_fresh_at_the_top_level_and_its_exact_scale(keys):
-    parms_ids, _, scales = chain_tables(keys.seal_context, SMALL.scale_bits)
+    parms_ids, _, scales = chain_tables(keys.seal_context, SMALL)
     assert keys.scale == scales[SMALL.levels]
     ct = keys.encrypt([1.0, 2.0])
     assert is_fresh(ct, parms_ids[SMALL.levels], scales[SMALL.levels])
@@ -118,7 +118,7 @@ def test_encrypt_upload_is_a_serialised_fresh_top_level_encryption(keys):
 
     blob = keys.encrypt_upload([1.0, -2.0, 0.5])
     assert isinstance(blob, bytes)
-    parms_ids, _, scales = chain_tables(keys.seal_context, SMALL.scale_bits)
+    parms_ids, _, scales = chain_tables(keys.seal_context, SMALL)
     ct = load_ciphertext(keys.seal_context, blob, "upload")
     assert is_fresh(ct, parms_ids[SMALL.levels], scales[SMALL.levels])
     assert_close_bits(keys.decrypt(ct)[:3], [1.0, -2.0, 0.5], BITS, "upload")
