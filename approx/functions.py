@@ -56,7 +56,7 @@ def get_function(name: str) -> Function:
     """The registered function called `name`; ApproxError listing the known names otherwise."""
     try:
         return FUNCTIONS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable name from a malformed file (found by fuzzing)
         raise ApproxError(f"function: unknown {name!r}; choose one of {', '.join(FUNCTIONS)}") from None
 
 

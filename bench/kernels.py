@@ -259,7 +259,7 @@ def bench_layer(rng, n: int = DEFAULT_N, t: int = 64, d: int = 128, h: int = 4, 
     return out
 
 
-SMOKE = {"matmul": {8192: [(16, 8)]}, "tensor_mm": (8192, 16, 8), "poly": (8192, (7,)),
+SMOKE = {"matmul": {8192: [(16, 8)]}, "tensor_mm": (8192, 16, 8), "poly": (8192, (3,)),
          "layer": {"n": 8192, "t": 8, "d": 16, "h": 2}}  # fmt: skip
 """The smallest case of each kind (`--smoke`): checks the script end to end in seconds."""
 

@@ -432,10 +432,11 @@ def check_depth_budget(shape: ModelShape, plans: list, params: CkksParams, refre
             raise HeAeroError(f"depth budget on {params.describe()}: {rep.reason}")
         return
     depths = layer_depths(shape, plans)
-    if sum(depths) > params.levels:
+    computing = params.levels - params.base_level
+    if sum(depths) > computing:
         per = ", ".join(f"layer {i}: {d}" for i, d in enumerate(depths))
         raise HeAeroError(
-            f"depth budget exceeded without refresh: {per} (total {sum(depths)}) > {params.levels} levels "
+            f"depth budget exceeded without refresh: {per} (total {sum(depths)}) > {computing} levels "
             f"of {params.describe()}"
         )
 

@@ -100,10 +100,6 @@ class CkksParams:
     def is_secure(self) -> bool:
         return self.total_bits <= SEAL_MAX_BITS[self.poly_modulus_degree]
 
-    def headroom_bits(self, level: int) -> int:
-        """log2 bound on |value| at `level`: bits of q0..q_level minus the scale, minus a sign bit."""
-        return sum(self.coeff_mod_bit_sizes[: level + 1]) - self.scale_bits - 1
-
     def require_secure(self) -> CkksParams:
         """Production entry points call this: refuse test-only insecure parameters."""
         if not self.is_secure:

@@ -129,12 +129,16 @@ def test_bad_input_names_the_field(call, field):
         call()
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10, deadline=None, derandomize=True)
 @given(a=st.floats(-40, 2), width=st.floats(0.5, 40), degree=st.integers(3, 15))
 def test_exp_fits_are_certified_from_both_sides_on_random_domains(a, width, degree):
     fit = remez(np.exp, (a, a + width), degree, "rel")
     interp = chebyshev_fit(np.exp, (a, a + width), degree, "rel")
-    assert _independent_error("exp", fit, "rel", n=20_001) <= fit.max_error * (1 + 1e-9) + ROUNDING
+    # two float64 evaluations of one Chebyshev series differ by up to ~eps sum|c_k| (absolute), i.e. by that
+    # over min f relatively: 2.7e-12 at a = 0.51, width 13.1, degree 14, where sum|c_k| ~ 6e5 (found by
+    # hypothesis when the test still used a fixed 1e-14)
+    rounding = 8 * np.finfo(float).eps * np.abs(fit.coefficients).sum() / np.exp(a)
+    assert _independent_error("exp", fit, "rel", n=20_001) <= fit.max_error * (1 + 1e-9) + rounding
     assert fit.lower_bound <= fit.max_error <= interp.max_error * (1 + 1e-9)
     # the lower bound holds for every degree-n polynomial, the interpolant included
     assert fit.lower_bound <= interp.max_error
@@ -152,3 +156,13 @@ def test_reciprocal_minimax_error_matches_the_closed_form(ratio, degree):
     closed = 2 * rho ** (degree + 1) / (1 + rho ** (2 * degree + 2))
     plan = plan_poly("reciprocal", (1.0, ratio), degree, "rel")
     assert plan.max_error == pytest.approx(closed, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["nope", ["exp"], None])
+def test_an_unknown_or_malformed_function_name_is_a_clean_error(name):
+    """A name read from a malformed file (a list, null) gets the same error as an unknown one (fuzzing)."""
+    from approx.errors import ApproxError
+    from approx.functions import get_function
+
+    with pytest.raises(ApproxError, match=r"^function: unknown .*; choose one of exp"):
+        get_function(name)

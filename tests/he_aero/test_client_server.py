@@ -139,8 +139,8 @@ def test_the_client_refuses_an_insecure_offer_before_making_keys(tiny_session):
 
 def test_the_client_refuses_weak_hiding_and_other_weights(tiny_session):
     offer = tiny_session.server.offer()
-    with pytest.raises(HeAeroError, match="hide 20 bits per slot, this client requires >= 30"):
-        Client(offer, ClientPolicy(min_hiding_bits=30, allow_insecure_for_tests=True))
+    with pytest.raises(HeAeroError, match=r"bits over a session .*, this client requires >= 90$"):
+        Client(offer, ClientPolicy(min_session_hiding_bits=90, allow_insecure_for_tests=True))
     with pytest.raises(HeAeroError, match="this client expects 000000000000"):
         Client(offer, ClientPolicy(expect_model_sha256="0" * 64, allow_insecure_for_tests=True))
 

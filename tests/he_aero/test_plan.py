@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from approx.plans import plan_exp, plan_reciprocal
+from he_aero.ckks.hiding import MASK_BITS
 from he_aero.ckks.params import default_params
 from he_aero.cli import cli
 from he_aero.errors import HeAeroError
@@ -45,9 +46,9 @@ def test_choose_ring_compares_rings():
 
 
 def test_given_deep_plans_make_the_small_ring_infeasible_with_a_reason(deep_plans):
-    small = evaluate_ring(default_params(8192), SHAPE, RANGES, 20, deep_plans)
-    assert not small.feasible and "leaves 3" in small.reason
-    big = evaluate_ring(default_params(16384), SHAPE, RANGES, 20, deep_plans)
+    small = evaluate_ring(default_params(8192), SHAPE, RANGES, MASK_BITS, deep_plans)
+    assert not small.feasible and "leaves 2" in small.reason
+    big = evaluate_ring(default_params(16384), SHAPE, RANGES, MASK_BITS, deep_plans)
     assert big.feasible
 
 
@@ -135,8 +136,10 @@ def test_cli_plan_describes_the_shipped_model_and_writes_a_file(tmp_path):
 @pytest.mark.parametrize(
     "edit, field",
     [
-        (lambda d: d["refresh"].update(hiding_bits=100), "refresh.hiding_bits"),
-        (lambda d: d["refresh"].update(activation_bound=1e-12), "refresh.min_level"),  # masks ~1e-6 wide
+        (lambda d: d["refresh"].update(mask_bits=200), "refresh"),
+        (lambda d: d["refresh"].update(mask_bits=60), "refresh.min_level"),  # a narrower mask: level 1
+        (lambda d: d["refresh"].update(max_refresh_polynomials=10**9), "refresh.max_refresh_polynomials"),
+        (lambda d: d["refresh"].update(session_hiding_bits=0), "refresh"),
         (lambda d: d["refresh"].update(usable_levels=99), "refresh.usable_levels"),
         (lambda d: d.update(rotation_steps=[]), "rotation_steps"),
         (lambda d: d.update(rotation_steps=[-1, 99999999]), "rotation_steps"),

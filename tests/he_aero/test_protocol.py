@@ -225,7 +225,7 @@ def test_channel_refuses_non_bytes_and_applies_the_tamper_hook():
 def test_offer_round_trips_through_a_frame():
     offer = RuntimeOffer(
         poly_modulus_degree=8192,
-        coeff_mod_bit_sizes=(60, 32, 32, 32, 60),
+        coeff_mod_bit_sizes=(37, 36, 36, 32, 32, 37),
         scale_bits=32,
         rotation_steps=(1, -8, 64),
         block=64,
@@ -234,18 +234,19 @@ def test_offer_round_trips_through_a_frame():
         d_model=128,
         logit_domain=(-12.5, 30.0),
         refresh_bound=64.0,
-        hiding_bits=20,
+        mask_bits=107,
+        max_refresh_polynomials=13589,
         model_sha256="ab" * 32,
         plan_sha256="cd" * 32,
         decode_rows=True,
     )
     msg = offer.to_message()
     assert msg.kind is Kind.OFFER and msg.session == NO_SESSION and msg.parts == ()
-    assert msg.meta["coeff_mod_bit_sizes"] == [60, 32, 32, 32, 60] and msg.meta["logit_domain"] == [
+    assert msg.meta["coeff_mod_bit_sizes"] == [37, 36, 36, 32, 32, 37] and msg.meta["logit_domain"] == [
         -12.5,
         30.0,
     ]
-    assert msg.meta["decode_rows"] is True and len(msg.meta) == 14
+    assert msg.meta["decode_rows"] is True and len(msg.meta) == 15
     assert RuntimeOffer.from_message(parse_frame(to_frame(msg), Kind.OFFER)) == offer
     bad = Message(Kind.OFFER, NO_SESSION, {k: v for k, v in msg.meta.items() if k != "block"})
     with pytest.raises(

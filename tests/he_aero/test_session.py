@@ -149,13 +149,17 @@ def test_decode_in_the_rows_layout(tiny):
 
 
 def test_the_session_hiding_is_reported_as_computed(tiny_session):
-    """The union bound over every masked value the client saw: (h + 1) - log2(ciphertexts x slots x 2)."""
+    """Over every polynomial the client decrypted at refreshes: k + 1 - log2 N - log2 T - log2(n), with
+    T = 2^(s + 2) B (he_aero/ckks/hiding.py), N = 2048 and s = 35 on the test ring."""
     res = tiny_session.generate(b"abc", GenerationConfig(max_new_tokens=2))
-    refreshed = res.client_decryptions["refresh"]
-    assert refreshed > 0 and res.refreshed_values == refreshed * (2048 // 2) * 2
-    expected = res.hiding_bits + 1 - np.log2(refreshed * 1024 * 2)
+    n = res.client_decryptions["refresh"]
+    plan = tiny_session.server.plan
+    assert n > 0 and res.refreshed_polynomials == n
+    expected = plan.mask_bits + 1 - 11 - (35 + 2 + np.log2(plan.activation_bound)) - np.log2(n)
     assert res.refresh_hiding_bits_session == pytest.approx(expected, abs=0.01)
-    assert res.to_dict()["refresh_hiding_bits_session"] == res.refresh_hiding_bits_session
+    out = res.to_dict()
+    assert out["refresh_hiding_bits_session"] == res.refresh_hiding_bits_session
+    assert (out["refreshed_polynomials"], out["refresh_mask_bits"]) == (n, 107)
 
 
 def test_an_input_outside_the_domains_is_stopped_with_its_cause_before_any_encryption(tiny, tiny_plan):

@@ -14,8 +14,8 @@ SMALL = CkksParams(2048, (60, 32, 32, 32, 32, 60), 32, insecure_for_tests=True)
 """N=2048 (1024 slots), 4 levels: kernels and levels as on the real rings, ~16x faster than N=8192."""
 
 TEST_MASK_BITS = 48
-"""Refresh mask bits on the small test rings: the refresh is exact whatever k, so tests use a k whose mask fits
-q0 (2^48 + 2^38 < 2^59) and keeps every level of SMALL usable; the production k is hiding.MASK_BITS."""
+"""Refresh mask bits on the small test rings: the refresh is exact whatever k, so tests use a k whose mask
+fits q0 (2^48 + 2^38 < 2^59) and keeps every level of SMALL usable; the production k is hiding.MASK_BITS."""
 
 BITS = 14
 """Tolerance of single ops at N=2048, scale 2^32 (measured 14-20 bits; SEAL draws fresh noise each run)."""

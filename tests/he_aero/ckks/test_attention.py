@@ -15,7 +15,7 @@ from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 from he_aero.plan import Ranges, fit_plans
 from tests.conftest import assert_close_bits
-from tests.he_aero.ckks.kit import SMALL, Kit, TEST_MASK_BITS
+from tests.he_aero.ckks.kit import SMALL, TEST_MASK_BITS, Kit
 
 T, H, DK, BLOCK = 20, 6, 8, 32  # d = 48: per_ct = 1024 / 32 = 32 features -> 2 ciphertexts (32 + 16)
 D = H * DK

@@ -12,7 +12,7 @@ from he_aero.ckks.refresh import Refresher
 from he_aero.plan import Ranges, fit_plans
 from models.linear_view import LayerView, LinearView, view_forward
 from tests.conftest import assert_close_bits
-from tests.he_aero.ckks.kit import SMALL, Kit, TEST_MASK_BITS
+from tests.he_aero.ckks.kit import SMALL, TEST_MASK_BITS, Kit
 
 T, D, H, BLOCK = 8, 32, 2, 16
 BOUND = 16.0

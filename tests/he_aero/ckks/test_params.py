@@ -6,12 +6,21 @@ from he_aero.ckks.params import SEAL_MAX_BITS, CkksParams, default_params
 from he_aero.errors import HeAeroError
 
 
-@pytest.mark.parametrize("n", [8192, 16384, 32768])
-def test_default_chains_are_secure_and_fill_the_budget(n):
+@pytest.mark.parametrize("n, usable", [(8192, 2), (16384, 9), (32768, 22)])
+def test_default_chains_are_secure_and_fill_the_budget(n, usable):
     p = default_params(n)
     assert p.is_secure and p.require_secure() is p
     assert SEAL_MAX_BITS[n] - p.total_bits < 32  # no room for another rescale prime
-    assert p.headroom_bits(0) == 60 - 32 - 1
+    # the 109-bit base holds a 2^107 mask (hiding.MASK_BITS); the levels above it compute
+    assert (p.base_level, p.modulus_bits(p.base_level), p.levels - p.base_level) == (2, 109, usable)
+
+
+@pytest.mark.parametrize(
+    "chain, scale, base",
+    [((60, 32, 32, 60), 32, 0), ((50,) + (35,) * 9 + (60,), 35, 0), ((37, 36, 36, 32, 32, 37), 32, 2)],
+)
+def test_the_base_is_the_leading_primes_wider_than_the_scale(chain, scale, base):
+    assert CkksParams(8192, chain, scale, insecure_for_tests=True).base_level == base
 
 
 @pytest.mark.parametrize(

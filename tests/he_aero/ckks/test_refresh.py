@@ -113,7 +113,9 @@ def test_the_client_refuses_an_unflooded_polynomial(kit):
     """A server that forgets the mask would hand the client its activation: the client refuses it (an
     honest mask has a coefficient above 2^(k-2) except with probability 4^-N)."""
     low = kit.ev.align(kit.enc(X), 0)
-    with pytest.raises(HeAeroError, match=r"^refresh: the polynomial is not flooded \(largest coefficient 2\^3"):
+    with pytest.raises(
+        HeAeroError, match=r"^refresh: the polynomial is not flooded \(largest coefficient 2\^3"
+    ):
         refresh_reply(kit.keys, [kit.ev.to_bytes(low)], 0, K)
     masked = kit.ev.add_integer_poly(low, rns.IntPoly.uniform(K, SMALL.poly_modulus_degree))
     assert len(refresh_reply(kit.keys, [kit.ev.to_bytes(masked)], 0, K)) == 1
@@ -121,7 +123,9 @@ def test_the_client_refuses_an_unflooded_polynomial(kit):
 
 def test_the_client_refuses_a_ciphertext_off_the_refresh_level(kit):
     high = kit.ev.align(kit.enc(X), 2)
-    with pytest.raises(HeAeroError, match="^client: refresh ciphertext 0 is not a two-polynomial ciphertext at"):
+    with pytest.raises(
+        HeAeroError, match="^client: refresh ciphertext 0 is not a two-polynomial ciphertext at"
+    ):
         refresh_reply(kit.keys, [kit.ev.to_bytes(high)], 0, K)
 
 
@@ -237,7 +241,9 @@ def test_the_refresh_level_is_the_first_whose_modulus_holds_the_masked_value(bou
 
 
 def test_a_message_bound_beyond_the_chain_is_refused():
-    with pytest.raises(HeAeroError, match=r"^refresh: a mask of 2\^48 needs a modulus of 196.0 bits, which no"):
+    with pytest.raises(
+        HeAeroError, match=r"^refresh: a mask of 2\^48 needs a modulus of 196.0 bits, which no"
+    ):
         _symbolic(2.0**160, 48)
 
 

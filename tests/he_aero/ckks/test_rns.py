@@ -49,7 +49,7 @@ def test_crt_refuses_unreduced_or_misshapen_words():
 def test_scaling_rounds_exactly_like_python(ratio):
     factor = scale_factor(2.0**32 * ratio, 2.0**32)
     assert factor == round(Fraction(2.0**32 * ratio) / Fraction(2.0**32) * 2**SHIFT)
-    vals = [v for v in VALUES if abs(v) < 2**(OFFSET_BITS - 2)]
+    vals = [v for v in VALUES if abs(v) < 2 ** (OFFSET_BITS - 2)]
     want = [(2 * v * factor + 2**SHIFT) // 2 ** (SHIFT + 1) for v in vals]  # round half up
     assert IntPoly.from_ints(vals).scaled(factor).to_ints() == want
 

@@ -1,16 +1,20 @@
 """The client's security policy on hand-made offers: every requirement, its boundary, and the message."""
 
 import dataclasses
+import math
 
 import pytest
 
-from he_aero.ckks.params import HIDING_BITS, CkksParams
+from he_aero.ckks.hiding import MASK_BITS, SESSION_HIDING_BITS, RefreshHiding
+from he_aero.ckks.params import CkksParams
 from he_aero.client.policy import ClientPolicy
 from he_aero.errors import HeAeroError
 from he_aero.protocol import RuntimeOffer
 
 SHA = "ab" * 32
-SECURE = dict(poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 32, 32, 32, 60), scale_bits=32)  # 216 bits
+SECURE = dict(
+    poly_modulus_degree=8192, coeff_mod_bit_sizes=(37, 36, 36, 32, 32, 37), scale_bits=32
+)  # 210 bits
 SMALL = dict(poly_modulus_degree=2048, coeff_mod_bit_sizes=(60, 32, 32, 60), scale_bits=32)  # 184 > 54 bits
 REFUSE = r"^client: refusing the server's offer: "
 
@@ -25,7 +29,8 @@ def offer(**kw) -> RuntimeOffer:
         d_model=128,
         logit_domain=(-20.0, 20.0),
         refresh_bound=64.0,
-        hiding_bits=HIDING_BITS,
+        mask_bits=MASK_BITS,
+        max_refresh_polynomials=8192,
         model_sha256=SHA,
         plan_sha256="cd" * 32,
         decode_rows=True,
@@ -34,13 +39,13 @@ def offer(**kw) -> RuntimeOffer:
 
 
 def test_a_secure_offer_gives_its_parameters():
-    assert ClientPolicy().accept(offer()) == CkksParams(8192, (60, 32, 32, 32, 60), 32)
+    assert ClientPolicy().accept(offer()) == CkksParams(8192, (37, 36, 36, 32, 32, 37), 32)
 
 
 def test_the_default_requires_the_default_hiding_and_no_model():
     p = ClientPolicy()
-    assert (p.min_hiding_bits, p.expect_model_sha256, p.allow_insecure_for_tests) == (
-        HIDING_BITS,
+    assert (p.min_session_hiding_bits, p.expect_model_sha256, p.allow_insecure_for_tests) == (
+        SESSION_HIDING_BITS,
         None,
         False,
     )
@@ -60,27 +65,53 @@ def test_malformed_parameters_are_refused_with_the_reason():
         ClientPolicy(allow_insecure_for_tests=True).accept(offer(poly_modulus_degree=3000))
 
 
-@pytest.mark.parametrize("hiding, ok", [(HIDING_BITS - 1, False), (HIDING_BITS, True), (40, True)])
-def test_hiding_below_the_minimum_is_refused(hiding, ok):
+def _session_bits(**kw) -> float:
+    """The session hiding computed by hand from the offer's fields (hiding.py's formula):
+    k + 1 - log2 N - (s + 2 + log2 B) - log2(cap)."""
+    o = offer(**kw)
+    return o.mask_bits + 1 - 13 - (32 + 2 + math.log2(o.refresh_bound)) - math.log2(o.max_refresh_polynomials)
+
+
+def test_the_offer_hides_what_the_formula_says():
+    assert ClientPolicy.session_hiding(offer(), CkksParams(**SECURE)) == pytest.approx(_session_bits())
+    h = RefreshHiding(8192, MASK_BITS, 32, 64.0)
+    assert _session_bits() == pytest.approx(h.session_bits(8192))
+
+
+@pytest.mark.parametrize("cap, ok", [(2**14, True), (2**15, True), (2**15 + 1, False), (2**17, False)])
+def test_a_session_cap_that_drops_hiding_below_the_minimum_is_refused(cap, ok):
+    """k = 107, B = 64: 55 bits per polynomial, so 2^15 polynomials keep 40 bits and one more does not."""
+    bits = _session_bits(max_refresh_polynomials=cap)
     if ok:
-        assert ClientPolicy().accept(offer(hiding_bits=hiding)).poly_modulus_degree == 8192
+        assert bits >= 40 and ClientPolicy().accept(offer(max_refresh_polynomials=cap)).slots == 4096
     else:
+        assert bits < 40
         with pytest.raises(
             HeAeroError,
-            match=REFUSE + rf"refresh masks hide {hiding} bits per slot, this client requires >= 20$",
+            match=REFUSE + rf"its refresh hides {bits:.1f} bits over a session \(masks of 2\^107, up to "
+            rf"{cap} polynomials\), this client requires >= 40$",
         ):
-            ClientPolicy().accept(offer(hiding_bits=hiding))
+            ClientPolicy().accept(offer(max_refresh_polynomials=cap))
+
+
+def test_narrow_masks_or_a_wide_bound_are_refused():
+    with pytest.raises(HeAeroError, match=REFUSE + "its refresh hides"):
+        ClientPolicy().accept(offer(mask_bits=80))
+    with pytest.raises(HeAeroError, match=REFUSE + "its refresh hides"):
+        ClientPolicy().accept(offer(refresh_bound=2.0**30))
+    with pytest.raises(HeAeroError, match=REFUSE + "refresh hiding: bound must be a positive number"):
+        ClientPolicy().accept(offer(refresh_bound=-1.0))
 
 
 def test_a_stricter_client_refuses_the_default_hiding():
-    with pytest.raises(HeAeroError, match=r"hide 20 bits per slot, this client requires >= 24$"):
-        ClientPolicy(min_hiding_bits=24).accept(offer())
-    assert ClientPolicy(min_hiding_bits=24).accept(offer(hiding_bits=24)).slots == 4096
+    with pytest.raises(HeAeroError, match=r"this client requires >= 50$"):
+        ClientPolicy(min_session_hiding_bits=50).accept(offer())
+    assert ClientPolicy(min_session_hiding_bits=50).accept(offer(max_refresh_polynomials=16)).slots == 4096
 
 
 def test_the_expected_weights_are_compared_without_case():
-    assert ClientPolicy(expect_model_sha256=SHA.upper()).accept(offer()).levels == 3
-    assert ClientPolicy(expect_model_sha256=SHA).accept(offer(model_sha256=SHA.upper())).levels == 3
+    assert ClientPolicy(expect_model_sha256=SHA.upper()).accept(offer()).levels == 4
+    assert ClientPolicy(expect_model_sha256=SHA).accept(offer(model_sha256=SHA.upper())).levels == 4
     with pytest.raises(
         HeAeroError,
         match=REFUSE + r"it serves weights abababababab\.\.\., this client expects 000000000000\.\.\.$",
@@ -102,9 +133,9 @@ def test_other_blocks_are_refused(block):
 @pytest.mark.parametrize(
     "kw, message",
     [
-        ({"min_hiding_bits": True}, "min_hiding_bits must be an integer, got True"),
-        ({"min_hiding_bits": 20.0}, "min_hiding_bits must be an integer, got 20.0"),
-        ({"min_hiding_bits": "20"}, "min_hiding_bits must be an integer, got '20'"),
+        ({"min_session_hiding_bits": True}, "min_session_hiding_bits must be an integer, got True"),
+        ({"min_session_hiding_bits": 20.0}, "min_session_hiding_bits must be an integer, got 20.0"),
+        ({"min_session_hiding_bits": "20"}, "min_session_hiding_bits must be an integer, got '20'"),
         ({"expect_model_sha256": "ab" * 31}, "expect_model_sha256 must be a SHA-256 hex digest, got 'abab"),
         ({"expect_model_sha256": "ab" * 33}, "expect_model_sha256 must be a SHA-256 hex digest"),
         (
@@ -121,9 +152,9 @@ def test_a_malformed_policy_is_refused_at_construction(kw, message):
 
 def test_a_valid_policy_in_any_case_is_accepted():
     for sha in (None, "0123456789abcdef" * 4, "0123456789ABCDEF" * 4):
-        assert ClientPolicy(expect_model_sha256=sha, min_hiding_bits=0).expect_model_sha256 == sha
+        assert ClientPolicy(expect_model_sha256=sha, min_session_hiding_bits=0).expect_model_sha256 == sha
 
 
 def test_the_policy_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        ClientPolicy().min_hiding_bits = 1  # type: ignore[misc]
+        ClientPolicy().min_session_hiding_bits = 1  # type: ignore[misc]

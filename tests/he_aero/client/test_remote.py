@@ -66,7 +66,7 @@ def test_the_wan_estimate_is_its_formula():
 
 # --- a fake server: the client refuses before making keys ---------------------------------------------------
 def _offer(**changes) -> RuntimeOffer:
-    from he_aero.ckks.params import HIDING_BITS
+    from he_aero.ckks.hiding import MASK_BITS
     from he_aero.plan import load_plan
 
     p = load_plan().params  # the shipped ring: 128-bit secure
@@ -81,7 +81,8 @@ def _offer(**changes) -> RuntimeOffer:
         d_model=128,
         logit_domain=(-30.0, 30.0),
         refresh_bound=154.0,
-        hiding_bits=HIDING_BITS,
+        mask_bits=MASK_BITS,
+        max_refresh_polynomials=8192,
         model_sha256="ab" * 32,
         plan_sha256="cd" * 32,
         decode_rows=True,
@@ -93,7 +94,7 @@ def _offer(**changes) -> RuntimeOffer:
     "changes, policy, words",
     [
         ({"poly_modulus_degree": 1024, "coeff_mod_bit_sizes": (30, 40, 40)}, ClientPolicy(), "refusing"),
-        ({"hiding_bits": 8}, ClientPolicy(), "hide 8 bits per slot"),
+        ({"mask_bits": 80}, ClientPolicy(), "its refresh hides"),
         ({}, ClientPolicy(expect_model_sha256="ef" * 32), "it serves weights abababababab"),
         ({"block": 48}, ClientPolicy(), "block 48 is not a valid layout"),
     ],

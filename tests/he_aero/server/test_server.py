@@ -110,10 +110,16 @@ def test_imaginary_probes_come_back_as_noise(tiny, tiny_plan, monkeypatch):
     the next refresh (there: probe x the weights). With the masks switched OFF (so the test sees what the
     circuit carries, not the mask), every imaginary part the client decrypts, at each refresh and in the
     logits, is CKKS noise: the server projects the embedding's and the LM head's outputs to real parts."""
+    import he_aero.client.client as client_module
     from he_aero.ckks.ciphertext import Evaluator
-    from he_aero.ckks.refresh import Refresher
+    from he_aero.ckks.rns import IntPoly
 
-    monkeypatch.setattr(Refresher, "_mask", lambda self, n: np.zeros(n))
+    # masks off, and the client's "is it flooded?" check with them (it would refuse the unmasked views)
+    monkeypatch.setattr(IntPoly, "uniform", classmethod(lambda cls, bits, n: cls.from_ints([0] * n)))
+    reply = client_module.refresh_reply
+    monkeypatch.setattr(
+        client_module, "refresh_reply", lambda keys, blobs, level, _: reply(keys, blobs, level)
+    )
     _, _, header, view, _ = tiny
     tokens = list(b"abcdefg")
     probe = np.random.default_rng(0).normal(size=(len(tokens), 256)) * 4.0
