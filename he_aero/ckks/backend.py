@@ -152,7 +152,13 @@ _CT_MEMBERS = struct.Struct("<32sBQQQdQ")
 
 def _members(obj) -> bytes:
     """The object's serialised members, uncompressed."""
-    blob = to_bytes(obj)
+    return uncompressed(to_bytes(obj))
+
+
+def uncompressed(blob: bytes) -> bytes:
+    """The members of a serialised SEAL object with its compression undone (HeAeroError if it is not one)."""
+    if len(blob) < _HEADER.size:
+        raise HeAeroError("backend: not a SEAL serialisation")
     magic, hsize, _, _, compr, _, size = _HEADER.unpack_from(blob)
     if magic != _MAGIC or hsize != _HEADER.size or size != len(blob):
         raise HeAeroError("backend: not a SEAL serialisation")

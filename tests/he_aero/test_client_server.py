@@ -104,6 +104,24 @@ def test_setup_parts_load_as_exactly_the_three_public_key_types(tiny_session):
     assert len(msg.parts) == 3
 
 
+def test_no_setup_part_contains_the_secret_key_once_decompressed(tiny_session):
+    """SEAL compresses what it saves, so the key's bytes are searched for after decompression: no 64-byte
+    window of the secret key's words (NTT form: pseudo-random) occurs in any decompressed SETUP part; the
+    same search finds it in a SETUP with the key appended (the check can fail)."""
+    from he_aero.ckks.backend import to_bytes, uncompressed
+
+    client = Client(tiny_session.server.offer(), TEST_POLICY)
+    parts = parse_frame(client.keygen(), Kind.SETUP).parts
+    key = uncompressed(to_bytes(client._keys._secret_key))
+    windows = [key[i : i + 64] for i in range(len(key) // 4, len(key) - 64, len(key) // 8)]
+    assert len(windows) >= 4 and all(len(set(w)) > 16 for w in windows)  # varied bytes, not runs of 0
+    plain = [uncompressed(p) for p in parts]
+    assert sum(map(len, plain)) > 10 * sum(map(len, parts)) / 11  # decompressed: at least as large
+    assert not any(w in p for w in windows for p in plain)
+    leaky = [*plain, uncompressed(to_bytes(client._keys._secret_key))]
+    assert all(any(w in p for p in leaky) for w in windows)
+
+
 def test_stage_order_is_enforced(tiny, tiny_plan):
     _, _, header, view, _ = tiny
     srv = Server(view, header, tiny_plan, allow_insecure_for_tests=True)

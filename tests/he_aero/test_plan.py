@@ -161,3 +161,17 @@ def test_a_careless_or_hostile_plan_is_refused_at_load(tiny_plan, edit, field):
     edit(data)
     with pytest.raises(HeAeroError, match="plan: .*" + re.escape(field)):
         ExecutionPlan.from_dict(data)
+
+
+def test_the_shipped_plan_keeps_40_bits_over_a_full_context_session():
+    """The longest session the context allows: a prefill (at most the full context's refreshes) and a
+    decode step for every other position (each at most the costliest, the last position's). Its refreshed
+    polynomials stay within the plan's cap, so the server never cuts it short, and hide >= 40 bits."""
+    plan = load_plan(DEFAULT_PLAN)
+    est = plan.estimates
+    full = (
+        est["prefill"]["refreshed_ciphertexts"]
+        + (plan.shape.t_max - 1) * est["decode"]["refreshed_ciphertexts"]
+    )
+    assert full <= plan.max_refresh_polynomials
+    assert plan.hiding.session_bits(full) >= plan.session_hiding_bits == 40
