@@ -219,12 +219,30 @@ def _unit_pair(template, c0: np.ndarray | None, ntt: bool) -> np.ndarray:
     return np.stack([np.zeros(shape, np.uint64) if c0 is None else c0, c1])
 
 
+_UNITS: dict = {}
+
+
+def _unit(ctx: seal.SEALContext, template):
+    """The ciphertext (0, 1) in NTT form at `template`'s level and scale, built once per (level, scale): a
+    refresh needs it twice per ciphertext. (A parms_id is a hash of the whole parameter set, so a unit made
+    under one context serves any context with the same parameters.)"""
+    key = (tuple(template.parms_id()), template.scale)
+    unit = _UNITS.get(key)
+    if unit is None:
+        if len(_UNITS) > 64:  # a few levels and scales per context; contexts come and go in tests
+            _UNITS.clear()
+        unit = _UNITS[key] = ciphertext_like(
+            ctx, template, _unit_pair(template, None, ntt=True), True, template.scale
+        )
+    return unit
+
+
 def add_polynomial(ctx: seal.SEALContext, evaluator, a, words: np.ndarray, subtract: bool = False):
     """a + (m, 0) (or a - (m, 0)): the polynomial m with coefficient words `words` ((primes, N), reduced,
     not NTT) added exactly to a's c0, at a's level and scale (SEAL's NTT moves m into a's NTT form)."""
     t = ciphertext_like(ctx, a, _unit_pair(a, words, ntt=False), ntt=False, scale=a.scale)
     evaluator.transform_to_ntt_inplace(t)  # (NTT(m), NTT(1) = all ones)
-    unit = ciphertext_like(ctx, a, _unit_pair(a, None, ntt=True), ntt=True, scale=a.scale)
+    unit = _unit(ctx, a)
     out = seal.Ciphertext()
     if subtract:
         evaluator.sub(a, t, out)

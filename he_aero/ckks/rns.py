@@ -167,14 +167,22 @@ class IntPoly:
     # --- arithmetic ----------------------------------------------------------------------------------------
     def residues(self, primes: list[int]) -> np.ndarray:
         """(len(primes), N) uint64: each value reduced into [0, q) for each prime q (< 2^62)."""
-        pieces = self.limbs.view(np.uint16).reshape(self.n, 16).astype(np.uint64)
+        hi, top = self.limbs[:, 2], self.limbs[:, 3]
+        if np.all(((hi == 0) & (top == 1)) | ((hi == ~np.uint64(0)) & (top == 0))):
+            # every |v| < 2^128 (refresh polynomials are ~2^108): v = L - 2^128 [v < 0], L = v mod 2^128
+            # in limbs 0 and 1, so 8 pieces instead of 16
+            pieces = self.limbs[:, :2].copy().view(np.uint16).reshape(self.n, 8).astype(np.uint64)
+            negative, wrap = top == 0, 1 << 128
+        else:
+            pieces = self.limbs.view(np.uint16).reshape(self.n, 16).astype(np.uint64)
+            negative, wrap = np.ones(self.n, bool), OFFSET  # fields are v + 2^192
         out = []
         for q in primes:
             if q >= WIDE_PRIME:
                 out.append((np.array(self.to_ints(), dtype=object) % q).astype(np.uint64))
                 continue
-            off = OFFSET % q
-            out.append((_mod(pieces, q) + np.uint64(q - off)) % np.uint64(q))
+            shift = np.where(negative, np.uint64(q - wrap % q), np.uint64(0))
+            out.append((_mod(pieces, q) + shift) % np.uint64(q))
         return np.stack(out)
 
     def scaled(self, factor: int) -> IntPoly:

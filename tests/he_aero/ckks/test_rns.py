@@ -22,10 +22,13 @@ def test_ints_round_trip():
     assert IntPoly.from_ints(VALUES).to_ints() == VALUES
 
 
-def test_residues_match_python_modulo():
-    res = IntPoly.from_ints(VALUES).residues(PRIMES + [WIDE])
+@pytest.mark.parametrize("wide", [True, False])
+def test_residues_match_python_modulo(wide):
+    """Both paths: some |v| >= 2^128 (all 256 bits reduced), and all below (the refresh's: 128 bits)."""
+    vals = VALUES if wide else [v for v in VALUES if abs(v) < 2**128]
+    res = IntPoly.from_ints(vals).residues(PRIMES + [WIDE])
     for row, q in zip(res, PRIMES + [WIDE], strict=True):
-        assert [int(w) for w in row] == [v % q for v in VALUES]
+        assert [int(w) for w in row] == [v % q for v in vals]
 
 
 @pytest.mark.parametrize("primes", [PRIMES[:3], PRIMES, [WIDE, *PRIMES[1:3]]])
