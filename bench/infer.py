@@ -191,6 +191,7 @@ def _phase_row(stages: list[dict], wall: float, before: dict, after: dict) -> di
         "bytes_to_server": after["bytes_client_to_server"] - before["bytes_client_to_server"],
         "bytes_to_client": after["bytes_server_to_client"] - before["bytes_server_to_client"],
         "refresh_rounds": sum(s["refresh_rounds"] for s in stages),
+        "refresh_seconds": round(sum(s.get("refresh_seconds", 0.0) for s in stages), 2),
         "stages": stages,
     }
 
@@ -294,18 +295,20 @@ def report(speed_json: Path, accept_jsons: list[Path]) -> str:
         *s.get("plan", ["(not recorded)"]),
         "```",
         "",
-        "| phase | tokens | wall s | inside SEAL | refresh rounds | MB up | MB down |",
-        "|---|---|---|---|---|---|---|",
+        "| phase | tokens | wall s | inside SEAL | refresh rounds | refresh s | MB up | MB down |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in s["prefill"]:
         lines.append(
             f"| prefill | {r['tokens']} | {r['wall_seconds']} | {r['seal_share']:.0%} | "
-            f"{r['refresh_rounds']} | {r['bytes_to_server'] / mb:.1f} | {r['bytes_to_client'] / mb:.1f} |"
+            f"{r['refresh_rounds']} | {r.get('refresh_seconds', '-')} | "
+            f"{r['bytes_to_server'] / mb:.1f} | {r['bytes_to_client'] / mb:.1f} |"
         )
     for r in s["decode"]:
         lines.append(
             f"| decode | cache {r['cache_length']} | {r['wall_seconds']} | {r['seal_share']:.0%} | "
-            f"{r['refresh_rounds']} | {r['bytes_to_server'] / mb:.1f} | {r['bytes_to_client'] / mb:.1f} |"
+            f"{r['refresh_rounds']} | {r.get('refresh_seconds', '-')} | "
+            f"{r['bytes_to_server'] / mb:.1f} | {r['bytes_to_client'] / mb:.1f} |"
         )
     lines += [
         "",

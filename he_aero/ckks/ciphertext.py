@@ -56,6 +56,7 @@ class OpStats:
     refresh_cts: Counter = field(default_factory=Counter)  # level at which ciphertexts were refreshed
     steps_used: set = field(default_factory=set)
     seal_seconds: float = 0.0
+    refresh_seconds: float = 0.0  # wall time of refresh rounds (both halves when the client is in process)
 
     @property
     def n_rotations(self) -> int:

@@ -66,6 +66,7 @@ def _counts(ev: Evaluator) -> dict:
         "key_switches": s.key_switches,
         "refresh_rounds": s.refresh_rounds,
         "seal_seconds": s.seal_seconds,
+        "refresh_seconds": s.refresh_seconds,
     }
 
 

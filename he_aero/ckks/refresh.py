@@ -23,6 +23,7 @@ counted.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -157,6 +158,13 @@ class Refresher:
 
     def refresh(self, cts: list[Ct]) -> list[Ct]:
         """One round: move down, re-randomise, flood, send; receive at the top level, unmask."""
+        t0 = time.perf_counter()
+        try:
+            return self._round(cts)
+        finally:
+            self.ev.stats.refresh_seconds += time.perf_counter() - t0
+
+    def _round(self, cts: list[Ct]) -> list[Ct]:
         ev = self.ev
         if self.max_polynomials is not None and self.log.ciphertexts + len(cts) > self.max_polynomials:
             raise HeAeroError(
