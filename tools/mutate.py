@@ -206,20 +206,9 @@ EQUIVALENT += [
     ),
 ]
 _I = "approx.interpret.x_run_batch"
-_ZIP_TS = (
-    "two strict zips in a row over the same lengths (ops with src, then ops with ts built from src): "
-    "with either one relaxed the other still raises on a short batch (tests/approx/test_interpret.py "
-    "checks that it does): equivalent"
-)
 _L = "he_aero.ckks.linalg.xǁPlainLinearǁ"
 _BIAS_KEY = "only the plaintext-cache key's tag changes (no other entry uses it): equivalent"
 EQUIVALENT += [
-    (_I, "_to_unit(step, v, o, shift) for o, v in zip(ops, src, strict=None)", _ZIP_TS),
-    (_I, "_to_unit(step, v, o, shift) for o, v in zip(ops, src, )", _ZIP_TS),
-    (_I, "_to_unit(step, v, o, shift) for o, v in zip(ops, src, strict=False)", _ZIP_TS),
-    (_I, "zip(ops, ts, strict=None)", _ZIP_TS),
-    (_I, "zip(ops, ts, )", _ZIP_TS),
-    (_I, "zip(ops, ts, strict=False)", _ZIP_TS),
     (
         _I,
         "ys: list = None",
@@ -228,6 +217,35 @@ EQUIVALENT += [
     ),
     (_L + "__call__", '(self.name, "XXbiasXX", tok, b)', _BIAS_KEY),
     (_L + "__call__", '(self.name, "BIAS", tok, b)', _BIAS_KEY),
+]
+_A = "he_aero.ckks.attention.x_attention_"
+_ATT_KEY = (
+    "only the tag of an evaluator plaintext-cache key changes (no other key uses the new tag; the rest of "
+    "the key is unchanged), so the same plaintexts are encoded, cached and reused: equivalent"
+)
+_FALSY = "`Evaluator._finish` tests `if rescale:`, and None is false like False: equivalent"
+_NORM_ZIP = (
+    "both callers pass one numerator and one denominator per feature ciphertext, `run_plan_batch` returns "
+    "one reciprocal per denominator and `ensure` one value per value, so the two halves always have the "
+    "same length: equivalent"
+)
+EQUIVALENT += [
+    *[(_A + "decode", f'"{tag}"', _ATT_KEY) for tag in ("XXdvalidXX", "DVALID", "XXdmaskXX", "DMASK")],
+    *[(_A + "decode", f'"{tag}"', _ATT_KEY) for tag in ("XXdconstXX", "DCONST")],
+    *[(_A + "prefill", f'"{tag}"', _ATT_KEY) for tag in ("XXlagmaskXX", "LAGMASK", "XXzconstXX", "ZCONST")],
+    *[(_A + "prefill", f'"{tag}"', _ATT_KEY) for tag in ("XXvalidXX", "VALID", "XXlagselXX", "LAGSEL")],
+    (_A + "decode", "rescale=None", _FALSY),
+    (_A + "prefill", "rescale=None", _FALSY),
+    ("he_aero.ckks.attention.x__normalise", "zip(stage[:n], stage[n:], strict=None)", _NORM_ZIP),
+    ("he_aero.ckks.attention.x__normalise", "zip(stage[:n], stage[n:], )", _NORM_ZIP),
+    ("he_aero.ckks.attention.x__normalise", "zip(stage[:n], stage[n:], strict=False)", _NORM_ZIP),
+    (
+        "he_aero.ckks.attention.x__head_const",
+        "else 1.0 for h in range(hpc)",
+        "the constants are multiplied by `valid`, which both callers set to 0 on every block of a padding "
+        "head (prefill: valid[:real], decode: valid[: min(hpc, n_head - a hpc)]), so a padding head's "
+        "sink value never reaches a slot: equivalent",
+    ),
 ]
 _REAL = (
     "not equivalent for complex input only: the weights are real numpy arrays from the checkpoint; with "

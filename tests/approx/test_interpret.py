@@ -240,3 +240,29 @@ def test_the_hook_hears_the_default_name_and_the_scaling_rule():
     assert calls == [
         ("plan poly", bsgs.bsgs_cost(plan.steps[0].degree)[0] + 1)
     ]  # shift=False: the map costs 1
+
+
+@pytest.mark.parametrize(
+    "steps, mapped, change",
+    [
+        ((Step("poly", (-3.0, 5.0), (0.25,)),), False, "drop"),  # a constant poly reads its input too
+        ((Step("poly", (-3.0, 5.0), (0.25,)),), False, "add"),
+        (plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=0).steps, False, "add"),  # the input map
+        (plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=0).steps, True, "drop"),  # mapped: no map
+        (plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=0).steps, True, "add"),
+    ],
+)
+def test_a_hook_that_changes_the_batch_size_of_the_first_poly_is_caught(steps, mapped, change):
+    """One value per Ops item at every step: a hook that drops a value, or hands back one more, before the
+    first poly (constant or not, its input mapped by the caller or not) is a ValueError, never a silently
+    shorter batch or an extra value quietly ignored."""
+
+    def resize(values, need, stage):
+        return values[:-1] if change == "drop" else [*values, values[-1]]
+
+    x = np.array([-1.0, 0.5])
+    ts = [to_unit(x, steps[0].domain)] * 2 if mapped else None
+    ops = [bsgs.Ops(), bsgs.Ops()]
+    assert len(interpret.run_batch(steps, [x, x], ops, ts)) == 2  # the same call with the identity hook
+    with pytest.raises(ValueError, match="zip"):
+        interpret.run_batch(steps, [x, x], ops, ts, ensure=resize)

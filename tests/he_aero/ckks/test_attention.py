@@ -1,6 +1,8 @@
 """Encrypted sink attention on its own, at a shape the layer test does not reach: two feature ciphertexts
 (the second one half padding: 2 real heads of 4), three lag groups (T = 20 > d_k = 8), prefill and a
-decode step, against numpy's sink attention; and the spec's refusals with their messages."""
+decode step, against numpy's sink attention; and the spec's refusals with their messages. Then what
+mutation testing asked for: the stages and levels the refresher hears, rotations on pending products,
+padding heads that hold values, a full cache, the plaintext cache across runs."""
 
 import dataclasses
 from types import SimpleNamespace
@@ -8,9 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from approx import interpret
 from he_aero.ckks.attention import AttentionSpec, KVCache, attention_decode, attention_prefill
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.packing import feature_layout, pack, unpack
+from he_aero.ckks.poly import atomic_depth
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 from he_aero.plan import Ranges, fit_plans
@@ -116,6 +120,7 @@ def test_spec_refusals_name_the_layer(setup):
     "n_features, block, message",
     [
         (50, BLOCK, r"^att: d=50 is not a multiple of 6 heads$"),
+        (H, BLOCK, None),  # d_k = 1 = 2^0: one feature per head
         (36, BLOCK, r"^att: head size 6 must be a power of two dividing the 32 blocks per ciphertext$"),
         (6 * 64, 16, None),  # d_k = 64 = per_ct: one head per ciphertext
         (6 * 128, 16, r"^att: head size 128 must be a power of two dividing the 64 blocks per ciphertext$"),
@@ -129,3 +134,180 @@ def test_head_dim_checks_the_layout(setup, n_features, block, message):
     else:
         with pytest.raises(HeAeroError, match=message):
             spec.head_dim(layout)
+
+
+# --- found by mutation testing (docs/mutation.md) ----------------------------------------------------------
+def _symbolic(spec, layout, decode: bool):
+    """A symbolic run (levels and counts, no SEAL) on unlabelled pending inputs, as the layer's fused q|k|v
+    product hands them over before it labels them; returns (outputs, refresher, pending flag per rotation)."""
+    ev = Evaluator(SMALL)
+    ref = Refresher(ev, None, BOUND, HIDING)
+    rotated, rotate = [], ev.rotate
+    ev.rotate = lambda a, step, lay=None: rotated.append(a.pending) or rotate(a, step, lay)
+
+    def cts():
+        return [Ct(None, SMALL.levels, None, True) for _ in range(layout.n_ct)]
+
+    if decode:  # the cache holds rescaled ciphertexts (`EncryptedLayer.prefill`, `KVCache.append`)
+        cache = KVCache([Ct(None, SMALL.levels)] * layout.n_ct, [Ct(None, SMALL.levels)] * layout.n_ct, T)
+        out = attention_decode(ev, ref, spec, cts(), cache, layout)
+    else:
+        out = attention_prefill(ev, ref, spec, cts(), cts(), cts(), layout)
+    return out, ref, rotated
+
+
+def _plan_stages(plan, name, mapped):
+    """(stage, need) the plan's pieces ask the refresher for (`approx.interpret.run_batch`)."""
+    return [
+        (f"{name} {interpret.STAGES[s.op]}", atomic_depth(s, mapped and i == 0))
+        for i, s in enumerate(plan.steps)
+        for _ in range(interpret.pieces(s))
+    ]
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_each_stage_asks_the_refresher_for_the_levels_it_consumes(setup, decode):
+    """The refresher (and the planner, which reads its trace) hears every stage by name with the levels
+    the stage consumes before the next `ensure`: the scores 2 (q k product, head-sum rescale, the masked
+    plaintext product with the exp map folded in), the weighted values 2 in prefill (selection product,
+    then weights x values) and 1 in decode (weights x values only), the normalisation 1; the exp input is
+    mapped (its affine map folded into the score mask)."""
+    spec, layout = setup[:2]
+    lay = layout.with_tokens(1) if decode else layout
+    out, ref, _ = _symbolic(spec, lay, decode)
+    assert len(out) == lay.n_ct and all(c.layout == lay for c in out)  # labelled, though inputs were not
+    d = "att decode" if decode else "att"
+    want = [
+        (f"{d} scores", 2),
+        *_plan_stages(spec.exp_plan, f"{d} exp", True),
+        (f"{d} A.V", 1 if decode else 2),
+        *_plan_stages(spec.recip_plan, "att 1/x", False),
+        ("att normalise", 1),
+    ]
+    assert [(t["stage"], t["need"]) for t in ref.trace] == want
+    # the plans of `setup`: exp is one poly, 1/x a poly and 3 Newton iterations (one piece each)
+    names = [f"{d} scores", f"{d} exp poly", f"{d} A.V", "att 1/x poly", *["att 1/x newton"] * 3]
+    assert [s for s, _ in want] == [*names, "att normalise"]
+
+
+def test_prefill_rotates_every_product_before_its_rescale(setup):
+    """Rotations add key-switching noise of fixed absolute size, ~2^32 times smaller relative to a pending
+    product (scale ~S^2) than to the rescaled value: with q, k, v pending as the layer hands them over,
+    every prefill rotation runs on a pending ciphertext. Their number, per feature ciphertext: 7 steps of
+    the Q chain, 19 of the K chain and 19 of the V chain (2 group starts, then 7 + 7 + 3 lag steps),
+    log2(d_k) per lag for the score sums and as many for the weight spreads, and two Horner schemes of
+    min(d_k, T) - 1 steps."""
+    spec, layout = setup[:2]
+    _, _, rotated = _symbolic(spec, layout, decode=False)
+    groups = -(-T // DK)
+    chain = groups - 1 + sum(min(DK, T - g * DK) - 1 for g in range(groups))
+    assert chain == 19
+    per_ct = (min(DK, T) - 1) + 2 * chain + 2 * T * int(np.log2(DK)) + 2 * (min(DK, T) - 1)
+    assert len(rotated) == layout.n_ct * per_ct == 358
+    assert all(rotated)
+
+
+def test_decode_rotates_its_products_before_their_rescale(setup):
+    """Decode: per feature ciphertext, log2(B) rotations spread the (pending) query over the rows, log2(d_k)
+    sum the score product and log2(B) the weights x values product, all pending; the exp weights' spread
+    (log2(d_k)) and the denominator's row sum (log2(B)) hold no product and run rescaled."""
+    spec, layout = setup[:2]
+    _, _, rotated = _symbolic(spec, layout.with_tokens(1), decode=True)
+    b, dk = int(np.log2(BLOCK)), int(np.log2(DK))
+    assert len(rotated) == layout.n_ct * (b + dk + b + dk + b)
+    assert sum(rotated) == layout.n_ct * (b + dk + b)
+
+
+def test_a_cache_and_a_new_token_hold_one_ciphertext_per_feature_ciphertext(setup):
+    """KVCache.append and the decode pair ciphertexts one to one: a new token, or a cache, with a ciphertext
+    too few or too many is a ValueError, never a silently shorter (or partly ignored) cache."""
+    spec, layout = setup[:2]
+    one, n = layout.with_tokens(1), layout.n_ct
+    ev = Evaluator(SMALL)
+
+    def cts(count):
+        return [Ct(None, SMALL.levels) for _ in range(count)]
+
+    cache = KVCache(cts(n), cts(n), 3)
+    cache.append(ev, cts(n), cts(n))
+    assert cache.length == 4 and len(cache.k) == len(cache.v) == n
+    with pytest.raises(ValueError, match="zip"):
+        KVCache(cts(n), cts(n), 3).append(ev, cts(n - 1), cts(n))
+    with pytest.raises(ValueError, match="zip"):
+        KVCache(cts(n), cts(n), 3).append(ev, cts(n), cts(n - 1))
+    with pytest.raises(ValueError, match="zip"):
+        attention_decode(
+            ev, Refresher(ev, None, BOUND, HIDING), spec, cts(n), KVCache(cts(n), cts(n + 1), 3), one
+        )
+
+
+def _padded(rng, n):
+    """n tokens of q, k, v over all 64 feature slots of the two ciphertexts: the 48 real features and 16
+    of padding (2 padding heads) that hold values too (as a client, or an earlier bug, might leave them)."""
+    wide = feature_layout(SMALL.slots, n, 2 * (SMALL.slots // BLOCK), block=BLOCK)
+    assert wide.n_ct == 2 and wide.n_features == D + 2 * DK
+    q, k = rng.normal(0, 0.35, (n, wide.n_features)), rng.normal(0, 0.35, (n, wide.n_features))
+    v = rng.uniform(-2, 2, (n, wide.n_features))
+    return wide, q, k, v
+
+
+def test_prefill_ignores_values_in_the_padding_heads(setup):
+    """Only real heads take part: the score mask zeroes the padding heads, so whatever the padding slots of
+    q, k and v hold, the real heads are exact and the padding of the output stays ~0."""
+    spec, layout, kit = setup[:3]
+    wide, q, k, v = _padded(np.random.default_rng(7), T)
+    enc = [[kit.enc(p, layout) for p in pack(m, wide)] for m in (q, k, v)]
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, HIDING, seed=2)
+    got = unpack([kit.dec(c) for c in attention_prefill(kit.ev, ref, spec, *enc, layout)], wide)
+    assert_close_bits(got[:, :D], sink_attention(q[:, :D], k[:, :D], v[:, :D], SINK), 8, "real heads")
+    assert np.abs(v[:, D:]).max() > 1.0  # the padding holds values...
+    assert np.abs(got[:, D:]).max() < 2**-8  # ...that never reach the output
+
+
+def test_decode_at_a_full_block_ignores_values_in_the_padding_heads(setup):
+    """A cache of exactly B tokens (the most a block holds) is accepted and exact; the padding heads are
+    masked in decode too, whatever their slots hold."""
+    spec, layout, kit = setup[:3]
+    wide, q, k, v = _padded(np.random.default_rng(8), BLOCK)
+    want = sink_attention(q[:, :D], k[:, :D], v[:, :D], SINK)[-1]
+    full, one = layout.with_tokens(BLOCK), layout.with_tokens(1)
+    z = [q[-1, h * DK : (h + 1) * DK] @ k[:, h * DK : (h + 1) * DK].T - SINK[h] for h in range(H)]
+    assert -6 < np.min(z) and np.max(z) < 3 and 1 + np.exp(z).sum(axis=1).max() < 1 + T * np.e  # the plans
+    cache = KVCache(*[[kit.enc(p, full) for p in pack(m, wide.with_tokens(BLOCK))] for m in (k, v)], BLOCK)
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, HIDING, seed=3)
+    out = attention_decode(
+        kit.ev, ref, spec, [kit.enc(p, one) for p in pack(q[-1:], wide.with_tokens(1))], cache, one
+    )
+    got = unpack([kit.dec(c) for c in out], wide.with_tokens(1))[0]  # row 0 holds the answer
+    assert_close_bits(got[:D], want, 8, "decode at a full block")
+    assert np.abs(got[D:]).max() < 2**-8
+
+
+def test_a_repeated_run_encodes_no_plaintext_vector_again(setup):
+    """Masks and constants are cached on the evaluator: a second prefill or decode of the same shape (the
+    next request) encodes no slot vector except the refresh masks (2 per refreshed ciphertext), and its
+    cached plaintexts still give the right values. T = 4 uses a subset of the kit's rotation keys."""
+    spec, layout, kit = setup[:3]
+    ev = Evaluator(SMALL, kit.server)  # a cold cache
+    vectors, encode = [], ev._encode
+    ev._encode = lambda values, *a: vectors.append(not np.isscalar(values)) or encode(values, *a)
+    n = 4
+    four, one = layout.with_tokens(n), layout.with_tokens(1)
+    rng = np.random.default_rng(9)
+    q, k = rng.normal(0, 0.35, (n, D)), rng.normal(0, 0.35, (n, D))
+    v = rng.uniform(-2, 2, (n, D))
+    want = sink_attention(q, k, v, SINK)
+    for run in range(2):
+        vectors.clear()
+        ref = Refresher(ev, kit.refresh_client, BOUND, HIDING, seed=run)
+        enc = [[kit.enc(p, four) for p in pack(m, four)] for m in (q, k, v)]
+        got = unpack([kit.dec(c) for c in attention_prefill(ev, ref, spec, *enc, four)], four)
+        assert_close_bits(got, want, 8, f"prefill run {run}")
+        cache = KVCache(enc[1], enc[2], n)
+        out = attention_decode(ev, ref, spec, [kit.enc(p, one) for p in pack(q[-1:], one)], cache, one)
+        assert_close_bits(unpack([kit.dec(c) for c in out], one)[0], want[-1], 8, f"decode run {run}")
+        masks = 2 * ref.log.ciphertexts  # per refreshed ciphertext: its mask added, then taken off
+        if run:
+            assert sum(vectors) == masks
+        else:  # the cold run also encodes every mask and constant once
+            assert sum(vectors) > masks
