@@ -67,6 +67,10 @@ bench-he: $(STAMP) ## encrypted prefill 16/32/64, decode, op counts, accuracy on
 mutate: $(STAMP) ## mutation testing of the critical modules -> docs/mutation.md (about 30 min; not in test/CI)
 	$(BIN)/python tools/mutate.py
 
+.PHONY: bench-logit-noise
+bench-logit-noise: $(STAMP) ## the logits' deviation as the client sees it, and the cost of flooding it -> docs/logit-noise.json
+	$(BIN)/python -m bench.logit_noise --flood 0 16 20 24 --out docs/logit-noise.json
+
 .PHONY: bench-serve
 BENCH_CLIENTS ?= 4
 BENCH_TOKENS ?= 2

@@ -124,6 +124,8 @@ class PlanConfig:
     exp_max_rel_error, recip_max_rel_error : certified relative error bounds of the exp and 1/x plans.
     mask_bits : k, refresh masks are uniform in [-2^k, 2^k) on every coefficient (he_aero/ckks/hiding.py).
     session_hiding_bits : the statistical hiding a session keeps; caps a session's refreshed polynomials.
+    logit_flood_bits : f > 0 floods every logits coefficient with a uniform integer in [-2^f, 2^f) (its
+        precision cost: docs/security.md, "Logits"); 0 sends the logits re-randomised but unflooded.
     rings : candidate ring degrees.
     """
 
@@ -131,6 +133,7 @@ class PlanConfig:
     recip_max_rel_error: float = 1e-4
     mask_bits: int = MASK_BITS
     session_hiding_bits: int = SESSION_HIDING_BITS
+    logit_flood_bits: int = 0
     rings: tuple[int, ...] = RINGS
 
     def __post_init__(self):
@@ -138,7 +141,11 @@ class PlanConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v < 1):
                 raise HeAeroError(f"plan {name}: expected a number in (0, 1), got {v!r}")
-        for name, lo, hi in (("mask_bits", 1, 127), ("session_hiding_bits", 1, 128)):
+        for name, lo, hi in (
+            ("mask_bits", 1, 127),
+            ("session_hiding_bits", 1, 128),
+            ("logit_flood_bits", 0, 60),
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise HeAeroError(f"plan {name}: expected an integer in [{lo}, {hi}], got {v!r}")
@@ -468,6 +475,7 @@ class ExecutionPlan:
     activation_bound: float  # bound on |x| of any refreshed value (the refresh's message bound)
     mask_bits: int
     session_hiding_bits: int
+    logit_flood_bits: int
     logit_domain: tuple[float, float]  # the client's plausibility check
     rotation_steps: tuple[int, ...]
     usable_levels: int
@@ -543,6 +551,7 @@ class ExecutionPlan:
                 "activation_bound": self.activation_bound,
                 "mask_bits": self.mask_bits,
                 "session_hiding_bits": self.session_hiding_bits,
+                "logit_flood_bits": self.logit_flood_bits,
                 "max_refresh_polynomials": self.max_refresh_polynomials,
                 "per_polynomial_hiding_bits": round(self.hiding.per_polynomial_bits, 3),
                 "usable_levels": self.usable_levels,
@@ -634,8 +643,9 @@ class ExecutionPlan:
             )
         mask_bits = reader.integer(refresh, "mask_bits", "refresh.")
         session_bits = reader.integer(refresh, "session_hiding_bits", "refresh.")
+        flood = reader.integer(refresh, "logit_flood_bits", "refresh.")
         try:  # the refresh levels and cap follow from ring, bound and mask: recomputed, never trusted
-            PlanConfig(mask_bits=mask_bits, session_hiding_bits=session_bits)
+            PlanConfig(mask_bits=mask_bits, session_hiding_bits=session_bits, logit_flood_bits=flood)
             probe = Refresher(Evaluator(params), None, float(bound), mask_bits)
         except HeAeroError as exc:
             raise HeAeroError(f"{where}: field 'refresh': {exc}") from exc
@@ -666,6 +676,7 @@ class ExecutionPlan:
             activation_bound=float(bound),
             mask_bits=mask_bits,
             session_hiding_bits=session_bits,
+            logit_flood_bits=flood,
             logit_domain=reader.pair(reader.need(data, "logit_domain"), "logit_domain"),
             rotation_steps=tuple(steps),
             usable_levels=probe.usable_levels(),
@@ -757,6 +768,14 @@ class ExecutionPlan:
             f"so {h.per_polynomial_bits:.1f} bits of hiding per polynomial; a session may refresh up to "
             f"{self.max_refresh_polynomials} polynomials ({self.session_hiding_bits} bits); refreshes happen "
             f"at level {self.refresh_min_level}, so {self.usable_levels} levels in between"
+        )
+        lines.append(
+            "logits: re-randomised, "
+            + (
+                f"flooded with 2^{self.logit_flood_bits} per coefficient"
+                if self.logit_flood_bits
+                else "unflooded"
+            )
         )
         lines.append(
             f"slot layout: features, {self.block}-slot token blocks, {p.slots // self.block} features per "
@@ -934,6 +953,7 @@ def compile_plan(
         activation_bound=float(calibration.activation_bound),
         mask_bits=config.mask_bits,
         session_hiding_bits=config.session_hiding_bits,
+        logit_flood_bits=config.logit_flood_bits,
         logit_domain=tuple(calibration.logit_domain),
         rotation_steps=steps,
         usable_levels=best.usable_levels,

@@ -45,6 +45,13 @@ from he_aero.cli.options import Outputs, blame, checkpoint_option, force_option,
     help="statistical hiding a session keeps, in bits: caps the polynomials a session may refresh",
 )
 @click.option(
+    "--logit-flood-bits",
+    type=click.IntRange(0, 60),
+    default=0,
+    show_default=True,
+    help="flood every logits coefficient with a uniform integer in [-2^F, 2^F) (0: off; docs/security.md)",
+)
+@click.option(
     "--ring",
     "rings",
     type=click.Choice(["8192", "16384", "32768"]),
@@ -61,7 +68,16 @@ from he_aero.cli.options import Outputs, blame, checkpoint_option, force_option,
 @output_option("--out", help="write the plan file (what `encrypt-infer --plan` and the server load)")
 @force_option
 def plan(
-    checkpoint, calibration, exp_error, recip_error, session_hiding_bits, rings, explain, out, force
+    checkpoint,
+    calibration,
+    exp_error,
+    recip_error,
+    session_hiding_bits,
+    logit_flood_bits,
+    rings,
+    explain,
+    out,
+    force,
 ) -> None:
     """Choose the ring, chain, approximation plans, refresh points and rotation keys for a checkpoint, before
     any key is made."""
@@ -77,6 +93,7 @@ def plan(
         exp_max_rel_error=exp_error,
         recip_max_rel_error=recip_error,
         session_hiding_bits=session_hiding_bits,
+        logit_flood_bits=logit_flood_bits,
         rings=tuple(int(r) for r in rings) or RINGS,
     )
     result = compile_plan(header, cal, config)

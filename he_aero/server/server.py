@@ -17,6 +17,7 @@ from he_aero.ckks.backend import PublicKeys, public_context
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.pipeline import Pipeline, StageRecord
 from he_aero.ckks.refresh import Refresher
+from he_aero.ckks.rns import IntPoly
 from he_aero.errors import HeAeroError
 from he_aero.protocol import Kind, Message, RuntimeOffer, meta_field, parse_frame, to_frame
 
@@ -149,9 +150,20 @@ class Server:
         )
 
     def _logits_message(self, ev: Evaluator, cts: list[Ct], position: int, n: int, rows: bool) -> bytes:
+        """LOGITS: each ciphertext re-randomised (so its c1 is no function of the weights: the client could
+        otherwise test candidate LM-head weights against it, as at a refresh) and, with the plan's
+        `logit_flood_bits` f > 0, flooded: a uniform integer in [-2^f, 2^f) added to every coefficient,
+        drowning the weight-dependent CKKS noise below it (docs/security.md, "Logits")."""
         layout = "rows" if rows else "features"
         meta = {"position": position, "n_tokens": n, "levels": [c.level for c in cts], "layout": layout}
-        return to_frame(Message(Kind.LOGITS, self.session, meta, tuple(ev.to_bytes(c) for c in cts)))
+        flood = self.plan.logit_flood_bits
+        out = []
+        for c in cts:
+            c = ev.rerandomize(c)
+            if flood:
+                c = ev.add_integer_poly(c, IntPoly.uniform(flood, self.params.poly_modulus_degree))
+            out.append(ev.to_bytes(c))
+        return to_frame(Message(Kind.LOGITS, self.session, meta, tuple(out)))
 
     def prefill(self, data: bytes, refresh_link=None, progress=None) -> bytes:
         """Run the prompt (TOKENS at position 0); keep the K/V caches; return LOGITS for every position."""

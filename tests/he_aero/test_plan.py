@@ -140,6 +140,7 @@ def test_cli_plan_describes_the_shipped_model_and_writes_a_file(tmp_path):
         (lambda d: d["refresh"].update(mask_bits=60), "refresh.min_level"),  # a narrower mask: level 1
         (lambda d: d["refresh"].update(max_refresh_polynomials=10**9), "refresh.max_refresh_polynomials"),
         (lambda d: d["refresh"].update(session_hiding_bits=0), "refresh"),
+        (lambda d: d["refresh"].update(logit_flood_bits=61), "refresh"),
         (lambda d: d["refresh"].update(usable_levels=99), "refresh.usable_levels"),
         (lambda d: d.update(rotation_steps=[]), "rotation_steps"),
         (lambda d: d.update(rotation_steps=[-1, 99999999]), "rotation_steps"),

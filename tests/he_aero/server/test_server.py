@@ -129,3 +129,53 @@ def test_imaginary_probes_come_back_as_noise(tiny, tiny_plan, monkeypatch):
     monkeypatch.setattr(Evaluator, "project_real", lambda self, a: a)
     _, leaked, _ = _imaginary_seen(insecure_session(view, header, tiny_plan), probe, tokens)
     assert leaked > 0.1
+
+
+@pytest.mark.parametrize("rerandomized", [True, False])
+def test_logits_leave_re_randomised(tiny, tiny_plan, monkeypatch, rerandomized):
+    """The LM head's output is a function of the client's last refresh reply and the weights: sent as is,
+    its c1 would let the client test candidate head weights. The c1 the client receives differs in every
+    word from the head's output; with re-randomisation off it is identical (the check can fail)."""
+    from he_aero.ckks.backend import ciphertext_words
+    from he_aero.ckks.ciphertext import Evaluator
+
+    heads = []
+    original = Evaluator.rerandomize
+
+    def spy(self, a):
+        heads.append(ciphertext_words(self.rescale(a).data)[1, 0, :256].copy())
+        return original(self, a) if rerandomized else self.rescale(a)
+
+    _, _, header, view, _ = tiny
+    session = insecure_session(view, header, tiny_plan)
+    srv, client = session.server, session.client
+    monkeypatch.setattr(Evaluator, "rerandomize", spy)
+    reply = srv.prefill(client.encrypt_tokens(list(b"abc"), 0), client.handle_refresh)
+    sent = parse_frame(reply, Kind.LOGITS, client.session).parts
+    n = len(sent)
+    for head, blob in zip(heads[-n:], sent, strict=True):  # the last n re-randomisations: the logits
+        c1 = ciphertext_words(load_ciphertext(client._keys.seal_context, blob, "logits"))[1, 0, :256]
+        same = int((c1 == head).sum())
+        assert (same == 0) if rerandomized else (same == 256)
+
+
+def test_flooded_logits_cost_the_precision_the_width_says(tiny, tiny_plan):
+    """f = 24 on the test ring (scale 2^35, N = 2048): a uniform 2^24 on every coefficient moves slots by
+    ~2^24 sqrt(N / 3) / 2^35 ~ 1.3e-2, above the unflooded error (LOGIT_TOL = 3e-3), far below the logits."""
+    import dataclasses
+
+    from models.linear_view import view_forward
+    from tests.he_aero.conftest import LOGIT_TOL
+
+    _, _, header, view, _ = tiny
+    want = view_forward(view, np.frombuffer(b"abcd", dtype=np.uint8))
+    errors = {}
+    for f in (0, 24):
+        plan = dataclasses.replace(tiny_plan, logit_flood_bits=f)
+        session = insecure_session(view, header, plan)
+        srv, client = session.server, session.client
+        got = client.decrypt_logits(
+            srv.prefill(client.encrypt_tokens(list(b"abcd"), 0), client.handle_refresh)
+        )
+        errors[f] = float(np.abs(got.logits - want).max())
+    assert errors[0] < LOGIT_TOL < errors[24] < 0.2, errors
