@@ -362,10 +362,27 @@ class SealOps:
             self._enc.encode(v.tolist(), parms_id, scale, pt)
         return pt
 
-    def _out(self, fn, *args) -> seal.Ciphertext:
+    def _out(self, fn, *args, scale: float | None = None) -> seal.Ciphertext:
+        """fn(*args, out) into a new ciphertext. An exactly-zero result (x - x, x times a plaintext that
+        encodes to zero: weights below the plaintext resolution) has c1 = 0, which SEAL refuses to hold
+        ("result ciphertext is transparent"); it becomes a fresh encryption of zero at the first argument's
+        level and the result's scale (`scale`, default the first argument's), which decrypts to ~0 as the
+        exact result would (found by review: the raw SEAL error reached users)."""
         out = seal.Ciphertext()
-        fn(*args, out)
+        try:
+            fn(*args, out)
+        except RuntimeError as exc:
+            if "transparent" not in str(exc):
+                raise
+            out = self.zero_like(args[0], args[0].scale if scale is None else scale)
         return out
+
+    def zero_like(self, a, scale: float) -> seal.Ciphertext:
+        """A fresh public-key encryption of zero at a's level with the given scale."""
+        zero = seal.Ciphertext()
+        self._zero.encrypt_zero(a.parms_id(), zero)
+        zero.scale = scale  # an encryption of zero decodes to zero at any scale
+        return zero
 
     def rescale(self, a):
         return self._out(self._ev.rescale_to_next, a)
@@ -378,13 +395,15 @@ class SealOps:
 
     def multiply(self, a, b):
         """a x b (a square when a is b); size 3, relinearise before anything but additions."""
-        return self._out(self._ev.square, a) if a is b else self._out(self._ev.multiply, a, b)
+        if a is b:
+            return self._out(self._ev.square, a, scale=a.scale * a.scale)
+        return self._out(self._ev.multiply, a, b, scale=a.scale * b.scale)
 
     def relinearize_inplace(self, a) -> None:
         self._ev.relinearize_inplace(a, self.ctx.relin_keys)
 
     def multiply_plain(self, a, pt):
-        return self._out(self._ev.multiply_plain, a, pt)
+        return self._out(self._ev.multiply_plain, a, pt, scale=a.scale * pt.scale)
 
     def add(self, a, b):
         return self._out(self._ev.add, a, b)
@@ -393,7 +412,13 @@ class SealOps:
         return self._out(self._ev.sub, a, b)
 
     def add_inplace(self, acc, b) -> None:
-        self._ev.add_inplace(acc, b)
+        """acc += b; an exactly-zero sum is kept as a fresh encryption of zero (see `_out`)."""
+        try:
+            self._ev.add_inplace(acc, b)
+        except RuntimeError as exc:
+            if "transparent" not in str(exc):
+                raise
+            self._ev.add_inplace(acc, self.zero_like(acc, acc.scale))  # acc holds the transparent zero
 
     def add_plain(self, a, pt):
         return self._out(self._ev.add_plain, a, pt)
@@ -410,10 +435,7 @@ class SealOps:
     def rerandomize(self, a):
         """a + a fresh public-key encryption of zero at a's level and scale: the result's c1 is uniformly
         random, no longer a function of the computation (the weights) that produced a."""
-        zero = seal.Ciphertext()
-        self._zero.encrypt_zero(a.parms_id(), zero)
-        zero.scale = a.scale  # an encryption of zero decodes to zero at any scale
-        return self._out(self._ev.add, a, zero)
+        return self._out(self._ev.add, a, self.zero_like(a, a.scale))
 
     @staticmethod
     def scale(a) -> float:

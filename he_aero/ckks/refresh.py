@@ -103,6 +103,14 @@ class Refresher:
                 f"{self.hiding.modulus_bits_needed() + 1:.1f} bits, which no level of "
                 f"{ev.params.describe()} has; lower mask_bits or widen the chain's base"
             )
+        headroom = ev.params.modulus_bits(self._floor) - ev.params.scale_bits - 2  # sign, prime slack
+        if 2 * math.log2(self.bound) > headroom:
+            # a product of two values within the bound must fit the lowest level values reach, or it
+            # decrypts as a wrong number with no error (found by review on a 50-bit q0 at level 0)
+            raise HeAeroError(
+                f"refresh: products of values up to {self.bound:.3g} need {2 * math.log2(self.bound):.1f} "
+                f"bits of headroom, the refresh level {self._floor} of {ev.params.describe()} has {headroom}"
+            )
         modulus = math.prod(int(ev.primes[lvl]) for lvl in range(self._floor + 1))
         if not ev.symbolic and 2 * (2**mask_bits + 2**self.hiding.message_bits) >= modulus:
             raise HeAeroError(

@@ -119,3 +119,35 @@ def test_operation_counts_match_an_independent_count_of_seal_calls(monkeypatch):
     assert calls["relinearize_inplace"] == stats.relins > 0
     # plaintext products: the kernels' own plus the level alignments, all counted as pt_mults
     assert calls["multiply_plain"] == stats.n_pt > 0
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        "x - x",
+        "x + (-1 x)",
+        "x times zeros",
+        "x times 1e-12",
+        "a dot product that cancels",
+        "x times x - x x",
+    ],
+)
+def test_an_exactly_zero_result_is_an_encryption_of_zero(kit, what):
+    """SEAL refuses a result with c1 = 0 ("result ciphertext is transparent"); the evaluator returns a fresh
+    encryption of zero instead, at the right level and exact scale, and later operations work on it."""
+    ev = kit.ev
+    a = kit.enc(np.linspace(-1, 1, 16))
+    ops = {
+        "x - x": lambda: ev.sub(a, a),
+        "x + (-1 x)": lambda: ev.add(a, ev.mul_scalar(a, -1.0)),
+        "x times zeros": lambda: ev.mul_plain(a, None, lambda: np.zeros(16)),
+        "x times 1e-12": lambda: ev.mul_plain(a, None, lambda: np.full(16, 1e-12)),
+        "a dot product that cancels": lambda: ev.dot_plain(
+            [(a, None, lambda: np.ones(16)), (a, None, lambda: -np.ones(16))]
+        ),
+        "x times x - x x": lambda: ev.sub(ev.mul(a, a), ev.mul(a, a)),
+    }
+    z = ops[what]()
+    assert z.data.scale == ev.scales[z.level] and np.abs(kit.dec(z)).max() < 2.0**-BITS
+    y = ev.add(z, ev.align(a, z.level))  # usable: 0 + x = x
+    assert_close_bits(kit.dec(y)[:16], np.linspace(-1, 1, 16), BITS, what)

@@ -229,7 +229,7 @@ def _symbolic(bound=8.0, mask_bits=K, **kw):
         (8.0, 58, 1),  # 60 needed: q0 + q1 = 92 bits
         (8.0, 90, 1),
         (8.0, 91, 2),
-        (2.0**100, 48, 3),  # T = 2^134 dominates the mask: 136 bits, q0..q3
+        (2.0**26, 48, 1),  # T = 2^60 dominates the mask: 62 bits, q0..q1
     ],
 )
 def test_the_refresh_level_is_the_first_whose_modulus_holds_the_masked_value(bound, mask_bits, level):
@@ -320,3 +320,11 @@ def test_the_default_is_the_production_mask_on_the_default_ring():
     ref = Refresher(Evaluator(params), None, bound=154.3)
     assert (ref.mask_bits, ref.min_level(), ref.usable_levels()) == (107, 2, 2)
     assert math.isclose(ref.hiding.per_polynomial_bits, 108 - 13 - (34 + math.log2(154.3)))
+
+
+def test_a_bound_whose_square_overflows_the_refresh_level_is_refused():
+    """SMALL's level 0 holds 60 - 32 - 2 = 26 bits above the scale: values up to 2^13 square into it,
+    2^13.5 would overflow (and decrypt as a wrong number, with no error)."""
+    assert _symbolic(2.0**13, 48).min_level() == 0
+    with pytest.raises(HeAeroError, match=r"^refresh: products of values up to 1.16e\+04 need 27.0 bits"):
+        _symbolic(2.0**13.5, 48)
