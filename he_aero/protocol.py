@@ -248,6 +248,13 @@ class Channel:
         self.traffic.rounds[purpose] += 1
 
 
+def _whole(value, name: str) -> int:
+    """A JSON integer as it is (int() would cut 107.5 to 107 or read true as 1): the hiding settings."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
 # --- the offer: what the server tells the client before keys exist ----------------------------------------
 @dataclass(frozen=True)
 class RuntimeOffer:
@@ -297,8 +304,8 @@ class RuntimeOffer:
                 d_model=int(m["d_model"]),
                 logit_domain=(float(m["logit_domain"][0]), float(m["logit_domain"][1])),
                 refresh_bound=float(m["refresh_bound"]),
-                mask_bits=int(m["mask_bits"]),
-                max_refresh_polynomials=int(m["max_refresh_polynomials"]),
+                mask_bits=_whole(m["mask_bits"], "mask_bits"),
+                max_refresh_polynomials=_whole(m["max_refresh_polynomials"], "max_refresh_polynomials"),
                 model_sha256=str(m["model_sha256"]),
                 plan_sha256=str(m["plan_sha256"]),
                 decode_rows=bool(m["decode_rows"]),

@@ -244,12 +244,17 @@ def add_polynomial(ctx: seal.SEALContext, evaluator, a, words: np.ndarray, subtr
     evaluator.transform_to_ntt_inplace(t)  # (NTT(m), NTT(1) = all ones)
     unit = _unit(ctx, a)
     out = seal.Ciphertext()
-    if subtract:
-        evaluator.sub(a, t, out)
-        evaluator.add_inplace(out, unit)  # c1 back to a's
-    else:
-        evaluator.add(a, t, out)
-        evaluator.sub_inplace(out, unit)
+    try:
+        if subtract:
+            evaluator.sub(a, t, out)
+            evaluator.add_inplace(out, unit)  # c1 back to a's
+        else:
+            evaluator.add(a, t, out)
+            evaluator.sub_inplace(out, unit)
+    except RuntimeError as exc:  # c1 cancelled: only a crafted c1 (the negated unit) can do that
+        if "transparent" not in str(exc):
+            raise
+        raise HeAeroError("a ciphertext whose c1 cancels against the constant 1: crafted, refused") from exc
     return out
 
 
@@ -334,8 +339,15 @@ def load_ciphertext(ctx: seal.SEALContext, blob: bytes, what: str) -> seal.Ciphe
 
 
 def is_fresh(ct: seal.Ciphertext, parms_id, scale: float) -> bool:
-    """True for a two-polynomial ciphertext at the given level (`parms_id`) and exact scale."""
-    return ct.size() == 2 and ct.parms_id() == parms_id and ct.scale == scale and ct.is_ntt_form()
+    """True for a two-polynomial ciphertext at the given level (`parms_id`) and exact scale whose c1 is not
+    zero (an encryption has a random c1; c1 = 0 is a plaintext in disguise)."""
+    return (
+        ct.size() == 2
+        and ct.parms_id() == parms_id
+        and ct.scale == scale
+        and ct.is_ntt_form()
+        and not ct.is_transparent()
+    )
 
 
 # --- evaluation primitives --------------------------------------------------------------------------------
@@ -362,19 +374,20 @@ class SealOps:
             self._enc.encode(v.tolist(), parms_id, scale, pt)
         return pt
 
-    def _out(self, fn, *args, scale: float | None = None) -> seal.Ciphertext:
-        """fn(*args, out) into a new ciphertext. An exactly-zero result (x - x, x times a plaintext that
-        encodes to zero: weights below the plaintext resolution) has c1 = 0, which SEAL refuses to hold
-        ("result ciphertext is transparent"); it becomes a fresh encryption of zero at the first argument's
-        level and the result's scale (`scale`, default the first argument's), which decrypts to ~0 as the
-        exact result would (found by review: the raw SEAL error reached users)."""
+    def _out(self, fn, *args) -> seal.Ciphertext:
+        """fn(*args, out) into a new ciphertext. A result whose c1 cancels to 0 (x - x, (x + 5) - x, x times
+        a plaintext that encodes to zero: weights below the plaintext resolution) is one SEAL refuses to
+        hand out ("result ciphertext is transparent") although it has already written it, at the right
+        level and scale, into `out`; adding a fresh encryption of zero makes it an ordinary ciphertext of the
+        same value (found by review: the raw SEAL error reached users; replacing the result by a zero lost
+        c0, e.g. the 5 of (x + 5) - x)."""
         out = seal.Ciphertext()
         try:
             fn(*args, out)
         except RuntimeError as exc:
-            if "transparent" not in str(exc):
+            if "transparent" not in str(exc) or out.size() != 2:
                 raise
-            out = self.zero_like(args[0], args[0].scale if scale is None else scale)
+            self._ev.add_inplace(out, self.zero_like(out, out.scale))
         return out
 
     def zero_like(self, a, scale: float) -> seal.Ciphertext:
@@ -395,15 +408,13 @@ class SealOps:
 
     def multiply(self, a, b):
         """a x b (a square when a is b); size 3, relinearise before anything but additions."""
-        if a is b:
-            return self._out(self._ev.square, a, scale=a.scale * a.scale)
-        return self._out(self._ev.multiply, a, b, scale=a.scale * b.scale)
+        return self._out(self._ev.square, a) if a is b else self._out(self._ev.multiply, a, b)
 
     def relinearize_inplace(self, a) -> None:
         self._ev.relinearize_inplace(a, self.ctx.relin_keys)
 
     def multiply_plain(self, a, pt):
-        return self._out(self._ev.multiply_plain, a, pt, scale=a.scale * pt.scale)
+        return self._out(self._ev.multiply_plain, a, pt)
 
     def add(self, a, b):
         return self._out(self._ev.add, a, b)

@@ -22,6 +22,7 @@ centres V in [-Q/2, Q/2]; kappa is computed in doubles, exact when |V| <= Q/4 (t
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -96,6 +97,8 @@ def _mulmod(a: np.ndarray, c: int, q: int) -> np.ndarray:
 def scale_factor(to_scale: float, from_scale: float) -> int:
     """P with P / 2^SHIFT the dyadic approximation of to_scale / from_scale that both parties of a refresh
     compute bit for bit from the same two doubles."""
+    if not all(math.isfinite(s) and s > 0 for s in (to_scale, from_scale)):
+        raise HeAeroError(f"rns: scales must be positive finite numbers, got {to_scale} and {from_scale}")
     ratio = Fraction(to_scale) / Fraction(from_scale)
     if not Fraction(1, 2) < ratio < 2:
         raise HeAeroError(f"rns: scale ratio {float(ratio):.6g} is outside (1/2, 2)")

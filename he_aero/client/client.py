@@ -14,6 +14,7 @@ activations left the domain the polynomials were fitted on) flag the token inste
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -164,6 +165,12 @@ class Client:
     def refresh_values(self, blobs: list[bytes]) -> list[bytes]:
         """`refresh_reply` with this session's keys, counted."""
         keys = self._require_keys("refresh")
+        done, cap = self.decryptions["refresh"], self.offer.max_refresh_polynomials
+        if done + len(blobs) > cap:
+            raise HeAeroError(
+                f"client: the server asks to refresh {len(blobs)} more polynomials after {done}, past the "
+                f"offered cap of {cap}: refused"
+            )
         fresh = refresh_reply(keys, blobs, self.refresh_level, self.offer.mask_bits)
         self.decryptions["refresh"] += len(blobs)
         return fresh
@@ -184,5 +191,7 @@ def refresh_reply(
         ct = load_ciphertext(keys.seal_context, blob, what)
         if ct.size() != 2 or (level is not None and ct.parms_id() != keys.parms_ids[level]):
             raise HeAeroError(f"{what} is not a two-polynomial ciphertext at the refresh level {level}")
+        if not (math.isfinite(ct.scale) and 0.5 < ct.scale / keys.scale < 2.0):
+            raise HeAeroError(f"{what} has scale {ct.scale!r}, not within 2x of the chain's {keys.scale:.6g}")
         out.append(to_bytes(keys.reencrypt_exact(ct, mask_bits)))
     return out

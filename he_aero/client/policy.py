@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from he_aero.ckks.hiding import SESSION_HIDING_BITS, RefreshHiding
 from he_aero.ckks.params import CkksParams
+from he_aero.ckks.refresh import refresh_level
 from he_aero.errors import HeAeroError
 from he_aero.protocol import RuntimeOffer
 
@@ -76,11 +77,28 @@ class ClientPolicy:
 
     @staticmethod
     def session_hiding(offer: RuntimeOffer, params: CkksParams) -> float:
-        """Bits of hiding over a session of the offer's maximum length, computed (not read from the offer)."""
+        """Bits of hiding over a session of the offer's maximum length, computed (not read from the offer).
+
+        HeAeroError for settings no honest plan produces (found by review: each let a crafted offer claim
+        any hiding): a cap below 1 polynomial (0 gave "inf" bits), a bound below 1 (a calibrated activation
+        bound covers values of order 1; 1e-300 gave 938 bits), mask bits outside [1, 127] (what the mask
+        generator draws), or a chain with no level that holds the mask (that disabled the level check)."""
+
+        def refuse(why: str):
+            raise HeAeroError(f"client: refusing the server's offer: {why}")
+
+        if not 1 <= offer.max_refresh_polynomials:
+            refuse(f"a cap of {offer.max_refresh_polynomials} refreshed polynomials")
+        if not 1.0 <= offer.refresh_bound < 2.0**40:
+            refuse(f"refresh bound {offer.refresh_bound!r} is not a calibrated activation bound in [1, 2^40)")
+        if not 1 <= offer.mask_bits <= 127:
+            refuse(f"mask bits {offer.mask_bits} outside [1, 127]")
         try:
             hiding = RefreshHiding(
                 params.poly_modulus_degree, offer.mask_bits, params.scale_bits, offer.refresh_bound
             )
         except HeAeroError as exc:
-            raise HeAeroError(f"client: refusing the server's offer: {exc}") from exc
+            refuse(str(exc))
+        if refresh_level(params, hiding) is None:
+            refuse(f"no level of {params.describe()} holds a 2^{offer.mask_bits} mask")
         return hiding.session_bits(offer.max_refresh_polynomials)

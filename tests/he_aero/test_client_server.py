@@ -216,3 +216,26 @@ def test_client_flags_implausible_logits(tiny_session):
     with pytest.raises(HeAeroError, match="another run"):
         client.decrypt_logits(_logits_frame(other, fine, 2, other.session))
     assert client.decryptions["logits"] >= 6
+
+
+def test_the_client_holds_the_server_to_its_offered_cap(tiny, tiny_plan):
+    """A server that asks for more refreshes than its offer's cap (which the client's hiding check assumed)
+    is refused before anything is decrypted (found by review: the client did not count)."""
+    import dataclasses
+    import math
+
+    from he_aero.server.server import Server
+
+    _, _, header, view, _ = tiny
+    bits = math.floor(tiny_plan.hiding.per_polynomial_bits) - 1
+    plan = dataclasses.replace(tiny_plan, session_hiding_bits=bits)
+    cap = plan.max_refresh_polynomials
+    assert 2 <= cap <= 3
+    srv = Server(view, header, plan, allow_insecure_for_tests=True)
+    client = Client(srv.offer(), ClientPolicy(min_session_hiding_bits=bits, allow_insecure_for_tests=True))
+    client.keygen()
+    with pytest.raises(
+        HeAeroError, match=f"^client: the server asks to refresh {cap + 1} more polynomials after 0"
+    ):
+        client.refresh_values([b"x"] * (cap + 1))
+    assert client.decryptions["refresh"] == 0

@@ -281,3 +281,21 @@ def test_error_frames_carry_a_known_code_and_a_message():
         match=r"^protocol: unknown error code 'nope' \(one of busy, protocol, timeout, shutdown, internal\)$",
     ):
         error_frame("nope", "x")
+
+
+@pytest.mark.parametrize(
+    "field, value", [("mask_bits", 107.5), ("mask_bits", True), ("max_refresh_polynomials", "9")]
+)
+def test_hiding_settings_must_be_json_integers(field, value):
+    """int() would cut 107.5 to 107 or read true as 1 (found by review)."""
+    meta = {
+        "poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [37, 36, 36, 32, 32, 37], "scale_bits": 32,
+        "rotation_steps": [1], "block": 64, "context": 64, "vocab": 256, "d_model": 128,
+        "logit_domain": [-1.0, 1.0], "refresh_bound": 64.0, "mask_bits": 107,
+        "max_refresh_polynomials": 100, "model_sha256": "ab" * 32, "plan_sha256": "cd" * 32,
+        "decode_rows": True,
+    }  # fmt: skip
+    RuntimeOffer.from_message(Message(Kind.OFFER, NO_SESSION, meta))  # the untouched offer reads
+    meta[field] = value
+    with pytest.raises(HeAeroError, match=f"OFFER message: missing or malformed field .*{field} must be an"):
+        RuntimeOffer.from_message(Message(Kind.OFFER, NO_SESSION, meta))

@@ -122,23 +122,27 @@ def test_operation_counts_match_an_independent_count_of_seal_calls(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "what",
+    "what, want",
     [
-        "x - x",
-        "x + (-1 x)",
-        "x times zeros",
-        "x times 1e-12",
-        "a dot product that cancels",
-        "x times x - x x",
+        ("x - x", 0.0),
+        ("(x + 5) - x", 5.0),
+        ("x + (-1 x)", 0.0),
+        ("x times zeros", 0.0),
+        ("x times 1e-12", 0.0),
+        ("a dot product that cancels", 0.0),
+        ("x times x - x x", 0.0),
     ],
 )
-def test_an_exactly_zero_result_is_an_encryption_of_zero(kit, what):
-    """SEAL refuses a result with c1 = 0 ("result ciphertext is transparent"); the evaluator returns a fresh
-    encryption of zero instead, at the right level and exact scale, and later operations work on it."""
+def test_a_result_whose_c1_cancels_keeps_its_value(kit, what, want):
+    """SEAL refuses a result with c1 = 0 ("result ciphertext is transparent") after writing it; the evaluator
+    adds a fresh encryption of zero, so the value (c0: the 5 of (x + 5) - x) survives at the right level and
+    exact scale, and later operations work on it."""
     ev = kit.ev
-    a = kit.enc(np.linspace(-1, 1, 16))
+    x = np.linspace(-1, 1, 16)
+    a = kit.enc(x)
     ops = {
         "x - x": lambda: ev.sub(a, a),
+        "(x + 5) - x": lambda: ev.sub(ev.add_scalar(a, 5.0), a),
         "x + (-1 x)": lambda: ev.add(a, ev.mul_scalar(a, -1.0)),
         "x times zeros": lambda: ev.mul_plain(a, None, lambda: np.zeros(16)),
         "x times 1e-12": lambda: ev.mul_plain(a, None, lambda: np.full(16, 1e-12)),
@@ -148,6 +152,7 @@ def test_an_exactly_zero_result_is_an_encryption_of_zero(kit, what):
         "x times x - x x": lambda: ev.sub(ev.mul(a, a), ev.mul(a, a)),
     }
     z = ops[what]()
-    assert z.data.scale == ev.scales[z.level] and np.abs(kit.dec(z)).max() < 2.0**-BITS
-    y = ev.add(z, ev.align(a, z.level))  # usable: 0 + x = x
-    assert_close_bits(kit.dec(y)[:16], np.linspace(-1, 1, 16), BITS, what)
+    assert z.data.scale == ev.scales[z.level] and not z.data.is_transparent()
+    assert np.abs(kit.dec(z)[:16] - want).max() < 2.0**-BITS
+    y = ev.add(z, ev.align(a, z.level))  # usable: z + x
+    assert_close_bits(kit.dec(y)[:16], x + want, BITS, what)

@@ -328,3 +328,41 @@ def test_a_bound_whose_square_overflows_the_refresh_level_is_refused():
     assert _symbolic(2.0**13, 48).min_level() == 0
     with pytest.raises(HeAeroError, match=r"^refresh: products of values up to 1.16e\+04 need 27.0 bits"):
         _symbolic(2.0**13.5, 48)
+
+
+def _crafted_reply(kit, c1_words):
+    """A top-level ciphertext at the exact top scale with a fresh c0 and the given c1 words (NTT form)."""
+    from he_aero.ckks.backend import ciphertext_like
+
+    fresh = kit.keys.encrypt(np.zeros(4))
+    words = ciphertext_words(fresh)
+    words[1] = c1_words(words[1])
+    return ciphertext_like(kit.server.seal_context, fresh, words, ntt=True, scale=fresh.scale)
+
+
+@pytest.mark.parametrize(
+    "c1, message",
+    [
+        (np.zeros_like, "^refresh reply ciphertext 0 is not a fresh top-level encryption"),  # c1 = 0
+        (np.ones_like, "^a ciphertext whose c1 cancels against the constant 1: crafted, refused"),
+    ],
+)
+def test_a_crafted_reply_is_refused_cleanly(kit, c1, message):
+    """A reply with c1 = 0 (a plaintext in disguise) or c1 = 1 (cancels in the unmasking) gets a clear
+    refusal, not SEAL's raw "transparent" error (found by review)."""
+    from he_aero.ckks.backend import to_bytes
+
+    blob = to_bytes(_crafted_reply(kit, c1))
+    ref = Refresher(kit.ev, lambda blobs: [blob] * len(blobs), bound=8.0, mask_bits=K)
+    with pytest.raises(HeAeroError, match=message):
+        ref.refresh([kit.ev.align(kit.enc(X), 0)])
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 1e-300, 2.0**40])
+def test_the_client_refuses_a_refresh_ciphertext_with_a_crafted_scale(kit, scale):
+    from he_aero.ckks.backend import ciphertext_like, to_bytes
+
+    low = kit.ev.align(kit.enc(X), 0).data
+    crafted = ciphertext_like(kit.server.seal_context, low, ciphertext_words(low), ntt=True, scale=scale)
+    with pytest.raises(HeAeroError, match="^client: refresh ciphertext 0 has scale"):
+        refresh_reply(kit.keys, [to_bytes(crafted)], 0, K)

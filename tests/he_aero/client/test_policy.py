@@ -99,7 +99,7 @@ def test_narrow_masks_or_a_wide_bound_are_refused():
         ClientPolicy().accept(offer(mask_bits=80))
     with pytest.raises(HeAeroError, match=REFUSE + "its refresh hides"):
         ClientPolicy().accept(offer(refresh_bound=2.0**30))
-    with pytest.raises(HeAeroError, match=REFUSE + "refresh hiding: bound must be a positive number"):
+    with pytest.raises(HeAeroError, match=REFUSE + "refresh bound -1.0 is not a calibrated activation bound"):
         ClientPolicy().accept(offer(refresh_bound=-1.0))
 
 
@@ -158,3 +158,28 @@ def test_a_valid_policy_in_any_case_is_accepted():
 def test_the_policy_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         ClientPolicy().min_session_hiding_bits = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "kw, why",
+    [
+        ({"max_refresh_polynomials": 0}, "a cap of 0 refreshed polynomials"),
+        ({"max_refresh_polynomials": -5}, "a cap of -5 refreshed polynomials"),
+        ({"refresh_bound": 1e-300, "mask_bits": 1}, "refresh bound 1e-300 is not a calibrated"),
+        ({"refresh_bound": 0.5}, "refresh bound 0.5 is not a calibrated activation bound"),
+        ({"mask_bits": 300}, r"mask bits 300 outside \[1, 127\]"),
+        ({"mask_bits": 5000}, r"mask bits 5000 outside \[1, 127\]"),
+    ],
+)
+def test_crafted_hiding_settings_are_refused(kw, why):
+    """Found by review: each of these made the client's computed hiding meaningless (inf, 938 bits, a
+    disabled level check, an OverflowError)."""
+    with pytest.raises(HeAeroError, match=REFUSE + why):
+        ClientPolicy().accept(offer(**kw))
+
+
+def test_a_chain_with_no_level_for_the_mask_is_refused():
+    """The small test chain's largest modulus (124 bits) cannot hold a 2^127 mask: refused (it used to switch
+    the client's refresh-level check off)."""
+    with pytest.raises(HeAeroError, match=REFUSE + r"no level of N=2048 .* holds a 2\^127 mask"):
+        ClientPolicy(allow_insecure_for_tests=True).accept(offer(**SMALL, mask_bits=127))
