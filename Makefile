@@ -62,6 +62,7 @@ bench-he: $(STAMP) ## encrypted prefill 16/32/64, decode, op counts, accuracy on
 	$(BIN)/python -m bench.infer accept --prompts $(ACCEPT_PROMPTS) --decode-prompts $(DECODE_PROMPTS) \
 		--bpb-windows $(BPB_WINDOWS) --out docs/he-accept.json
 	$(BIN)/python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json \
+		--before docs/he-bench-before-flooding.json \
 		--out docs/he-bench.md
 
 mutate: $(STAMP) ## mutation testing of the critical modules -> docs/mutation.md (about 30 min; not in test/CI)

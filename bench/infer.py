@@ -277,8 +277,43 @@ def merge_accept(parts: list[dict]) -> dict:
     }
 
 
-def report(speed_json: Path, accept_jsons: list[Path]) -> str:
-    """docs/he-bench.md from the JSON files."""
+def _before_after(before: dict, after: dict) -> list[str]:
+    """A table of the phases two speed runs share (same token count or the decode steps in order)."""
+    mb = 1e6
+    lines = [
+        "",
+        f"### Before and after: {before.get('label', 'before')} vs this run",
+        "",
+        f"Before: chain {before['chain']}; after: chain {after['chain']}. Both runs on this machine, one "
+        "after the other, nothing else running. " + before.get("note", ""),
+        "",
+        "| phase | before s | after s | after: refresh s | refresh rounds | MB up before / after | "
+        "MB down before / after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    pairs = [
+        (f"prefill {r['tokens']}", r, a)
+        for r in before["prefill"]
+        for a in after["prefill"]
+        if a["tokens"] == r["tokens"]
+    ]
+    steps = zip(before["decode"], after["decode"], strict=False)  # the shorter run's steps
+    pairs += [
+        (f"decode step {i + 1} (cache {r['cache_length']} / {a['cache_length']})", r, a)
+        for i, (r, a) in enumerate(steps)
+    ]
+    for name, r, a in pairs:
+        lines.append(
+            f"| {name} | {r['wall_seconds']} | {a['wall_seconds']} | {a.get('refresh_seconds', '-')} | "
+            f"{r['refresh_rounds']} / {a['refresh_rounds']} | {r['bytes_to_server'] / mb:.1f} / "
+            f"{a['bytes_to_server'] / mb:.1f} | {r['bytes_to_client'] / mb:.1f} / "
+            f"{a['bytes_to_client'] / mb:.1f} |"
+        )
+    return lines
+
+
+def report(speed_json: Path, accept_jsons: list[Path], before_json: Path | None = None) -> str:
+    """docs/he-bench.md from the JSON files (`before_json`: an earlier speed run to compare with)."""
     s = json.loads(Path(speed_json).read_text())
     mb = 1e6
     lines = [
@@ -324,6 +359,8 @@ def report(speed_json: Path, accept_jsons: list[Path]) -> str:
             "",
             f"Decode, steady state (after the first step): {statistics.mean(steady):.1f} s per token.",
         ]
+    if before_json is not None:
+        lines += _before_after(json.loads(Path(before_json).read_text()), s)
     big = max(s["prefill"], key=lambda r: r["tokens"])
     every = [st.get("counted_match") for r in s["prefill"] + s["decode"] for st in r["stages"]]
     if all(m is not None for m in every):
@@ -405,6 +442,7 @@ def main(argv=None) -> None:
     r = sub.add_parser("report")
     r.add_argument("--speed", type=Path, required=True)
     r.add_argument("--accept", type=Path, nargs="*", default=[], help="accept JSON files (merged)")
+    r.add_argument("--before", type=Path, help="an earlier speed JSON to compare with (label: its 'label')")
     r.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.cmd == "speed":  # refuse before any key is made: decode steps follow a prefill of lengths[0]
@@ -427,7 +465,7 @@ def main(argv=None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
     elif args.cmd == "report":
-        args.out.write_text(report(args.speed, args.accept))
+        args.out.write_text(report(args.speed, args.accept, args.before))
     else:
         result = None
         if args.cmd == "accept":

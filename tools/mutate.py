@@ -53,6 +53,13 @@ class Module:
 MODULES = (
     Module("refresh", "he_aero/ckks/refresh.py", ("tests/he_aero/ckks/test_refresh.py",), 1.0),
     Module(
+        "rns",
+        "he_aero/ckks/rns.py",
+        ("tests/he_aero/ckks/test_rns.py", "tests/he_aero/ckks/test_refresh.py"),
+        1.0,
+    ),
+    Module("hiding", "he_aero/ckks/hiding.py", ("tests/he_aero/ckks/test_hiding.py",), 1.0),
+    Module(
         "policy",
         "he_aero/client/policy.py",
         ("tests/he_aero/client/test_policy.py", "tests/he_aero/test_client_server.py"),
