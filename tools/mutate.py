@@ -97,6 +97,10 @@ _ZIP_REFRESH = (
     "`refresh` returns exactly one ciphertext per input (or raises), so `strict` on this zip can never "
     "fire: equivalent"
 )
+_ZIP_REPLIES = (
+    "`_round` refuses a reply whose length differs from the request's just above, and masks and scales are "
+    "made one per ciphertext, so the four lengths always agree and `strict` can never fire: equivalent"
+)
 _ZIP_MASKS = "the masks are drawn one per ciphertext just above, so the lengths always agree: equivalent"
 _EXTRA = (
     "`extra` is never 0 here: the branch runs only when p + DIGEST_BYTES != len(data), i.e. extra != 0, so "
@@ -112,6 +116,9 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     (_R + "ensure", "zip(low, fresh, strict=None)", _ZIP_REFRESH),
     (_R + "ensure", "zip(low, fresh, )", _ZIP_REFRESH),
     (_R + "ensure", "zip(low, fresh, strict=False)", _ZIP_REFRESH),
+    (_R + "_round", "zip(replies, masks, scales, cts, strict=None)", _ZIP_REPLIES),
+    (_R + "_round", "zip(replies, masks, scales, cts, )", _ZIP_REPLIES),
+    (_R + "_round", "zip(replies, masks, scales, cts, strict=False)", _ZIP_REPLIES),
     (_R + "refresh", "zip(cts, masks, strict=None)", _ZIP_MASKS),
     (_R + "refresh", "zip(cts, masks, )", _ZIP_MASKS),
     (_R + "refresh", "zip(cts, masks, strict=False)", _ZIP_MASKS),

@@ -100,7 +100,12 @@ def test_decode_refuses_a_cache_longer_than_a_block(setup):
     cts = [Ct(None, SMALL.levels)] * 2
     with pytest.raises(HeAeroError, match=f"^att: the cache holds {BLOCK + 1} tokens, blocks hold {BLOCK}$"):
         attention_decode(
-            ev, Refresher(ev, None), spec, cts, KVCache(cts, cts, BLOCK + 1), layout.with_tokens(1)
+            ev,
+            Refresher(ev, None, BOUND, TEST_MASK_BITS),
+            spec,
+            cts,
+            KVCache(cts, cts, BLOCK + 1),
+            layout.with_tokens(1),
         )
 
 
