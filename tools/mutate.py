@@ -56,7 +56,7 @@ MODULES = (
         "rns",
         "he_aero/ckks/rns.py",
         ("tests/he_aero/ckks/test_rns.py", "tests/he_aero/ckks/test_refresh.py"),
-        1.0,
+        0.9,
     ),
     Module("hiding", "he_aero/ckks/hiding.py", ("tests/he_aero/ckks/test_hiding.py",), 1.0),
     Module(
