@@ -1,5 +1,6 @@
 """Exact integer polynomials (the refresh's arithmetic) against Python's own big integers."""
 
+import math
 import random
 from fractions import Fraction
 
@@ -48,10 +49,20 @@ def test_crt_refuses_unreduced_or_misshapen_words():
         IntPoly.from_residues(np.zeros((2, 1), np.uint64), PRIMES[:3])
 
 
-@pytest.mark.parametrize("ratio", [1.0, 0.9999, 1.0001, 2.0**-0.00017])
-def test_scaling_rounds_exactly_like_python(ratio):
-    factor = scale_factor(2.0**32 * ratio, 2.0**32)
-    assert factor == round(Fraction(2.0**32 * ratio) / Fraction(2.0**32) * 2**SHIFT)
+@pytest.mark.parametrize(
+    "to, frm",
+    [
+        (2.0**32, 2.0**32),
+        (2.0**32 * 0.9999, 2.0**32),
+        (2.0**32 * 1.0001, 2.0**32),
+        # the chain's scales are not powers of two: a factor with every low bit in play (a dyadic ratio's
+        # factor is a multiple of 2^8, which hid a wrong mask of the next field's bits from mutation testing)
+        (4294221865.8310547, 4294475777.123),
+    ],
+)
+def test_scaling_rounds_exactly_like_python(to, frm):
+    factor = scale_factor(to, frm)
+    assert factor == round(Fraction(to) / Fraction(frm) * 2**SHIFT)
     vals = [v for v in VALUES if abs(v) < 2 ** (OFFSET_BITS - 2)]
     want = [(2 * v * factor + 2**SHIFT) // 2 ** (SHIFT + 1) for v in vals]  # round half up
     assert IntPoly.from_ints(vals).scaled(factor).to_ints() == want
@@ -94,3 +105,93 @@ def test_max_abs_bits():
     assert IntPoly.from_ints([5, -3]).max_abs_bits() == pytest.approx(np.log2(5))
     assert IntPoly.from_ints([-(2**100), 7]).max_abs_bits() == pytest.approx(100)
     assert IntPoly.from_ints([0, 0]).max_abs_bits() == float("-inf")
+
+
+def test_scaling_by_the_smallest_factor():
+    vals = [2**61, -(2**61), 3 * 2**59, 5]
+    assert IntPoly.from_ints(vals).scaled(1).to_ints() == [
+        (2 * v + 2**SHIFT) // 2 ** (SHIFT + 1) for v in vals
+    ]
+
+
+@pytest.mark.parametrize("factor", [0, 2 ** (SHIFT + 1)])
+def test_scale_factors_outside_the_range_are_refused(factor):
+    with pytest.raises(HeAeroError, match=f"^rns: scale factor {factor} out of range$"):
+        IntPoly.from_ints([1]).scaled(factor)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.4, 2.0, 2.5])
+def test_scale_ratios_at_and_beyond_the_limits_are_refused(ratio):
+    with pytest.raises(HeAeroError, match=r"^rns: scale ratio [0-9.]+ is outside \(1/2, 2\)$"):
+        scale_factor(ratio, 1.0)
+    assert scale_factor(0.5001, 1.0) > 0 and scale_factor(1.9999, 1.0) > 0
+
+
+@pytest.mark.parametrize("to, frm", [(-1.0, 1.0), (1.0, 0.0), (float("nan"), 1.0), (1.0, float("inf"))])
+def test_scales_must_be_positive_and_finite(to, frm):
+    with pytest.raises(HeAeroError, match="^rns: scales must be positive finite numbers, got "):
+        scale_factor(to, frm)
+
+
+def test_the_field_range_is_exactly_plus_minus_2_to_the_192():
+    edge = [-(2**192), 2**192 - 1]
+    assert IntPoly.from_ints(edge).to_ints() == edge
+    with pytest.raises(HeAeroError, match="^rns: a value does not fit a field$"):
+        IntPoly.from_ints([2**192])
+    with pytest.raises(HeAeroError, match="^rns: a value does not fit a field$"):
+        IntPoly.from_ints([-(2**192) - 1])
+
+
+def _coprime_moduli(last: int) -> list[int]:
+    """Three odd numbers just below 2^62 and `last`, pairwise coprime (the CRT needs no primes)."""
+    import math
+
+    base = [2**62 - 1, 2**62 - 3, 2**62 - 5]
+    assert all(math.gcd(a, b) == 1 for a in base + [last] for b in base + [last] if a != b)
+    return base + [last]
+
+
+def test_moduli_up_to_190_bits_and_below_2_62_are_accepted():
+    mods = _coprime_moduli(11)  # product: 190 bits
+    assert math.prod(mods).bit_length() == 190
+    words = [[0, 1] for _ in mods]  # a list, not an array: read as uint64
+    assert IntPoly.from_residues(words, mods).to_ints() == [0, 1]
+    assert IntPoly.from_residues(np.array([[5]], np.uint64), [2**62 - 1]).to_ints() == [5]
+
+
+@pytest.mark.parametrize("mods", [_coprime_moduli(23), [2**62], [2**62 + 1, 3]])
+def test_moduli_beyond_the_field_layout_are_refused(mods):
+    """191 bits (a product that no longer fits 2^190 fields with room), or a modulus of 2^62 or more."""
+    with pytest.raises(HeAeroError, match="^rns: primes too wide for the field layout$"):
+        IntPoly.from_residues(np.zeros((len(mods), 1), np.uint64), mods)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_one_sided_wide_values_take_the_full_reduction(sign):
+    """All values of one sign beyond 2^128: the 128-bit shortcut must not be taken."""
+    vals = [sign * (2**150 + k) for k in range(5)]
+    res = IntPoly.from_ints(vals).residues(PRIMES)
+    for row, q in zip(res, PRIMES, strict=True):
+        assert [int(w) for w in row] == [v % q for v in vals]
+
+
+@pytest.mark.parametrize("bits", [1, 20, 63, 64, 107, 127])
+def test_uniform_masks_use_every_low_bit(bits):
+    """Odd and even values both occur (a mask that clears bit 0, or goes through doubles, would not)."""
+    vals = IntPoly.uniform(bits, 512).to_ints()
+    assert min(vals) >= -(2**bits) and max(vals) < 2**bits
+    assert {v % 2 for v in vals} == {0, 1}
+    if bits >= 11:  # the low 11 bits vary (doubles would keep 53 bits and zero the rest of a 64-bit limb)
+        assert len({v % 2**11 for v in vals}) > 100
+
+
+@pytest.mark.parametrize("bits", [0, 128])
+def test_mask_bits_beyond_1_to_127_are_refused(bits):
+    with pytest.raises(HeAeroError, match=rf"^rns: mask bits must lie in \[1, 127\], got {bits}$"):
+        IntPoly.uniform(bits, 4)
+
+
+def test_max_abs_bits_reads_every_limb():
+    assert IntPoly.from_ints([1, -1]).max_abs_bits() == 0.0
+    assert IntPoly.from_ints([2**150]).max_abs_bits() == pytest.approx(150)
+    assert IntPoly.from_ints([-(2**70)]).max_abs_bits() == pytest.approx(70)
