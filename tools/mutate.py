@@ -191,6 +191,109 @@ EQUIVALENT += [
         "MAX_ABS_VALUE = 2^30: equivalent",
     ),
 ]
+_N = "he_aero.ckks.rns."
+_SLOW_PATH = (
+    "the condition now never (or less often) takes the 128-bit shortcut; the full 256-bit reduction it falls "
+    "back to is exact for every value, so only speed changes: equivalent"
+)
+_DEFAULT_FLOAT = "numpy's default dtype is float64, which this line already produces: equivalent"
+EQUIVALENT += [
+    (
+        _N + "x__limbs_bytes",
+        "np.ascontiguousarray(limbs, dtype=None)",
+        "the limbs are uint64 already and x86 is little-endian, so `<u8` is what they are: equivalent",
+    ),
+    (
+        _N + "x__limbs_bytes",
+        "np.ascontiguousarray(limbs, )",
+        "as `dtype=None`: the limbs are native uint64 (little-endian): equivalent",
+    ),
+    (
+        _N + "x__mulmod",
+        "if q > WIDE_PRIME:",
+        "2^44 is not a prime, so q >= 2^44 and q > 2^44 agree on every modulus: equivalent",
+    ),
+    (
+        _N + "x__mulmod",
+        "pow(2, 16 * t, None)",
+        "c * 2^(16t) % q with Python integers equals c * (2^(16t) mod q) % q: equivalent",
+    ),
+    (_N + "x__mulmod", "pow(2, 16 * t, )", "as `pow(2, 16 t, None)`: the outer % q reduces it: equivalent"),
+    (_N + "xǁIntPolyǁresidues", "if q > WIDE_PRIME:", "2^44 is not a prime: equivalent"),
+    (_N + "xǁIntPolyǁresidues", "(top == 2)", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "(hi == ~np.uint64(0)) | (top == 0)", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "(hi != ~np.uint64(0)) & (top == 0)", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "(hi == np.uint64(0)) & (top == 0)", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "(hi == ~np.uint64(1)) & (top == 0)", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "(hi == ~np.uint64(0)) & (top != 0)", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "(hi == ~np.uint64(0)) & (top == 1)", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "hi, top = self.limbs[:, 3], self.limbs[:, 3]", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "if np.all(None):", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "((hi == 0) & (top == 1)) & ((hi", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "((hi != 0) & (top == 1))", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "((hi == 1) & (top == 1))", _SLOW_PATH),
+    (_N + "xǁIntPolyǁresidues", "((hi == 0) & (top != 1))", _SLOW_PATH),
+    (
+        _N + "xǁIntPolyǁresidues",
+        "np.ones(self.n, None)",
+        "float ones are as true as bool ones in np.where: equivalent",
+    ),
+    (
+        _N + "xǁIntPolyǁresidues",
+        "np.ones(self.n, )",
+        "float ones are as true as bool ones in np.where: equivalent",
+    ),
+    (
+        _N + "xǁIntPolyǁresidues",
+        "np.array(self.to_ints(), dtype=None)",
+        "numpy picks int64 or object for Python "
+        "ints below / above 2^63, and % by a positive Python int floors the same way in both: equivalent",
+    ),
+    (
+        _N + "xǁIntPolyǁresidues",
+        "np.array(self.to_ints(), )",
+        "as `dtype=None` (int64 or object, same floor modulo): equivalent",
+    ),
+    (
+        _N + "xǁIntPolyǁfrom_residues",
+        "zip(words, primes, strict=None)",
+        "the shape check above guarantees one row per prime: equivalent",
+    ),
+    (
+        _N + "xǁIntPolyǁfrom_residues",
+        "zip(words, primes, )",
+        "the shape check above guarantees one row per prime: equivalent",
+    ),
+    (
+        _N + "xǁIntPolyǁfrom_residues",
+        "zip(words, primes, strict=False)",
+        "the shape check above guarantees one row per prime: equivalent",
+    ),
+    (_N + "xǁIntPolyǁfrom_residues", "fraction += y.astype(None) / q", _DEFAULT_FLOAT),
+    (
+        _N + "xǁIntPolyǁfrom_residues",
+        "kappa = np.rint(fraction).astype(None)",
+        "kappa in [0, L] is exact in float64 and `_column` stores it into uint64 limbs: equivalent",
+    ),
+    (_N + "xǁIntPolyǁmax_abs_bits", "mag.astype(None)", _DEFAULT_FLOAT),
+    (
+        _N + "xǁIntPolyǁmax_abs_bits",
+        "if (peak > 0) or True else",
+        "log2(0) is -inf, the value the else branch returns: equivalent",
+    ),
+    (
+        _N + "xǁIntPolyǁmax_abs_bits",
+        "if peak >= 0 else",
+        "log2(0) is -inf, the value the else branch returns: equivalent",
+    ),
+    (_N + "xǁIntPolyǁmax_abs_bits", 'float("-INF")', "float() reads -INF as -inf: equivalent"),
+    (
+        _N + "xǁIntPolyǁuniform",
+        "if top < 64:",
+        "at top = 64 the other branch masks the high word to 2^0 - 1 = 0 "
+        "and keeps the low word whole: the same 64 random bits: equivalent",
+    ),
+]
 EQUIVALENT += [
     (
         "he_aero.ckks.linalg.xǁPlainLinearǁ__call__",
