@@ -47,3 +47,10 @@ def test_bad_settings_are_refused(kw, message):
     args = {"ring_degree": 8192, "mask_bits": 107, "scale_bits": 32, "bound": 1.0} | kw
     with pytest.raises(HeAeroError, match=f"^refresh hiding: {message}"):
         RefreshHiding(**args)
+
+
+@pytest.mark.parametrize("k, bound", [(48, 2.0**26), (107, 154.3), (20, 1.0)])
+def test_the_modulus_needed_is_exact_when_the_message_dominates_too(k, bound):
+    h = RefreshHiding(2048, k, 32, bound)
+    assert h.modulus_bits_needed() == math.log2(2.0**k + 2.0 ** (34 + math.log2(bound))) + 1
+    assert RefreshHiding(2048, 1, 32, 1.0).mask_bits == 1  # the smallest mask is a valid setting

@@ -398,3 +398,18 @@ def test_refresh_time_accumulates_over_rounds(monkeypatch):
     ref.refresh([Ct(None, 0)])
     ref.refresh([Ct(None, 0)])
     assert ref.ev.stats.refresh_seconds == 2.0
+
+
+@pytest.mark.parametrize("peak_bits, flooded", [(K - 2.5, False), (K - 1.5, True)])
+def test_the_flooding_check_sits_at_2_to_the_k_minus_2(kit, peak_bits, flooded):
+    """A constant slot vector c is the constant polynomial S c: its largest coefficient is 2^peak_bits."""
+    low = kit.ev.align(kit.enc(np.full(SMALL.slots, 2.0**peak_bits / kit.ev.scales[0])), 0)
+    blob = [kit.ev.to_bytes(low)]
+    if flooded:
+        assert len(refresh_reply(kit.keys, blob, 0, K)) == 1
+    else:
+        with pytest.raises(
+            HeAeroError,
+            match=rf"^refresh: the polynomial is not flooded \(largest coefficient 2\^{peak_bits}",
+        ):
+            refresh_reply(kit.keys, blob, 0, K)

@@ -183,3 +183,30 @@ def test_a_chain_with_no_level_for_the_mask_is_refused():
     the client's refresh-level check off)."""
     with pytest.raises(HeAeroError, match=REFUSE + r"no level of N=2048 .* holds a 2\^127 mask"):
         ClientPolicy(allow_insecure_for_tests=True).accept(offer(**SMALL, mask_bits=127))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"refresh_bound": 1.0},
+        {"mask_bits": 127, "max_refresh_polynomials": 1},
+        {"max_refresh_polynomials": 1},
+    ],
+)
+def test_settings_at_their_limits_are_accepted(kw):
+    """A bound of exactly 1, the widest mask, a cap of one polynomial: all honest settings."""
+    assert ClientPolicy().accept(offer(**kw)).poly_modulus_degree == 8192
+
+
+@pytest.mark.parametrize(
+    "kw, why",
+    [
+        ({"refresh_bound": 2.0**40}, r"refresh bound 1099511627776.0 is not a calibrated activation bound"),
+        ({"mask_bits": 128}, r"mask bits 128 outside \[1, 127\]"),
+        ({"mask_bits": 1}, r"its refresh hides -?[0-9.]+ bits over a session \(masks of 2\^1,"),
+        ({"mask_bits": True}, r"refresh hiding: mask_bits must be a positive integer, got True$"),
+    ],
+)
+def test_settings_just_past_their_limits_are_refused_with_their_reason(kw, why):
+    with pytest.raises(HeAeroError, match=REFUSE + why):
+        ClientPolicy().accept(offer(**kw))
