@@ -84,7 +84,13 @@ class KVCache:
         self.k, self.v, self.length = k, v, length
 
     def append(self, ev: Evaluator, k_new: list[Ct], v_new: list[Ct]):
-        """Add one token's k, v (row 0 of their ciphertexts, other rows 0) as row `length`."""
+        """Add one token's k, v (row 0 of their ciphertexts, other rows 0) as row `length`. HeAeroError, with
+        the cache unchanged, unless every list holds one ciphertext per feature ciphertext."""
+        counts = (len(self.k), len(self.v), len(k_new), len(v_new))
+        if len(set(counts)) != 1:
+            raise HeAeroError(
+                f"K/V cache: keys, values, new key, new value hold {counts} ciphertexts, not equal"
+            )
         p = self.length  # row 0 -> row p: power-of-two rotations (keys shared with the row spreads)
         self.k = [ev.add(c, ev.rescale(rotate_binary(ev, n, -p))) for c, n in zip(self.k, k_new, strict=True)]
         self.v = [ev.add(c, ev.rescale(rotate_binary(ev, n, -p))) for c, n in zip(self.v, v_new, strict=True)]
@@ -192,6 +198,11 @@ def attention_decode(
     hpc = f // dk
     alpha, _ = affine(spec.exp_plan.steps[0])
     n_ct = layout.n_ct
+    if not len(q) == len(cache.k) == len(cache.v) == n_ct:
+        raise HeAeroError(
+            f"{spec.name}: decode takes {n_ct} ciphertexts each of q, cached keys and cached values, got "
+            f"{len(q)}, {len(cache.k)}, {len(cache.v)}"
+        )
     both = ref.ensure(list(q) + list(cache.k), 2, f"{spec.name} decode scores")
     zs, valids = [], []
     for a in range(n_ct):

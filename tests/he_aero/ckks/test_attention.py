@@ -225,7 +225,8 @@ def test_decode_rotates_its_products_before_their_rescale(setup):
 
 def test_a_cache_and_a_new_token_hold_one_ciphertext_per_feature_ciphertext(setup):
     """KVCache.append and the decode pair ciphertexts one to one: a new token, or a cache, with a ciphertext
-    too few or too many is a ValueError, never a silently shorter (or partly ignored) cache."""
+    too few or too many is a clear error that leaves the cache as it was, never a silently shorter (or
+    partly ignored) cache (found by mutation testing: append updated the keys before failing on values)."""
     spec, layout = setup[:2]
     one, n = layout.with_tokens(1), layout.n_ct
     ev = Evaluator(SMALL)
@@ -236,14 +237,16 @@ def test_a_cache_and_a_new_token_hold_one_ciphertext_per_feature_ciphertext(setu
     cache = KVCache(cts(n), cts(n), 3)
     cache.append(ev, cts(n), cts(n))
     assert cache.length == 4 and len(cache.k) == len(cache.v) == n
-    with pytest.raises(ValueError, match="zip"):
-        KVCache(cts(n), cts(n), 3).append(ev, cts(n - 1), cts(n))
-    with pytest.raises(ValueError, match="zip"):
-        KVCache(cts(n), cts(n), 3).append(ev, cts(n), cts(n - 1))
-    with pytest.raises(ValueError, match="zip"):
-        attention_decode(
-            ev, Refresher(ev, None, BOUND, TEST_MASK_BITS), spec, cts(n), KVCache(cts(n), cts(n + 1), 3), one
-        )
+    for k_new, v_new in ((cts(n - 1), cts(n)), (cts(n), cts(n - 1))):
+        cache = KVCache(cts(n), cts(n), 3)
+        keys = list(cache.k)
+        with pytest.raises(HeAeroError, match=r"^K/V cache: keys, values, new key, new value hold \("):
+            cache.append(ev, k_new, v_new)
+        assert cache.k == keys and cache.length == 3  # unchanged
+    ref = Refresher(ev, None, BOUND, TEST_MASK_BITS)
+    for q, k, v in ((n, n, n + 1), (n, n + 1, n), (n - 1, n, n)):
+        with pytest.raises(HeAeroError, match=f"^att: decode takes {n} ciphertexts each of q, cached keys"):
+            attention_decode(ev, ref, spec, cts(q), KVCache(cts(k), cts(v), 3), one)
 
 
 def _padded(rng, n):
