@@ -28,9 +28,8 @@ def _noise_bits(client, reply: bytes, want: np.ndarray) -> dict:
     """log2 of max and rms |e| over the logits polynomials, e = decrypted - exact encoding of `want`."""
     import tenseal.sealapi as seal
 
-    from he_aero.ckks.backend import level_primes, load_ciphertext, plaintext_coefficients
+    from he_aero.ckks.backend import load_ciphertext, plaintext_poly
     from he_aero.ckks.packing import pack
-    from he_aero.ckks.rns import IntPoly
     from he_aero.protocol import Kind, parse_frame
 
     keys = client._keys
@@ -43,11 +42,7 @@ def _noise_bits(client, reply: bytes, want: np.ndarray) -> dict:
         got = np.array(keys.decrypt_poly(ct).to_ints(), dtype=object)
         pt = seal.Plaintext()
         encoder.encode(np.asarray(vec, float).tolist(), ct.parms_id(), ct.scale, pt)
-        words = plaintext_coefficients(keys.seal_context, evaluator, pt, ct)
-        exact = np.array(
-            IntPoly.from_residues(words, level_primes(keys.seal_context, ct.parms_id())).to_ints(),
-            dtype=object,
-        )
+        exact = np.array(plaintext_poly(keys.seal_context, evaluator, pt, ct).to_ints(), dtype=object)
         errors.append((got - exact).astype(np.float64))
     e = np.concatenate(errors)
     return {

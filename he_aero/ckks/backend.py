@@ -150,11 +150,6 @@ _MAGIC, _COMPR_NONE, _COMPR_ZSTD = 0xA15E, 0, 2
 _CT_MEMBERS = struct.Struct("<32sBQQQdQ")
 
 
-def _members(obj) -> bytes:
-    """The object's serialised members, uncompressed."""
-    return uncompressed(to_bytes(obj))
-
-
 def uncompressed(blob: bytes) -> bytes:
     """The members of a serialised SEAL object with its compression undone (HeAeroError if it is not one)."""
     if len(blob) < _HEADER.size:
@@ -185,7 +180,7 @@ def _dynarray_words(body: bytes, offset: int) -> np.ndarray:
 
 def ciphertext_words(ct: seal.Ciphertext) -> np.ndarray:
     """(size, primes, N) uint64: the ciphertext's RNS words (NTT form or not, as the ciphertext is)."""
-    body = _members(ct)
+    body = uncompressed(to_bytes(ct))
     _, _, size, n, primes, _, _ = _CT_MEMBERS.unpack_from(body)
     return _dynarray_words(body, _CT_MEMBERS.size).reshape(size, primes, n)
 
@@ -211,7 +206,7 @@ def ciphertext_like(
 def _unit_pair(template, c0: np.ndarray | None, ntt: bool) -> np.ndarray:
     """Words of (c0, 1) at `template`'s level: c1 is the constant polynomial 1, all ones in NTT form and
     (1, 0, ..., 0) per prime in coefficient form. Why a unit c1: SEAL refuses to transform or combine a
-    transparent ciphertext (c1 = 0), and a known c1 is removed again exactly by `_sub_unit`."""
+    transparent ciphertext (c1 = 0), and a known c1 is removed again exactly (`add_polynomial`)."""
     shape = (template.coeff_modulus_size(), template.poly_modulus_degree())
     c1 = np.ones(shape, np.uint64) if ntt else np.zeros(shape, np.uint64)
     if not ntt:
@@ -237,9 +232,10 @@ def _unit(ctx: seal.SEALContext, template):
     return unit
 
 
-def add_polynomial(ctx: seal.SEALContext, evaluator, a, words: np.ndarray, subtract: bool = False):
-    """a + (m, 0) (or a - (m, 0)): the polynomial m with coefficient words `words` ((primes, N), reduced,
-    not NTT) added exactly to a's c0, at a's level and scale (SEAL's NTT moves m into a's NTT form)."""
+def add_polynomial(ctx: seal.SEALContext, evaluator, a, poly: rns.IntPoly, subtract: bool = False):
+    """a + (m, 0) (or a - (m, 0)): the integer polynomial m added exactly to a's c0, at a's level and scale
+    (reduced modulo a's primes; SEAL's NTT moves it into a's NTT form)."""
+    words = poly.residues(level_primes(ctx, a.parms_id()))
     t = ciphertext_like(ctx, a, _unit_pair(a, words, ntt=False), ntt=False, scale=a.scale)
     evaluator.transform_to_ntt_inplace(t)  # (NTT(m), NTT(1) = all ones)
     unit = _unit(ctx, a)
@@ -258,12 +254,13 @@ def add_polynomial(ctx: seal.SEALContext, evaluator, a, words: np.ndarray, subtr
     return out
 
 
-def plaintext_coefficients(ctx: seal.SEALContext, evaluator, pt: seal.Plaintext, template) -> np.ndarray:
-    """(primes, N) coefficient words of an NTT-form plaintext at `template`'s level (its inverse NTT)."""
+def plaintext_poly(ctx: seal.SEALContext, evaluator, pt: seal.Plaintext, template) -> rns.IntPoly:
+    """The exact integer polynomial of an NTT-form plaintext at `template`'s level: its inverse NTT, then
+    the CRT over the level's primes (centred)."""
     carrier = ciphertext_like(ctx, template, _unit_pair(template, None, ntt=True), ntt=True, scale=pt.scale)
     evaluator.add_plain_inplace(carrier, pt)  # (P, 1)
     evaluator.transform_from_ntt_inplace(carrier)
-    return ciphertext_words(carrier)[0]
+    return rns.IntPoly.from_residues(ciphertext_words(carrier)[0], level_primes(ctx, template.parms_id()))
 
 
 def level_primes(ctx: seal.SEALContext, parms_id) -> list[int]:
@@ -385,10 +382,17 @@ class SealOps:
         try:
             fn(*args, out)
         except RuntimeError as exc:
-            if "transparent" not in str(exc) or out.size() != 2:
+            if out.size() != 2:
                 raise
-            self._ev.add_inplace(out, self.zero_like(out, out.scale))
+            self._opaque(out, exc)
         return out
+
+    def _opaque(self, ct, exc: RuntimeError) -> None:
+        """Re-raise `exc` unless it is SEAL's "transparent" refusal of `ct` (already written, c1 = 0); then
+        add a fresh encryption of zero in place, leaving the value as it is (see `_out`)."""
+        if "transparent" not in str(exc):
+            raise exc
+        self._ev.add_inplace(ct, self.zero_like(ct, ct.scale))
 
     def zero_like(self, a, scale: float) -> seal.Ciphertext:
         """A fresh public-key encryption of zero at a's level with the given scale."""
@@ -426,10 +430,8 @@ class SealOps:
         """acc += b; an exactly-zero sum is kept as a fresh encryption of zero (see `_out`)."""
         try:
             self._ev.add_inplace(acc, b)
-        except RuntimeError as exc:
-            if "transparent" not in str(exc):
-                raise
-            self._ev.add_inplace(acc, self.zero_like(acc, acc.scale))  # acc holds the transparent zero
+        except RuntimeError as exc:  # acc holds the transparent sum
+            self._opaque(acc, exc)
 
     def add_plain(self, a, pt):
         return self._out(self._ev.add_plain, a, pt)
@@ -455,9 +457,4 @@ class SealOps:
     def add_trivial(self, a, poly: rns.IntPoly, subtract: bool = False):
         """a + m (or a - m) for an integer polynomial m added to c0 coefficient by coefficient (at a's
         level; SEAL's NTT moves it into a's NTT form): the refresh's mask, exact to the last bit."""
-        ctx = self.ctx.seal_context
-        words = poly.residues(level_primes(ctx, a.parms_id()))
-        return add_polynomial(ctx, self._ev, a, words, subtract)
-
-    def primes(self, a) -> list[int]:
-        return level_primes(self.ctx.seal_context, a.parms_id())
+        return add_polynomial(self.ctx.seal_context, self._ev, a, poly, subtract)

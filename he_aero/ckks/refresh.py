@@ -179,14 +179,12 @@ class Refresher:
         ev.stats.refresh_rounds += 1
         for c in cts:
             ev.stats.refresh_cts[c.level] += 1
-        floor = self.min_level()
+        floor, n = self.min_level(), ev.params.poly_modulus_degree
         if ev.symbolic:
-            n = ev.params.poly_modulus_degree
             for _ in cts:  # uncompressed size estimate: 2 polynomials x (level + 1) primes x N words
                 self.log.bytes_to_client += 16 * n * (floor + 1)
                 self.log.bytes_to_server += 16 * n * (ev.top + 1)
             return [Ct(None, ev.top, c.layout) for c in cts]
-        n = ev.params.poly_modulus_degree
         masks, scales, blobs = [], [], []
         for c in cts:
             r = rns.IntPoly.uniform(self.mask_bits, n)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from he_aero.ckks.backend import load_ciphertext, to_bytes
-from he_aero.ckks.hiding import RefreshHiding
 from he_aero.ckks.packing import FeatureLayout, pack, rows_count, rows_pack, rows_unpack, unpack
 from he_aero.ckks.refresh import refresh_level
 from he_aero.client.keys import ClientKeys
@@ -51,8 +50,7 @@ class Client:
         self.offer = RuntimeOffer.from_message(parse_frame(offer, Kind.OFFER))
         self.policy = policy or ClientPolicy()
         self.params = self.policy.accept(self.offer)  # refuses before any key exists
-        p, o = self.params, self.offer
-        self.hiding = RefreshHiding(p.poly_modulus_degree, o.mask_bits, p.scale_bits, o.refresh_bound)
+        self.hiding = self.policy.offer_hiding(self.offer, self.params)
         self.refresh_level = refresh_level(self.params, self.hiding)
         self._keys: ClientKeys | None = None
         self.session: bytes | None = None

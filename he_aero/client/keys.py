@@ -21,9 +21,8 @@ from he_aero.ckks.backend import (
     chain_tables,
     conjugation_element,
     galois_element,
-    level_primes,
     load_ciphertext,
-    plaintext_coefficients,
+    plaintext_poly,
     seal_context,
     to_bytes,
 )
@@ -109,8 +108,7 @@ class ClientKeys:
         ciphertext's modulus (inverse NTT and CRT; no slot decoding, no floating point)."""
         pt = seal.Plaintext()
         self._decryptor.decrypt(ct, pt)
-        words = plaintext_coefficients(self.seal_context, self._evaluator, pt, ct)
-        return rns.IntPoly.from_residues(words, level_primes(self.seal_context, ct.parms_id()))
+        return plaintext_poly(self.seal_context, self._evaluator, pt, ct)
 
     def encrypt_poly(self, poly: rns.IntPoly) -> seal.Ciphertext:
         """A fresh top-level encryption of the integer polynomial `poly` at the top scale:
@@ -118,13 +116,13 @@ class ClientKeys:
         zero = seal.Ciphertext()
         self._symmetric.encrypt_zero_symmetric(zero)  # secret-key encryption: 3 ms instead of 8 (N=8192)
         zero.scale = self.scale
-        words = poly.residues(level_primes(self.seal_context, zero.parms_id()))
-        return add_polynomial(self.seal_context, self._evaluator, zero, words)
+        return add_polynomial(self.seal_context, self._evaluator, zero, poly)
 
     def reencrypt_exact(self, ct: seal.Ciphertext, mask_bits: int | None = None) -> seal.Ciphertext:
         """The client's half of a flooding refresh: decrypt to the exact polynomial V, convert it from the
-        ciphertext's scale to the top scale by the exact ratio of the two (rounded once, to the nearest
-        integer) and encrypt it afresh at the top level.
+        ciphertext's scale to the top scale by the dyadic factor P / 2^60 of `rns.scale_factor` (the server
+        removes its mask with the same factor; rounded once, to the nearest integer) and encrypt it afresh
+        at the top level.
 
         With `mask_bits` k, refuse (HeAeroError) a polynomial that was not flooded: an honest mask has some
         coefficient above 2^(k-2) except with probability 4^-N; a smaller V means the server sent its

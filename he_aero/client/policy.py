@@ -77,7 +77,13 @@ class ClientPolicy:
 
     @staticmethod
     def session_hiding(offer: RuntimeOffer, params: CkksParams) -> float:
-        """Bits of hiding over a session of the offer's maximum length, computed (not read from the offer).
+        """Bits of hiding over a session of the offer's maximum length, computed (not read from the offer);
+        HeAeroError as `offer_hiding`."""
+        return ClientPolicy.offer_hiding(offer, params).session_bits(offer.max_refresh_polynomials)
+
+    @staticmethod
+    def offer_hiding(offer: RuntimeOffer, params: CkksParams) -> RefreshHiding:
+        """What the offer's refresh hides on `params` (he_aero/ckks/hiding.py).
 
         HeAeroError for settings no honest plan produces (found by review: each let a crafted offer claim
         any hiding): a cap below 1 polynomial (0 gave "inf" bits), a bound below 1 (a calibrated activation
@@ -101,4 +107,4 @@ class ClientPolicy:
             refuse(str(exc))
         if refresh_level(params, hiding) is None:
             refuse(f"no level of {params.describe()} holds a 2^{offer.mask_bits} mask")
-        return hiding.session_bits(offer.max_refresh_polynomials)
+        return hiding
