@@ -72,6 +72,10 @@ mutate: $(STAMP) ## mutation testing of the critical modules -> docs/mutation.md
 bench-logit-noise: $(STAMP) ## the logits' deviation as the client sees it, and the cost of flooding it -> docs/logit-noise.json
 	$(BIN)/python -m bench.logit_noise --flood 0 16 20 24 --out docs/logit-noise.json
 
+.PHONY: bench-coverage
+bench-coverage: $(STAMP) ## prompts inside the shipped plan's domains (test windows, degenerate families) -> docs/coverage.{json,md}
+	$(BIN)/python -m bench.coverage --before docs/coverage-before.json --encrypted 3 --out docs/coverage.json
+
 .PHONY: bench-serve
 BENCH_CLIENTS ?= 4
 BENCH_TOKENS ?= 2

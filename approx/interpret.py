@@ -162,12 +162,15 @@ def run_batch(
             if any(x is None for x in xs):
                 raise ApproxError(f"x: a {step.op} step needs the plan input x")
             recip = step.op == "newton_recip"
-            fn = refine.newton_recip if recip else refine.newton_inv_sqrt
-            iterations = 1 if recip else step.iterations  # per piece
-            for _ in range(pieces(step)):
+            for piece in range(pieces(step)):
                 both = ensure(ys + xs, need, stage)
                 ys, xs = both[:n], both[n:]
-                ys = [fn(y, x, iterations, o) for o, y, x in zip(ops, ys, xs, strict=True)]
+                pairs = zip(ops, ys, xs, strict=True)
+                if recip:  # one iteration per piece, with its own constants
+                    k = step.constants[piece : piece + 1] if step.constants else None
+                    ys = [refine.newton_recip(y, x, 1, o, k) for o, y, x in pairs]
+                else:
+                    ys = [refine.newton_inv_sqrt(y, x, step.iterations, o) for o, y, x in pairs]
     return ys
 
 

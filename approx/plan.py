@@ -29,13 +29,15 @@ OPS = ("poly", "square", "newton_recip", "newton_inv_sqrt")
 @dataclass(frozen=True)
 class Step:
     """One plan step. `poly`: domain + Chebyshev coefficients (low to high); `square`: times;
-    `newton_recip` / `newton_inv_sqrt`: iterations."""
+    `newton_recip` / `newton_inv_sqrt`: iterations. `newton_recip` may carry `constants`, one (a, c) per
+    iteration (y <- c y (a - x y), `approx.refine.newton_recip`); None means classical Newton, (2, 1)."""
 
     op: str
     domain: tuple[float, float] | None = None
     coefficients: tuple[float, ...] | None = None
     times: int | None = None
     iterations: int | None = None
+    constants: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -60,6 +62,21 @@ class Step:
                 raise ApproxError(
                     f"steps.{name}: expected an integer in [0, 64] for {self.op}, got {value!r}"
                 )
+        if self.constants is not None:
+            object.__setattr__(self, "constants", self._checked_constants())
+
+    def _checked_constants(self) -> tuple[tuple[float, float], ...]:
+        if self.op != "newton_recip":
+            raise ApproxError(f"steps.constants: only newton_recip steps carry constants, not {self.op}")
+        try:
+            pairs = tuple((float(a), float(c)) for a, c in self.constants)
+        except (TypeError, ValueError) as exc:
+            raise ApproxError(f"steps.constants: expected [a, c] pairs, got {self.constants!r}") from exc
+        if len(pairs) != self.iterations:
+            raise ApproxError(f"steps.constants: {len(pairs)} pairs for {self.iterations} iterations")
+        if not all(math.isfinite(a) and math.isfinite(c) and c > 0 for a, c in pairs):
+            raise ApproxError("steps.constants: a and c must be finite and c > 0")
+        return pairs
 
     @property
     def degree(self) -> int | None:
@@ -160,7 +177,7 @@ class Plan:
             elif s.op == "square":
                 parts.append(f"square x{s.times}")
             else:
-                parts.append(f"{s.op} x{s.iterations}")
+                parts.append(f"{s.op}{' (scaled)' if s.constants else ''} x{s.iterations}")
         return " -> ".join(parts)
 
     def to_dict(self) -> dict:
@@ -213,6 +230,8 @@ def _step_to_dict(step: Step) -> dict:
         }
     if step.op == "square":
         return {"op": "square", "times": step.times}
+    if step.constants is not None:
+        return {"op": step.op, "iterations": step.iterations, "constants": [list(p) for p in step.constants]}
     return {"op": step.op, "iterations": step.iterations}
 
 
@@ -261,7 +280,12 @@ def _step_from_dict(i: int, raw) -> Step:
     if op == "square":
         return Step("square", times=_need(raw, "times", where))
     if op in ("newton_recip", "newton_inv_sqrt"):
-        return Step(op, iterations=_need(raw, "iterations", where))
+        constants = raw.get("constants")
+        if constants is not None and (
+            not isinstance(constants, list) or not all(isinstance(p, list) and len(p) == 2 for p in constants)
+        ):
+            raise ApproxError(f"{where}constants: expected a list of [a, c] pairs")
+        return Step(op, iterations=_need(raw, "iterations", where), constants=constants)
     raise ApproxError(f"{where}op: unknown {op!r}")
 
 

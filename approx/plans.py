@@ -19,6 +19,7 @@ from approx.chebyshev import MAX_DEGREE, certified_max_error, dense_grid, from_u
 from approx.errors import ApproxError
 from approx.functions import check_function_domain, get_function
 from approx.plan import OPS, Plan, Step
+from approx.refine import scaled_newton_constants
 from approx.remez import remez
 
 __all__ = [
@@ -81,10 +82,16 @@ def plan_poly(function: str, domain, degree: int, error_kind: str = "abs") -> Pl
 # --- search ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Family:
-    """Plans `poly(d)` followed by a fixed refinement `tail`; `fit(d)` fits the polynomial for it."""
+    """Plans `poly(d)` followed by a refinement `tail`; `fit(d)` fits the polynomial for it. When
+    `tail_for` is given, the tail run after a fit is `tail_for(fit)` (constants that depend on the fit's
+    error) and `tail` is its shape for costing only."""
 
     tail: tuple[Step, ...]
     fit: Callable
+    tail_for: Callable | None = None
+
+    def steps(self, fit) -> tuple[Step, ...]:
+        return (_poly_step(fit), *(self.tail_for(fit) if self.tail_for else self.tail))
 
 
 def _depth_of(function, dom, error_kind, degree, tail) -> tuple[int, int, int]:
@@ -105,7 +112,7 @@ def _search(function: str, dom, error_kind: str, bound: float, families: list[_F
         key = (fam_i, d)
         if key not in fits:
             fit = families[fam_i].fit(d)
-            steps = (_poly_step(fit), *families[fam_i].tail)
+            steps = families[fam_i].steps(fit)
             fits[key] = (fit, steps, measure(function, dom, error_kind, steps, certify=False))
         return fits[key]
 
@@ -218,14 +225,26 @@ def _newton_plan(function: str, op: str, domain, max_rel_error: float, max_newto
         if newton is None
         else [_check_count(newton, "newton")]
     )
-    fams = [
-        _Family(
-            (Step(op, iterations=n),) if n else (),
-            lambda d: remez(f, dom, d, "rel", certify=False),
-        )
-        for n in counts
-    ]
-    return _search(function, dom, "rel", max_rel_error, fams)
+
+    def family(n):
+        fit = lambda d: remez(f, dom, d, "rel", certify=False)  # noqa: E731
+        if not n:
+            return _Family((), fit)
+        if op != "newton_recip":
+            return _Family((Step(op, iterations=n),), fit)
+        # scaled Newton: constants from the initial guess's relative error (x p(x) in [1 - eps, 1 + eps])
+        shape = (Step(op, iterations=n, constants=((2.0, 0.5),) * n),)
+        return _Family(shape, fit, lambda ft: (Step(op, iterations=n, constants=_scaled(ft.max_error, n)),))
+
+    return _search(function, dom, "rel", max_rel_error, [family(n) for n in counts])
+
+
+def _scaled(eps: float, iterations: int) -> tuple[tuple[float, float], ...]:
+    # a guess no better than 100% leaves t = x p(x) touching 0: classical constants, and the search's
+    # measured error rejects the candidate
+    if not 0 <= eps < 1:
+        return ((2.0, 1.0),) * iterations
+    return scaled_newton_constants(eps, iterations)
 
 
 def _check_count(value, field_name: str) -> int:
@@ -235,7 +254,9 @@ def _check_count(value, field_name: str) -> int:
 
 
 def plan_reciprocal(domain, max_rel_error: float, max_newton: int = 6, newton: int | None = None) -> Plan:
-    """1/x on [a, b], 0 < a: relative-minimax initial guess, then n Newton steps (e -> e^2 each).
+    """1/x on [a, b], 0 < a: relative-minimax initial guess, then n scaled Newton steps
+    (`approx.refine.newton_recip`: the interval ratio of x y falls ~4x per step while the guess is poor,
+    then the error squares; classical Newton only doubles the small end: wide domains need ~half the steps).
 
     `newton` fixes n (otherwise 0..max_newton are searched: on narrow domains one polynomial often has
     the least depth, since each Newton step costs 2 levels).

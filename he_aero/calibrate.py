@@ -2,7 +2,11 @@
 
 Stage 1 of the lifecycle (calibrate -> plan -> keygen -> encrypt -> evaluate -> decrypt). The plaintext model
 runs on evenly spaced windows of the TRAINING split only (the test split is what the acceptance figures are
-measured on; calibrating there would leak it). Two instruments run on the same windows:
+measured on; calibrating there would leak it), plus, by default, degenerate windows (`degenerate_windows`:
+every byte repeated over the context). Degenerate prompts
+drive attention far beyond natural text (one byte repeated makes all keys equal: denominators of ~2e4
+against ~100), and a prompt outside the calibrated domain cannot be computed correctly. Two instruments run
+on the same windows:
 
 - `models.ranges.measure_ranges` (torch): per layer and head, the window z = q.k - c_h that exp sees and the
   sink denominator 1 + sum exp(z) that 1/x sees; the residual stream and the final logits;
@@ -20,7 +24,8 @@ No approximation is fitted here: the plan stage (he_aero/plan.py) fits the exp a
 ring on `layers[i].z_domain` and `layers[i].denominator_domain`, sizes refresh masks with `activation_bound`
 and gives the client `logit_domain`; a plan file binds to this calibration by `Calibration.sha256`.
 
-File: versioned JSON (format 2: ranges only; format 1 also held plans) bound to the checkpoint by its
+File: versioned JSON (format 3: ranges, degenerate windows, the bound outside attention; format 2 bounded
+attention values too, without a shift; format 1 also held plans) bound to the checkpoint by its
 weights' SHA-256; loading it for another checkpoint is refused with the command that makes the right one.
 """
 
@@ -38,7 +43,7 @@ from he_aero import __version__
 from he_aero.artifacts import interval, read_json
 from he_aero.errors import HeAeroError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 KIND = "he-aero calibration"
 DEFAULT_CALIBRATION = Path(__file__).parent / "data" / "default-calibration.json"
 SPLIT = "train"  # the only split calibration ever reads
@@ -54,10 +59,12 @@ class CalibrationConfig:
     ----------
     samples : windows of T (context length) bytes, evenly spaced over the training split; in [1, 100000].
     margin : fraction of each measured interval's width added on both sides; in [0, 2].
+    degenerate : also measure `degenerate_windows` (each byte repeated over the context).
     """
 
-    samples: int = 512
+    samples: int = 2048
     margin: float = 0.1
+    degenerate: bool = True
 
     def __post_init__(self):
         if (
@@ -72,6 +79,8 @@ class CalibrationConfig:
             isinstance(self.margin, (int, float)) and 0 <= self.margin <= 2
         ):
             raise HeAeroError(f"calibration margin: expected a number in [0, 2], got {self.margin!r}")
+        if not isinstance(self.degenerate, bool):
+            raise HeAeroError(f"calibration degenerate: expected true or false, got {self.degenerate!r}")
 
 
 @dataclass(frozen=True)
@@ -101,8 +110,20 @@ def widen(lo: float, hi: float, margin: float) -> tuple[float, float]:
     return float(lo - margin * w), float(hi + margin * w)
 
 
+def degenerate_windows(context: int) -> np.ndarray:
+    """(256, context) int64 token windows: each byte value repeated over the context. Every prompt that is
+    a prefix of one of them computes the same values (attention is causal), so short runs such as 24 x '('
+    are covered too. Alternating pairs ('abab...') reach 40x larger denominators still; covering them costs
+    ~7 bits of precision at N=8192 (docs/coverage.md), so they are measured by `make bench-coverage`, not
+    calibrated on."""
+    return np.repeat(np.arange(256, dtype=np.int64)[:, None], context, axis=1)
+
+
 # --- the instrumented plaintext layers --------------------------------------------------------------------
 ACTIVATIONS = ("x_in", "q", "k", "v", "num", "heads", "x_sa", "x_out")
+OUTSIDE_ATTENTION = ("x_in", "q", "k", "v", "heads", "x_sa", "x_out")
+"""The intermediates whose bound the calibration gives directly; the attention's (exp weights, numerators,
+denominators) depend on the exp shift the plan chooses (he_aero/plan.py, `exp_shift`)."""
 
 
 def _activation_maxima(view, windows: np.ndarray) -> list[dict[str, float]]:
@@ -156,7 +177,8 @@ class Calibration:
     config : samples and margin used.
     layers : one LayerCalibration per layer (widened z and denominator domains).
     logit_domain : widened (lo, hi) of the final logits (the client's plausibility check).
-    activation_bound : bound on |x| of every refreshed value, times (1 + margin) (sizes refresh masks).
+    activation_bound : bound on |x| of every refreshed value outside attention (OUTSIDE_ATTENTION and the
+        logits), times (1 + margin); the plan adds the attention values' bound after its exp shift.
     ranges : `models.ranges.measure_ranges`'s raw, unwidened measurements (per head).
     activations : per layer, max |value| of each ACTIVATIONS intermediate (unwidened).
     source : where the windows came from (split, windows, bytes).
@@ -189,8 +211,14 @@ class Calibration:
         object.__setattr__(self, "activation_bound", float(bound))
         if not isinstance(self.ranges, dict):
             raise HeAeroError("field 'ranges' must be a JSON object")
-        if not all(isinstance(a, dict) for a in self.activations):
-            raise HeAeroError("field 'activations' must list one object per layer")
+        for i, a in enumerate(self.activations):
+            if not isinstance(a, dict) or not all(
+                isinstance(a.get(k), (int, float)) and not isinstance(a.get(k), bool) and 0 <= a[k] < math.inf
+                for k in ACTIVATIONS
+            ):
+                raise HeAeroError(
+                    f"field 'activations[{i}]' must hold a number >= 0 for each of {', '.join(ACTIVATIONS)}"
+                )
 
     def check_checkpoint(self, header: dict, where: str = "calibration") -> None:
         """Refuse a checkpoint whose weights this calibration was not made for."""
@@ -232,6 +260,7 @@ class Calibration:
                 "samples": self.config.samples,
                 "margin": self.config.margin,
                 "margin_rule": MARGIN_RULE,
+                "degenerate": self.config.degenerate,
             },
             "layers": [lay.to_dict() for lay in self.layers],
             "logit_domain": list(self.logit_domain),
@@ -277,8 +306,11 @@ class Calibration:
         version = need(data, "format_version")
         if version != FORMAT_VERSION:
             why = (
-                " (format 1 also held exp / 1/x plans; the plan stage now fits them for the chosen ring)"
-                if version == 1
+                {
+                    1: " (format 1 also held exp / 1/x plans; the plan stage fits them for the chosen ring)",
+                    2: " (format 2 did not measure degenerate prompts; it bounded unshifted attention)",
+                }.get(version, "")
+                if isinstance(version, int)
                 else ""
             )
             raise HeAeroError(
@@ -290,11 +322,12 @@ class Calibration:
         model_config = need(ckpt, "config", "checkpoint.")
         n_layer = need(model_config, "n_layer", "checkpoint.config.")
         settings = need(data, "settings")
-        only(settings, ("samples", "margin", "margin_rule"), "settings.")
+        only(settings, ("samples", "margin", "margin_rule", "degenerate"), "settings.")
         try:
             config = CalibrationConfig(
                 samples=need(settings, "samples", "settings."),
                 margin=need(settings, "margin", "settings."),
+                degenerate=need(settings, "degenerate", "settings."),
             )
         except HeAeroError as exc:
             raise HeAeroError(f"{where}: settings: {exc}") from exc
@@ -352,6 +385,8 @@ def calibrate(
 
     Raises HeAeroError for another variant or attention (the encrypted runtime has no kernels for them).
     """
+    import torch
+
     from models.data import eval_windows, load_split
     from models.linear_view import LinearView
     from models.ranges import measure_ranges
@@ -365,10 +400,12 @@ def calibrate(
         )
     if data is None:
         data = load_split(SPLIT)
-    max_bytes = config.samples * cfg.block_size
-    ranges = measure_ranges(model, data, max_bytes=max_bytes)
+    natural, _ = eval_windows(data, cfg.block_size, config.samples * cfg.block_size)
+    windows = natural
+    if config.degenerate:
+        windows = torch.cat([natural, torch.from_numpy(degenerate_windows(cfg.block_size))])
+    ranges = measure_ranges(model, None, windows=windows)
     view = LinearView.from_model(model)
-    windows, _ = eval_windows(data, cfg.block_size, max_bytes)
     acts = _activation_maxima(view, windows.numpy())
 
     m = config.margin
@@ -379,17 +416,11 @@ def calibrate(
         den_hi = widen(1.0, max(h["denominator"]["max"] for h in heads), m)[1]
         layers.append(LayerCalibration(z, (1.0, den_hi)))  # the sink's floor is exact: no margin below 1
     logit_domain = widen(ranges["logits"]["min"], ranges["logits"]["max"], m)
-    # The refresh mask hides values of magnitude up to this bound (docs/security.md): every measured
-    # intermediate, the exp weights exp(z), the denominators and the logits, times (1 + margin). It is sized
-    # on MEASURED values, not on exp of the widened window (e^(margin x width) larger, ~16x here): the mask
-    # width costs precision (the client decodes and re-encodes x + r in doubles; measured at N=16384, a
-    # 2^20 x bound mask doubles a layer's error against a 2^4 x bound one), while a rare value beyond the
-    # bound still fits the headroom (the refresh keeps a spare bit) and only weakens that slot's hiding.
-    measured = [h for lay in ranges["layers"] for h in lay["heads"]]
+    # The refresh mask hides values up to the plan's bound (docs/security.md). This part of it covers the
+    # intermediates outside attention and the logits, times (1 + margin), sized on MEASURED values; the
+    # plan adds the attention's weights, numerators and denominators after choosing its exp shift.
     peak = max(
-        max(max(a.values()) for a in acts),
-        math.exp(max(h["z"]["max"] for h in measured)),
-        max(h["denominator"]["max"] for h in measured),
+        max(a[name] for a in acts for name in OUTSIDE_ATTENTION),
         max(abs(ranges["logits"]["min"]), abs(ranges["logits"]["max"])),
     )
     return Calibration(
@@ -401,7 +432,12 @@ def calibrate(
         activation_bound=float(peak * (1 + m)),
         ranges=ranges,
         activations=tuple(acts),
-        source={"split": SPLIT, "windows": int(windows.shape[0]), "bytes": int(windows.numel())},
+        source={
+            "split": SPLIT,
+            "windows": int(natural.shape[0]),
+            "bytes": int(natural.numel()),
+            "degenerate_windows": int(windows.shape[0] - natural.shape[0]),
+        },
     )
 
 
@@ -409,7 +445,8 @@ def describe(cal: Calibration) -> str:
     """A few lines for the CLI: where it was measured, per layer the widened domains, logits and bound."""
     lines = [
         f"calibration for weights {cal.weights_sha256[:12]}... on {cal.source.get('windows', '?')} training "
-        f"windows ({cal.source.get('bytes', '?')} bytes), margin {cal.config.margin:g}; "
+        f"windows ({cal.source.get('bytes', '?')} bytes) and {cal.source.get('degenerate_windows', 0)} "
+        f"degenerate ones, margin {cal.config.margin:g}; "
         f"sha256 {cal.sha256[:12]}..."
     ]
     for i, lay in enumerate(cal.layers):

@@ -39,12 +39,19 @@ from he_aero.ckks.poly import atomic_depth, step_depth
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 KIND = "he-aero plan"
 RINGS = (8192, 16384, 32768)
 DEFAULT_PLAN = Path(__file__).parent / "data" / "default-plan.json"
 MAX_REFINE = 14
 """Most squarings (exp) or Newton iterations (1/x) a fitted plan may use: range reduction for wide windows."""
+ATTENTION_BOUND = 2.0**13
+"""The largest exp weight, attention numerator or denominator a refresh may see. A layer whose calibrated
+attention values can exceed it computes exp(z - delta) instead of exp(z) (`exp_shift`): the sink's weight
+becomes e^-delta and numerators and denominators shrink by e^delta, leaving num / den unchanged. Why 2^13:
+the refresh bound sets the hiding (he_aero/ckks/hiding.py: k - 46 - log2 B bits per polynomial at N=8192,
+scale 2^32), and 2^13 keeps 54 bits, enough for a full-context session of ~7,300 refreshed polynomials at 40
+bits with a bit to spare; a smaller bound shifts more and costs precision where denominators are small."""
 DECODE_STEPS_IN_COST = 16
 """The ring choice minimises the estimated prefill + this many decode steps."""
 
@@ -153,9 +160,32 @@ class PlanConfig:
             raise HeAeroError(f"plan rings: expected some of {list(RINGS)}, got {list(self.rings)}")
 
 
+def exp_shift(z_hi: float, den_hi: float, num_max: float) -> float:
+    """delta >= 0 such that every attention value of the layer, shifted, is at most ATTENTION_BOUND.
+
+    In the calibrated domain, exp weights are at most e^z_hi, denominators at most den_hi and numerators at
+    most num_max (measured, widened like every other activation); all scale by e^-delta. The reciprocal's
+    iterates then reach 2 e^delta (1/x of the shifted denominator, whose floor is the sink's e^-delta).
+    Measured cost (docs/coverage.md): every unit of delta costs ~1.4 bits of the layer's precision where
+    denominators are small, so delta is the least that fits the bound."""
+    return max(0.0, math.log(attention_peak(z_hi, den_hi, num_max) / ATTENTION_BOUND))
+
+
+def attention_peak(z_hi: float, den_hi: float, num_max: float) -> float:
+    """The largest unshifted attention value of a layer (see `exp_shift`)."""
+    return max(math.exp(z_hi), den_hi, num_max)
+
+
+def shifted(window, denominator, shift: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The exp window and 1/x domain a layer with `exp_shift` shift runs on: z - delta, den e^-delta."""
+    scale = math.exp(-shift)
+    return (window[0] - shift, window[1] - shift), (denominator[0] * scale, denominator[1] * scale)
+
+
 @dataclass(frozen=True)
 class Ranges:
-    """Calibrated ranges (widened by a margin): z = q.k - c window per layer, activation bound for masks."""
+    """Calibrated ranges (widened by a margin): z = q.k - c window per layer, per-layer exp shift (delta, see
+    `exp_shift`), the bound on every refreshed value (the refresh's message bound)."""
 
     z_window: tuple[tuple[float, float], ...]
     activation_bound: float = 64.0
@@ -163,6 +193,7 @@ class Ranges:
     exp_error_kind: str = "abs"
     recip_rel_error: float = 1e-4
     denominator: tuple[tuple[float, float], ...] | None = None  # per layer; default `denominator_domain`
+    shift: tuple[float, ...] | None = None  # per layer; default 0 (no shift)
 
     def __post_init__(self):
         for a, b in self.z_window + (self.denominator or ()):
@@ -175,14 +206,25 @@ class Ranges:
 
     @classmethod
     def from_calibration(cls, cal, config: PlanConfig) -> Ranges:
-        """The planner's view of a calibration: its windows and bound, the plan stage's error targets."""
+        """The planner's view of a calibration: its windows, the exp shift per layer, the refresh bound (the
+        calibration's bound on everything outside attention, the attention values after the shift, the
+        reciprocal's iterates) and the plan stage's error targets."""
+        grow = 1.0 + cal.config.margin
+        shifts, bound = [], cal.activation_bound
+        for lay, acts in zip(cal.layers, cal.activations, strict=True):
+            z_hi, den_hi, num_max = lay.z_domain[1], lay.denominator_domain[1], acts["num"] * grow
+            delta = exp_shift(z_hi, den_hi, num_max)
+            peak = attention_peak(z_hi, den_hi, num_max)
+            bound = max(bound, peak * math.exp(-delta), 2.0 * math.exp(delta))
+            shifts.append(delta)
         return cls(
             tuple(tuple(lay.z_domain) for lay in cal.layers),
-            cal.activation_bound,
+            bound,
             exp_error=config.exp_max_rel_error,
             exp_error_kind="rel",
             recip_rel_error=config.recip_max_rel_error,
             denominator=tuple(tuple(lay.denominator_domain) for lay in cal.layers),
+            shift=tuple(shifts),
         )
 
 
@@ -305,14 +347,16 @@ def _phase_summary(ev, ref, params) -> dict:
 
 
 def _fit_for_ring(shape: ModelShape, ranges: Ranges, usable: int) -> list:
+    """Per layer (exp plan, reciprocal plan, exp shift), fitted on the shifted window and denominators."""
     cache: dict = {}
     plans = []
     dens = ranges.denominator or tuple(denominator_domain(w, shape.t_max) for w in ranges.z_window)
-    for w, den in zip(ranges.z_window, dens, strict=True):
-        key = (tuple(w), tuple(den))
+    deltas = ranges.shift or (0.0,) * len(ranges.z_window)
+    for w, den, delta in zip(ranges.z_window, dens, deltas, strict=True):
+        key = shifted(tuple(w), tuple(den), delta)
         if key not in cache:
             cache[key] = fit_plans(*key, ranges, usable)
-        plans.append(cache[key])
+        plans.append((*cache[key], delta))
     return plans
 
 
@@ -345,7 +389,7 @@ def evaluate_ring(
             max(atomic_depth(s, mapped=(j == 0)) for j, s in enumerate(e.steps)),
             max(atomic_depth(s) for s in r.steps),
         )
-        for e, r in plans
+        for e, r, _ in plans
     ]
     if max(deepest) > usable:
         report.reason = (
@@ -451,12 +495,15 @@ def check_depth_budget(shape: ModelShape, plans: list, params: CkksParams, refre
 # --- the artifact -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LayerPlan:
-    """What runs in one layer's attention: exp on the z window, 1/x on the denominator range."""
+    """What runs in one layer's attention: exp on the z window, 1/x on the denominator range, both shifted by
+    `exp_shift` (delta: exp runs on z - delta, 1/x on den e^-delta; `exp_shift`). The domains are the
+    unshifted ranges the model's values must stay in."""
 
     exp: Plan
     reciprocal: Plan
     z_domain: tuple[float, float]
     denominator_domain: tuple[float, float]
+    exp_shift: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -487,9 +534,9 @@ class ExecutionPlan:
     producer: str = field(default=f"he-aero {__version__}", compare=False)
 
     @property
-    def plans(self) -> list[tuple[Plan, Plan]]:
-        """Per layer (exp, reciprocal): what `Pipeline` takes."""
-        return [(lay.exp, lay.reciprocal) for lay in self.layers]
+    def plans(self) -> list[tuple[Plan, Plan, float]]:
+        """Per layer (exp, reciprocal, exp shift): what `Pipeline` takes."""
+        return [(lay.exp, lay.reciprocal, lay.exp_shift) for lay in self.layers]
 
     @property
     def hiding(self) -> RefreshHiding:
@@ -542,6 +589,7 @@ class ExecutionPlan:
                 {
                     "z_domain": list(lay.z_domain),
                     "denominator_domain": list(lay.denominator_domain),
+                    "exp_shift": lay.exp_shift,
                     "exp": lay.exp.to_dict(),
                     "reciprocal": lay.reciprocal.to_dict(),
                 }
@@ -620,14 +668,18 @@ class ExecutionPlan:
                 raise HeAeroError(f"{where}: layers[{i}]: expected an exp and a reciprocal plan")
             z = reader.pair(reader.need(raw, "z_domain", ctx), f"{ctx}z_domain")
             den = reader.pair(reader.need(raw, "denominator_domain", ctx), f"{ctx}denominator_domain")
-            for plan, dom, name in ((exp, z, "exp"), (recip, den, "reciprocal")):
+            delta = reader.need(raw, "exp_shift", ctx)
+            if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 <= delta < 64:
+                raise HeAeroError(f"{where}: field '{ctx}exp_shift' must be a number in [0, 64)")
+            ranges = shifted(z, den, delta)  # what exp and 1/x see
+            for plan, dom, name in zip((exp, recip), ranges, ("exp", "reciprocal"), strict=True):
                 a, b = plan.steps[0].domain  # what the first polynomial is fitted on must cover the range
                 if a > dom[0] or b < dom[1]:
                     raise HeAeroError(
                         f"{where}: layers[{i}].{name}: its polynomial's domain [{a:g}, {b:g}] does not "
                         f"cover the layer's range [{dom[0]:g}, {dom[1]:g}]"
                     )
-            layers.append(LayerPlan(exp, recip, z, den))
+            layers.append(LayerPlan(exp, recip, z, den, float(delta)))
         refresh = reader.need(data, "refresh")
         bound = reader.need(refresh, "activation_bound", "refresh.")
         if (
@@ -784,9 +836,10 @@ class ExecutionPlan:
         for i, lay in enumerate(self.layers):
             e, r = lay.exp, lay.reciprocal
             lines.append(
-                f"layer {i}: exp on [{lay.z_domain[0]:.2f}, {lay.z_domain[1]:.2f}]: {e.describe()} (rel err "
-                f"{e.max_error:.2g}); 1/x on [1, {lay.denominator_domain[1]:.1f}]: {r.describe()} (rel err "
-                f"{r.max_error:.2g})"
+                f"layer {i}: z in [{lay.z_domain[0]:.2f}, {lay.z_domain[1]:.2f}], denominators in "
+                f"[1, {lay.denominator_domain[1]:.4g}], exp shifted by {lay.exp_shift:.3g}: "
+                f"exp {e.describe()} (rel err {e.max_error:.2g}); "
+                f"1/x {r.describe()} (rel err {r.max_error:.2g})"
             )
         lines.append(f"rotation keys: {len(self.rotation_steps)} steps {list(self.rotation_steps)}")
         for phase in ("prefill", "decode"):
@@ -939,8 +992,8 @@ def compile_plan(
     )  # fmt: skip
     steps = pipe.rotation_steps(ranges.activation_bound, config.mask_bits)
     layers = tuple(
-        LayerPlan(e, r, tuple(lay.z_domain), tuple(lay.denominator_domain))
-        for (e, r), lay in zip(best.plans, calibration.layers, strict=True)
+        LayerPlan(e, r, tuple(lay.z_domain), tuple(lay.denominator_domain), delta)
+        for (e, r, delta), lay in zip(best.plans, calibration.layers, strict=True)
     )
     return ExecutionPlan(
         weights_sha256=str(header["weights_sha256"]),
@@ -950,7 +1003,7 @@ def compile_plan(
         block=best.block,
         decode_rows=best.decode_rows,
         layers=layers,
-        activation_bound=float(calibration.activation_bound),
+        activation_bound=float(ranges.activation_bound),
         mask_bits=config.mask_bits,
         session_hiding_bits=config.session_hiding_bits,
         logit_flood_bits=config.logit_flood_bits,

@@ -29,11 +29,19 @@ def _mm(t: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def measure_ranges(model: Decoder, data: bytes, max_bytes: int = 65536, batch_size: int = 64) -> dict:
-    """Per-layer, per-head ranges of the attention inputs and denominators, residual stream and logits."""
+def measure_ranges(
+    model: Decoder,
+    data: bytes | None,
+    max_bytes: int = 65536,
+    batch_size: int = 64,
+    windows: torch.Tensor | None = None,
+) -> dict:
+    """Per-layer, per-head ranges of the attention inputs and denominators, residual stream and logits.
+
+    Measured on `eval_windows(data, T, max_bytes)`, or on `windows` ((n, T) int64 tokens) when given."""
     was_training = model.training
     model.eval()
-    x, _ = eval_windows(data, model.cfg.block_size, max_bytes)
+    x = windows if windows is not None else eval_windows(data, model.cfg.block_size, max_bytes)[0]
     cfg = model.cfg
     acc: dict = {}
 

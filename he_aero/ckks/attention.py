@@ -2,6 +2,10 @@
 
     z_ij = q_i . k_j - c_h ;  out_i = sum_{j<=i} exp(z_ij) v_j / (1 + sum_{j<=i} exp(z_ij))
 
+computed with every weight scaled by e^-delta (`AttentionSpec.shift`, chosen by the planner so that weights,
+numerators and denominators stay within the refresh bound: he_aero/plan.py `exp_shift`):
+    w_ij = exp(z_ij - delta) ;  out_i = sum_j w_ij v_j / (e^-delta + sum_j w_ij)    (the same out_i).
+
 Prefill (T tokens, causal). Scores are computed by lag r = i - j, which turns the causal mask into "rows
 i >= r" and makes the key shift one slot rotation: rot(K, -r) puts k_{i-r} in row i of every feature block.
     SLOT-LAYOUT "lags" (scores and exp): ciphertext (a, g) holds, for the heads h of feature ciphertext a,
@@ -24,6 +28,7 @@ head's blocks, numerator and denominator are row sums (log2(B) rotations each) l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,22 +44,31 @@ from he_aero.errors import HeAeroError
 
 @dataclass(frozen=True)
 class AttentionSpec:
-    """Per-layer attention constants: head count, sink logits c_h, and the exp / reciprocal plans.
+    """Per-layer attention constants: head count, sink logits c_h, the exp / reciprocal plans, the shift.
 
-    exp_plan approximates exp on the z window (its first poly's domain); recip_plan approximates 1/x on
-    [1, 1 + T_max] (the sink keeps the denominator >= 1)."""
+    exp_plan approximates exp on the shifted z window z - delta (its first poly's domain); recip_plan
+    approximates 1/x on the shifted denominators [e^-delta, e^-delta den_max] (the sink's weight e^-delta is
+    their floor). shift: delta >= 0 (0: exp(z) and a sink weight of 1)."""
 
     name: str
     n_head: int
     sink: tuple[float, ...]
     exp_plan: Plan
     recip_plan: Plan
+    shift: float = 0.0
 
     def __post_init__(self):
         if len(self.sink) != self.n_head:
             raise HeAeroError(f"{self.name}: {len(self.sink)} sink logits for {self.n_head} heads")
         if self.exp_plan.steps[0].op != "poly" or self.recip_plan.steps[0].op != "poly":
             raise HeAeroError(f"{self.name}: plans must start with a poly step")
+        if not (isinstance(self.shift, (int, float)) and 0 <= self.shift < 64):
+            raise HeAeroError(f"{self.name}: exp shift must be a number in [0, 64), got {self.shift!r}")
+
+    @property
+    def sink_weight(self) -> float:
+        """The sink's term of every denominator: e^-delta."""
+        return math.exp(-self.shift)
 
     def head_dim(self, layout: FeatureLayout) -> int:
         d = layout.n_features
@@ -70,9 +84,10 @@ class AttentionSpec:
 
 
 def _head_const(spec: AttentionSpec, a: int, hpc: int, dk: int, block: int, valid: np.ndarray) -> np.ndarray:
-    """beta - alpha c_h on the valid slots of each head's blocks (the folded affine map of the exp poly)."""
+    """beta - alpha (c_h + delta) on the valid slots of each head's blocks (the folded affine map of the exp
+    poly, and the shift)."""
     alpha, beta = affine(spec.exp_plan.steps[0])
-    sinks = [spec.sink[a * hpc + h] if a * hpc + h < spec.n_head else 0.0 for h in range(hpc)]
+    sinks = [spec.sink[a * hpc + h] + spec.shift if a * hpc + h < spec.n_head else 0.0 for h in range(hpc)]
     per_block = np.repeat([beta - alpha * c for c in sinks], dk)
     return np.repeat(per_block, block) * valid
 
@@ -174,7 +189,7 @@ def attention_prefill(
                 dens[rho].append(w)
         nums.append(ev.rescale(horner(ev, [ev.dot(p, rescale=False) for p in pairs], blk)))
         den = ev.rescale(horner(ev, [ev.add_many(d) for d in dens], blk))
-        dens_all.append(ev.add_scalar(den, 1.0))
+        dens_all.append(ev.add_scalar(den, spec.sink_weight))
     return _normalise(ev, ref, spec, nums, dens_all, layout)
 
 
@@ -222,5 +237,5 @@ def attention_decode(
         ev.rescale(block_sum(ev, ev.mul(w, va, rescale=False), blk, 1))
         for w, va in zip(stage[:n_ct], stage[n_ct:], strict=True)
     ]
-    dens = [ev.add_scalar(block_sum(ev, w, blk, 1), 1.0) for w in stage[:n_ct]]  # row 0 = sum over rows
+    dens = [ev.add_scalar(block_sum(ev, w, blk, 1), spec.sink_weight) for w in stage[:n_ct]]  # row 0: row sum
     return _normalise(ev, ref, spec, nums, dens, layout)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from he_aero.errors import HeAeroError
 
-MASK_BITS = 107
-"""k of the default chains: masks uniform in [-2^107, 2^107), refreshed at a level whose modulus holds 109
+MASK_BITS = 113
+"""k of the default chains: masks uniform in [-2^113, 2^113), refreshed at a level whose modulus holds 115
 bits (he_aero/ckks/params.py, `default_params`)."""
 
 SESSION_HIDING_BITS = 40

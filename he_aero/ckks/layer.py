@@ -29,10 +29,12 @@ class EncryptedLayer:
     ----------
     index : layer number (names cache keys and error messages).
     view : the layer's arrays: w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o, w_mix, b_mix, sink (H,), n_head.
-    exp_plan, recip_plan : approximation plans for exp on the z window and 1/x on [1, 1 + T_max].
+    exp_plan, recip_plan : approximation plans for exp on the shifted z window and 1/x on the shifted
+        denominators (`AttentionSpec`).
+    shift : the exp shift delta of `AttentionSpec` (he_aero/plan.py `exp_shift`); 0 for none.
     """
 
-    def __init__(self, index: int, view, exp_plan: Plan, recip_plan: Plan):
+    def __init__(self, index: int, view, exp_plan: Plan, recip_plan: Plan, shift: float = 0.0):
         if view.sink is None:
             raise HeAeroError(
                 f"layer {index}: plain softmax (no sink) is not supported by the encrypted runtime"
@@ -41,7 +43,12 @@ class EncryptedLayer:
         self.name = f"l{index}"
         self.d = view.w_q.shape[0]
         self.spec = AttentionSpec(
-            self.name, int(view.n_head), tuple(float(c) for c in np.asarray(view.sink)), exp_plan, recip_plan
+            self.name,
+            int(view.n_head),
+            tuple(float(c) for c in np.asarray(view.sink)),
+            exp_plan,
+            recip_plan,
+            float(shift),
         )
         self._linears: dict = {}
 

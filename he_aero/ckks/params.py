@@ -116,16 +116,18 @@ class CkksParams:
         )
 
 
-BASE_PRIMES = (37, 36, 36)
-"""The default base: 109 bits, the modulus a flooding refresh with 107-bit masks needs (hiding.MASK_BITS)."""
+BASE_PRIMES = (39, 38, 38)
+"""The default base: 115 bits, the modulus a flooding refresh with 113-bit masks needs (hiding.MASK_BITS).
+With P = 39 and two 32-bit rescale primes the N=8192 chain has 218 bits: all of SEAL's 128-bit budget, the
+spare bits spent on the mask (each is a bit of hiding)."""
 
 
 def default_params(poly_modulus_degree: int) -> CkksParams:
-    """The chain this project uses for each ring: the 109-bit base, P = 37 bits and as many 32-bit rescale
-    primes as SEAL's 128-bit limit allows (N=8192: 2, 16384: 9, 32768: 22 usable levels).
+    """The chain this project uses for each ring: the 115-bit base, P = 39 bits and as many 32-bit rescale
+    primes as SEAL's 128-bit limit allows (N=8192: 2, 16384: 8, 32768: 22 usable levels).
 
-    Why a 109-bit base: the refresh adds a mask of 2^107 to every coefficient (he_aero/ckks/hiding.py); the
-    masked value must stay below half the modulus where it is refreshed. Why P = 37: key switching needs the
+    Why a 115-bit base: the refresh adds a mask of 2^113 to every coefficient (he_aero/ckks/hiding.py); the
+    masked value must stay below half the modulus where it is refreshed. Why P = 39: key switching needs the
     special prime at least as wide as the widest prime it decomposes over (see the module docstring). Why
     32-bit rescale primes: with exact scale tracking they lose no precision to prime drift."""
     if poly_modulus_degree not in (8192, 16384, 32768):

@@ -102,7 +102,8 @@ class Pipeline:
     ----------
     view : `models.linear_view.LinearView` (or `shape_only_view` for symbolic runs): tok_emb (V, d),
         pos_emb (T, d), layers, lm_head (d, V), lm_bias (V,).
-    plans : per layer, (exp Plan, reciprocal Plan) as the plan file lists them.
+    plans : per layer, (exp Plan, reciprocal Plan, exp shift) as the plan file lists them
+        (`ExecutionPlan.plans`).
     params : the ring and chain.
     block : slots per feature column (a power of two >= the context).
     decode_rows : decode steps take and give the "rows" layout (packing.rows_pack).
@@ -123,8 +124,8 @@ class Pipeline:
                 "blocks"
             )
         self.layers = [
-            EncryptedLayer(i, lay, exp_plan, recip_plan)
-            for i, (lay, (exp_plan, recip_plan)) in enumerate(zip(view.layers, plans, strict=True))
+            EncryptedLayer(i, lay, *per_layer)
+            for i, (lay, per_layer) in enumerate(zip(view.layers, plans, strict=True))
         ]
         self._linears: dict = {}
 

@@ -90,9 +90,9 @@ def _reference(steps, x):
             y = C.chebval(to_unit(y, s.domain), s.coefficients)
         elif s.op == "square":
             y = y ** (2**s.times)
-        elif s.op == "newton_recip":
-            for _ in range(s.iterations):
-                y = y * (2 - x * y)
+        elif s.op == "newton_recip":  # y <- c y (a - x y); classical Newton without constants
+            for a, c in s.constants or ((2.0, 1.0),) * s.iterations:
+                y = c * y * (a - x * y)
         else:
             for _ in range(s.iterations):
                 y = y * (3 - x * y * y) / 2

@@ -140,3 +140,58 @@ def test_unreachable_bound_and_bad_bounds():
 def test_bad_steps_name_the_field(kwargs, field):
     with pytest.raises(ApproxError, match=f"^{field}"):
         Step(**kwargs)
+
+
+# --- scaled Newton for 1/x ---------------------------------------------------------------------------------
+def test_scaled_newton_constants_follow_the_interval_recurrence():
+    """t = x y in [m, M] -> c t (a - t) with a = m + M (both ends land on c m M) and c re-centring on 1."""
+    from approx.refine import scaled_newton_constants, scaled_newton_error
+
+    eps = 0.99
+    (a1, c1), (a2, c2) = scaled_newton_constants(eps, 2)
+    m, big = 1 - eps, 1 + eps
+    assert a1 == pytest.approx(2.0) and c1 == pytest.approx(2 / (m * big + 1.0))
+    m, big = c1 * m * big, c1 * (a1 / 2) ** 2
+    assert m + big == pytest.approx(2.0)  # centred on 1
+    assert a2 == pytest.approx(m + big)
+    t = np.linspace(1 - eps, 1 + eps, 20001)
+    for a, c in scaled_newton_constants(eps, 6):
+        t = c * t * (a - t)
+    assert np.abs(t - 1).max() <= scaled_newton_error(eps, 6) * (1 + 1e-9) + 1e-15
+    # a 1% guess: 2.3e-4 after 6 steps, 2.5e-8 after 7; a 0.01% guess is still 70% off after 6
+    assert (
+        scaled_newton_error(eps, 7)
+        < 1e-7
+        < scaled_newton_error(eps, 6)
+        < 1e-3
+        < scaled_newton_error(1 - (1 - eps) ** 2, 6)
+    )
+
+
+@pytest.mark.parametrize("ratio, scaled, classical", [(78, 5, 7), (3100, 8, 12), (23000, 9, 15)])
+def test_scaled_newton_needs_about_half_the_steps_on_wide_domains(ratio, scaled, classical):
+    """With the degree-1 guess the runtime uses, at 1e-4 relative error (docs/approx.md figures)."""
+    plan = plan_reciprocal((1.0, float(ratio)), 1e-4, newton=scaled)
+    assert plan.steps[0].degree <= 3 and plan.max_error <= 1e-4
+    if plan.steps[0].degree == 1:
+        assert plan.steps[1].constants is not None and len(plan.steps[1].constants) == scaled
+    eps = 1 / (2 * ((ratio + 1) / (ratio - 1)) ** 2 - 1)  # the degree-1 minimax guess's relative error
+    assert eps ** (2 ** (classical - 1)) > 1e-4 >= eps ** (2**classical)  # classical Newton: e -> e^2
+
+
+def test_newton_constants_are_validated_and_round_trip():
+    from approx.plan import plan_from_dict, plan_to_dict
+
+    plan = plan_reciprocal((1.0, 300.0), 1e-4, newton=4)
+    again = plan_from_dict(plan_to_dict(plan))
+    assert again.steps == plan.steps and again.steps[1].constants == plan.steps[1].constants
+    with pytest.raises(ApproxError, match="2 pairs for 3 iterations"):
+        Step("newton_recip", iterations=3, constants=((2.0, 1.0), (2.0, 1.0)))
+    with pytest.raises(ApproxError, match="c > 0"):
+        Step("newton_recip", iterations=1, constants=((2.0, 0.0),))
+    with pytest.raises(ApproxError, match="only newton_recip"):
+        Step("newton_inv_sqrt", iterations=1, constants=((2.0, 1.0),))
+    bad = plan_to_dict(plan)
+    bad["steps"][1]["constants"] = "fast"
+    with pytest.raises(ApproxError, match=r"steps\[1\]\.constants: expected a list of \[a, c\] pairs"):
+        plan_from_dict(bad)

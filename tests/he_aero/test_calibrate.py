@@ -86,8 +86,8 @@ def test_file_round_trip_and_checkpoint_binding(tiny, tmp_path):
 def test_file_holds_ranges_only(tiny):
     _, _, _, _, cal = tiny
     data = cal.to_dict()
-    assert data["format_version"] == FORMAT_VERSION == 2
-    assert set(data["settings"]) == {"samples", "margin", "margin_rule"}
+    assert data["format_version"] == FORMAT_VERSION == 3
+    assert set(data["settings"]) == {"samples", "margin", "margin_rule", "degenerate"}
     assert all(set(lay) == {"z_domain", "denominator_domain"} for lay in data["layers"])
     assert "plan" not in json.dumps(data)
     assert not hasattr(cal, "planner_ranges")
@@ -120,7 +120,7 @@ def test_format_1_files_are_refused_with_the_command(tiny, tmp_path):
     data["settings"]["exp_max_rel_error"] = 1e-4
     (tmp_path / "v1.json").write_text(json.dumps(data))
     with pytest.raises(
-        HeAeroError, match=r"field 'format_version' is 1, this he-aero reads 2 .*re-run `he-aero calibrate"
+        HeAeroError, match=r"field 'format_version' is 1, this he-aero reads 3 .*re-run `he-aero calibrate"
     ):
         load_calibration(tmp_path / "v1.json")
 
@@ -217,8 +217,13 @@ def test_shipped_file_loads_and_matches_the_default_checkpoint():
     assert cal.model_config == model.cfg.to_dict()
     c = model.cfg
     assert cal.model_shape() == ModelDims(c.d_model, c.n_head, c.n_layer, c.block_size)
-    assert cal.config == CalibrationConfig(samples=512, margin=0.1)
-    assert cal.source == {"split": "train", "windows": 512, "bytes": 512 * c.block_size}
+    assert cal.config == CalibrationConfig(samples=2048, margin=0.1, degenerate=True)
+    assert cal.source == {
+        "split": "train",
+        "windows": 2048,
+        "bytes": 2048 * c.block_size,
+        "degenerate_windows": 256,
+    }
     # the file is exactly what `save` writes (no stray fields), so its hash is the object's
     assert DEFAULT_CALIBRATION.read_text() == json.dumps(cal.to_dict(), indent=1) + "\n"
     assert describe(cal).count("  layer ") == c.n_layer
@@ -230,6 +235,45 @@ def test_cli_calibrate(tiny, tmp_path):
     res = CliRunner().invoke(cli, ["calibrate", str(ckpt), "--samples", "16", "--out", str(out)])
     assert res.exit_code == 0, res.output
     cal = load_calibration(out)
-    assert cal.source == {"split": "train", "windows": 16, "bytes": 128}
+    assert cal.source == {"split": "train", "windows": 16, "bytes": 128, "degenerate_windows": 256}
     assert "layer 1: z in" in res.output and math.isfinite(cal.activation_bound)
     assert CliRunner().invoke(cli, ["calibrate", str(ckpt)]).exit_code == 2  # --out is required
+
+
+def test_degenerate_windows_repeat_every_byte_and_are_measured(tiny):
+    """Each byte value repeated over the context; calibrating on them puts every such run (and its prefixes:
+    attention is causal) inside the domains, where natural text alone left 22 of 95 printable runs out."""
+    from he_aero.calibrate import degenerate_windows
+
+    w = degenerate_windows(8)
+    assert w.shape == (256, 8) and (w == np.arange(256)[:, None]).all()
+    _, model, header, _, cal = tiny
+    assert cal.config.degenerate and cal.source["degenerate_windows"] == 256
+    from models.data import load_split
+
+    data = load_split("train")[:200_000]  # the fixture's text
+    natural = calibrate(model, header, CalibrationConfig(samples=256, degenerate=False), data=data)
+    assert natural.source["degenerate_windows"] == 0
+    for with_runs, without in zip(cal.layers, natural.layers, strict=True):
+        assert with_runs.z_domain[0] <= without.z_domain[0] and with_runs.z_domain[1] >= without.z_domain[1]
+        assert with_runs.denominator_domain[1] >= without.denominator_domain[1]
+
+
+def test_the_bound_covers_what_is_measured_outside_attention(tiny):
+    """Attention's weights, numerators and denominators are left to the plan (it shifts exp to fit them)."""
+    from he_aero.calibrate import OUTSIDE_ATTENTION
+
+    cal = tiny[4]
+    peak = max(
+        max(a[name] for a in cal.activations for name in OUTSIDE_ATTENTION),
+        max(abs(v) for v in (cal.ranges["logits"]["min"], cal.ranges["logits"]["max"])),
+    )
+    assert cal.activation_bound == pytest.approx(peak * (1 + cal.config.margin))
+
+
+@pytest.mark.parametrize("value", [None, "1", -1.0, float("inf"), True])
+def test_activation_fields_must_be_numbers(tiny, value):
+    data = tiny[4].to_dict()
+    data["activations"][0]["v"] = value
+    with pytest.raises(HeAeroError, match=r"field 'activations\[0\]' must hold a number >= 0"):
+        Calibration.from_dict(data)

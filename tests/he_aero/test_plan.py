@@ -4,6 +4,7 @@ plan file (versioned, hashed, bound to the checkpoint and the calibration), the 
 import json
 import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -32,7 +33,7 @@ RANGES = Ranges(((-6.0, 3.0),) * 2, activation_bound=16.0)
 def deep_plans():
     exp = plan_exp((-6.0, 3.0), max_abs_error=1e-4, squarings=0)  # one deep polynomial
     recip = plan_reciprocal((1.0, 17.0), max_rel_error=1e-4, newton=0)
-    return [(exp, recip)] * 2
+    return [(exp, recip, 0.0)] * 2
 
 
 def test_choose_ring_compares_rings():
@@ -54,8 +55,8 @@ def test_given_deep_plans_make_the_small_ring_infeasible_with_a_reason(deep_plan
 
 def test_depth_budget_error_names_each_layer_before_encryption(deep_plans):
     depths = layer_depths(SHAPE, deep_plans)
-    assert len(depths) == 2 and all(d > 9 for d in depths)
-    with pytest.raises(HeAeroError, match=r"layer 0: \d+, layer 1: \d+ \(total \d+\) > 9 levels"):
+    assert len(depths) == 2 and all(d > 8 for d in depths)
+    with pytest.raises(HeAeroError, match=r"layer 0: \d+, layer 1: \d+ \(total \d+\) > 8 levels"):
         check_depth_budget(SHAPE, deep_plans, default_params(16384), refresh=False)
     with pytest.raises(HeAeroError, match="depth budget on N=8192"):
         check_depth_budget(SHAPE, deep_plans, default_params(8192), refresh=True)
@@ -176,3 +177,47 @@ def test_the_shipped_plan_keeps_40_bits_over_a_full_context_session():
     )
     assert full <= plan.max_refresh_polynomials
     assert plan.hiding.session_bits(full) >= plan.session_hiding_bits == 40
+
+
+# --- the exp shift (issue 11: degenerate prompts) ---------------------------------------------------------
+def test_the_exp_shift_is_the_least_that_fits_the_attention_bound():
+    from he_aero.plan import ATTENTION_BOUND, attention_peak, exp_shift
+
+    assert exp_shift(3.0, 80.0, 150.0) == 0.0  # natural text: nothing to shift
+    delta = exp_shift(10.75, 22960.0, 62680.0)  # the shipped layer 2: numerators dominate
+    assert attention_peak(10.75, 22960.0, 62680.0) * np.exp(-delta) == pytest.approx(ATTENTION_BOUND)
+    assert exp_shift(12.0, 10.0, 10.0) == pytest.approx(12.0 - np.log(ATTENTION_BOUND))  # weights dominate
+
+
+def test_the_shipped_plan_shifts_and_bounds_what_the_refresh_sees():
+    """Layer 2 of the shipped model (a byte repeated: denominators ~2e4, numerators ~6e4) is shifted so the
+    refresh bound stays 2^13, and its plans run on the shifted ranges."""
+    from he_aero.plan import ATTENTION_BOUND
+
+    plan = load_plan()
+    assert plan.activation_bound <= ATTENTION_BOUND * (1 + 1e-9)
+    shifts = [lay.exp_shift for lay in plan.layers]
+    assert shifts[0] == 0.0 and 0 < shifts[1] < shifts[2] < 3
+    for lay in plan.layers:
+        lo, hi = lay.reciprocal.steps[0].domain
+        assert lo <= np.exp(-lay.exp_shift) and hi >= lay.denominator_domain[1] * np.exp(-lay.exp_shift)
+        assert lay.exp.steps[0].domain[1] >= lay.z_domain[1] - lay.exp_shift
+        assert 2 * np.exp(lay.exp_shift) <= plan.activation_bound
+
+
+@pytest.mark.parametrize("value", [-1.0, 64.0, "1", True, None])
+def test_a_bad_exp_shift_in_a_plan_file_is_refused(tiny_plan, value):
+    data = tiny_plan.to_dict()
+    data["layers"][0]["exp_shift"] = value
+    with pytest.raises(HeAeroError, match=r"field 'layers\[0\]\.exp_shift' must be a number in \[0, 64\)"):
+        ExecutionPlan.from_dict(data)
+    del data["layers"][0]["exp_shift"]
+    with pytest.raises(HeAeroError, match="exp_shift"):
+        ExecutionPlan.from_dict(data)
+
+
+def test_a_plan_whose_shifted_domains_do_not_cover_the_ranges_is_refused(tiny_plan):
+    data = tiny_plan.to_dict()
+    data["layers"][0]["exp_shift"] = 5.0  # the fitted polynomials are on the unshifted ranges
+    with pytest.raises(HeAeroError, match="does not cover the layer's range"):
+        ExecutionPlan.from_dict(data)

@@ -159,18 +159,22 @@ def test_the_session_hiding_is_reported_as_computed(tiny_session):
     assert res.refresh_hiding_bits_session == pytest.approx(expected, abs=0.01)
     out = res.to_dict()
     assert out["refresh_hiding_bits_session"] == res.refresh_hiding_bits_session
-    assert (out["refreshed_polynomials"], out["refresh_mask_bits"]) == (n, 107)
+    assert (out["refreshed_polynomials"], out["refresh_mask_bits"]) == (n, plan.mask_bits)
 
 
 def test_an_input_outside_the_domains_is_stopped_with_its_cause_before_any_encryption(tiny, tiny_plan):
-    """ "AAAAAAAA" drives the tiny model's layer-0 z below the plan's exp window: the client's pre-check names
-    layer, head, range and gap, and no encrypted step runs (nothing would be right)."""
+    """The first alternating printable pair ("abab...", not calibrated on) that leaves the tiny plan's
+    domains: the client's pre-check names layer, head, range and gap, and no encrypted step runs (nothing
+    would be right). Single-byte runs are calibrated on and stay inside."""
     _, _, header, view, _ = tiny
+    printable = range(32, 127)
+    pairs = (bytes([a, b]) * 4 for a in printable for b in printable if a != b)
+    prompt = next(p for p in pairs if tiny_plan.domain_violations(view, list(p)))
     session = insecure_session(view, header, tiny_plan)
-    res = session.generate(b"A" * 8, GenerationConfig(max_new_tokens=1))
+    res = session.generate(prompt, GenerationConfig(max_new_tokens=1))
     assert res.tokens == [] and res.flag is not None
-    assert "layer 0 head 0: exp input z" in res.flag and "below the domain edge" in res.flag
+    first = tiny_plan.domain_violations(view, list(prompt))[0]
+    assert first in res.flag and " head " in first and "the domain edge" in first
     assert "prefill" not in res.traffic["rounds_by_purpose"]  # nothing was encrypted or sent
-    # the same input without the pre-check runs (and is what the check protects against)
-    assert tiny_plan.domain_violations(view, list(b"A" * 8))
     assert not tiny_plan.domain_violations(view, list(b"if x:\n  "))
+    assert not any(tiny_plan.domain_violations(view, [b] * 8) for b in range(256))

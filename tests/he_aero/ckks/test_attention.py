@@ -94,6 +94,42 @@ def test_decode_step_matches_numpy_on_the_last_row(setup):
     assert_close_bits(got, sink_attention(q, k, v, SINK)[-1], 8, "decode attention")
 
 
+@pytest.fixture(scope="module")
+def shifted_spec(setup):
+    """The same attention with every weight scaled by e^-2 (`AttentionSpec.shift`): exp runs on z - 2, 1/x
+    on the denominators times e^-2, whose floor is the sink's e^-2."""
+    from he_aero.plan import shifted
+
+    delta = 2.0
+    window, den = shifted((-6.0, 3.0), (1.0, 1.0 + T * np.e), delta)
+    exp_plan, recip_plan = fit_plans(window, den, Ranges((window,)), SMALL.levels)
+    return AttentionSpec("att", H, SINK, exp_plan, recip_plan, delta)
+
+
+def test_a_shifted_spec_computes_the_same_attention(setup, shifted_spec):
+    """num / den is unchanged by the shift, prefill and decode; the refresh sees e^2 smaller weights."""
+    _, layout, kit, q, k, v = setup
+    assert shifted_spec.sink_weight == pytest.approx(np.exp(-2.0))
+    enc = [[kit.enc(p, layout) for p in pack(m, layout)] for m in (q, k, v)]
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
+    got = unpack([kit.dec(c) for c in attention_prefill(kit.ev, ref, shifted_spec, *enc, layout)], layout)
+    want = sink_attention(q, k, v, SINK)
+    assert_close_bits(got, want, 8, "shifted prefill attention")
+    one = layout.with_tokens(1)
+    full = [Ct(c.data, c.level, layout) for c in (kit.enc(p, layout) for p in pack(k, layout))]
+    vals = [Ct(c.data, c.level, layout) for c in (kit.enc(p, layout) for p in pack(v, layout))]
+    out = attention_decode(
+        kit.ev, ref, shifted_spec, [kit.enc(p, one) for p in pack(q[-1:], one)], KVCache(full, vals, T), one
+    )
+    assert_close_bits(unpack([kit.dec(c) for c in out], layout)[0], want[-1], 8, "shifted decode attention")
+
+
+def test_a_shift_outside_its_range_is_refused(shifted_spec):
+    for bad in (-0.5, 64.0, float("nan"), "2"):
+        with pytest.raises(HeAeroError, match=r"^att: exp shift must be a number in \[0, 64\)"):
+            dataclasses.replace(shifted_spec, shift=bad)
+
+
 def test_decode_refuses_a_cache_longer_than_a_block(setup):
     spec, layout, *_ = setup
     ev = Evaluator(SMALL)

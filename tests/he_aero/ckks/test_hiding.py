@@ -9,16 +9,16 @@ from he_aero.errors import HeAeroError
 
 
 def test_the_shipped_settings_hide_40_bits_over_a_full_context_session():
-    """N=8192, k=107, scale 2^32, B=154.3: T = 2^34 B, per polynomial k + 1 - 13 - log2 T = 53.73 bits.
-    A full-context session refreshes at most 162 (prefill of 64) + 63 x 114 (decodes) = 7,344 polynomials
+    """N=8192, k=113, scale 2^32, B=2^13: T = 2^34 B, per polynomial k + 1 - 13 - log2 T = 54 bits.
+    A full-context session refreshes at most 164 (prefill of 64) + 63 x 116 (decodes) = 7,472 polynomials
     (the shipped plan's counts) and must keep >= 40 bits."""
-    h = RefreshHiding(8192, MASK_BITS, 32, 154.3)
-    assert h.message_bits == pytest.approx(34 + math.log2(154.3))
-    assert h.per_polynomial_bits == pytest.approx(108 - 13 - 34 - math.log2(154.3))
-    assert h.session_bits(162 + 63 * 114) >= SESSION_HIDING_BITS
+    h = RefreshHiding(8192, MASK_BITS, 32, 2.0**13)
+    assert h.message_bits == pytest.approx(34 + 13)
+    assert h.per_polynomial_bits == pytest.approx(114 - 13 - 34 - 13)
+    assert h.session_bits(164 + 63 * 116) >= SESSION_HIDING_BITS
     cap = h.max_polynomials(SESSION_HIDING_BITS)
     assert h.session_bits(cap) >= 40 > h.session_bits(cap + 1)
-    assert cap >= 162 + 63 * 114
+    assert cap >= 164 + 63 * 116
 
 
 def test_session_bits_fall_by_log2_of_the_count():

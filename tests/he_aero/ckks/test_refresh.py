@@ -315,14 +315,14 @@ def test_refresh_log_summary_names_every_counter():
 
 
 def test_the_default_is_the_production_mask_on_the_default_ring():
-    """The default chain at N=8192 refreshes at level 2 (q0..q2 = 109 bits) with 2^107 masks: two usable
+    """The default chain at N=8192 refreshes at level 2 (q0..q2 = 115 bits) with 2^113 masks: two usable
     levels, as before the flooding refresh."""
     from he_aero.ckks.params import default_params
 
     params = default_params(8192)
     ref = Refresher(Evaluator(params), None, bound=154.3)
-    assert (ref.mask_bits, ref.min_level(), ref.usable_levels()) == (107, 2, 2)
-    assert math.isclose(ref.hiding.per_polynomial_bits, 108 - 13 - (34 + math.log2(154.3)))
+    assert (ref.mask_bits, ref.min_level(), ref.usable_levels()) == (113, 2, 2)
+    assert math.isclose(ref.hiding.per_polynomial_bits, 114 - 13 - (34 + math.log2(154.3)))
 
 
 def test_a_bound_whose_square_overflows_the_refresh_level_is_refused():

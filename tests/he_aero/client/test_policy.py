@@ -81,9 +81,10 @@ def test_the_offer_hides_what_the_formula_says():
 @pytest.mark.parametrize("cap, ok", [(2**14, True), (2**15, True), (2**15 + 1, False), (2**17, False)])
 def test_a_session_cap_that_drops_hiding_below_the_minimum_is_refused(cap, ok):
     """k = 107, B = 64: 55 bits per polynomial, so 2^15 polynomials keep 40 bits and one more does not."""
-    bits = _session_bits(max_refresh_polynomials=cap)
+    bits = _session_bits(max_refresh_polynomials=cap, mask_bits=107)
     if ok:
-        assert bits >= 40 and ClientPolicy().accept(offer(max_refresh_polynomials=cap)).slots == 4096
+        assert bits >= 40
+        assert ClientPolicy().accept(offer(max_refresh_polynomials=cap, mask_bits=107)).slots == 4096
     else:
         assert bits < 40
         with pytest.raises(
@@ -91,7 +92,7 @@ def test_a_session_cap_that_drops_hiding_below_the_minimum_is_refused(cap, ok):
             match=REFUSE + rf"its refresh hides {bits:.1f} bits over a session \(masks of 2\^107, up to "
             rf"{cap} polynomials\), this client requires >= 40$",
         ):
-            ClientPolicy().accept(offer(max_refresh_polynomials=cap))
+            ClientPolicy().accept(offer(max_refresh_polynomials=cap, mask_bits=107))
 
 
 def test_narrow_masks_or_a_wide_bound_are_refused():
