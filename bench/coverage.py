@@ -124,6 +124,15 @@ def markdown(result: dict, before: dict | None) -> str:
             b = before["families"][name]
             old = f" | {b['in_domain']} ({100 * b['in_domain'] / b['prompts']:.2f}%)"
         lines.append(f"| {name} | {row['prompts']} | {cell}{old} |")
+    lines += ["", "What the plan covers, per layer (z: exp's input; denominators: 1/x's):", ""]
+    for i, lay in enumerate(result.get("layers", [])):
+        lines.append(
+            f"- layer {i}: z in [{lay['z_domain'][0]:.2f}, {lay['z_domain'][1]:.2f}], denominators in "
+            f"[1, {lay['denominator_domain'][1]:.4g}], exp shift {lay['exp_shift']:.3g}; exp: {lay['exp']}; "
+            f"1/x: {lay['reciprocal']}"
+        )
+    if result.get("refresh_rounds"):
+        lines.append(f"- refresh rounds (planned): {result['refresh_rounds']}")
     for name, row in result["families"].items():
         if row["refused_examples"]:
             lines += ["", f"Refused, {name} (first {len(row['refused_examples'])}):"]
@@ -170,7 +179,16 @@ def main(argv=None) -> None:
     model, _ = load_checkpoint()
     view, plan = LinearView.from_model(model), load_plan(args.plan)
     context = view.pos_emb.shape[0]
-    result = {"plan": str(args.plan or "shipped"), "context": context, "families": {}}
+    result = {"plan": str(args.plan or "shipped"), "context": context, "families": {}, "layers": [
+        {
+            "z_domain": list(lay.z_domain),
+            "denominator_domain": list(lay.denominator_domain),
+            "exp_shift": getattr(lay, "exp_shift", 0.0),  # plans before format 3 have none
+            "exp": lay.exp.describe(),
+            "reciprocal": lay.reciprocal.describe(),
+        }
+        for lay in plan.layers
+    ], "refresh_rounds": {k: v.get("refresh_rounds") for k, v in plan.estimates.items()}}  # fmt: skip
     for name, prompts in families(context, args.windows, args.held_out).items():
         result["families"][name] = scan(plan, view, prompts)
         row = result["families"][name]
