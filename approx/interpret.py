@@ -14,7 +14,7 @@ consumes when all its inputs start at one level); `step_depth = pieces * atomic_
     poly, degree d         1 piece      ceil(log2(d + 1)) (`bsgs.bsgs_cost`) + `affine_levels` (0 or 1);
                                         a constant (d = 0) costs 0
     square, times k        k pieces     1 (one squaring)
-    newton_recip, n        n pieces     2 (one iteration: e = x y, then y (2 - e))
+    newton_recip, n        n pieces     2 (one iteration: e = x y, then c y (a - e); c y beside e)
     newton_inv_sqrt, n     1 piece      2 n + 1 (all iterations; h = x / 2 is made once, a level below x)
 
 The affine map t = alpha x + beta of a poly's input to [-1, 1] costs 1 level (a scalar product) unless

@@ -68,14 +68,22 @@ class Step:
     def _checked_constants(self) -> tuple[tuple[float, float], ...]:
         if self.op != "newton_recip":
             raise ApproxError(f"steps.constants: only newton_recip steps carry constants, not {self.op}")
+
+        def number(v) -> bool:
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
         try:
-            pairs = tuple((float(a), float(c)) for a, c in self.constants)
-        except (TypeError, ValueError) as exc:
+            raw = [tuple(p) for p in self.constants]
+        except TypeError as exc:
             raise ApproxError(f"steps.constants: expected [a, c] pairs, got {self.constants!r}") from exc
+        if not all(len(p) == 2 and number(p[0]) and number(p[1]) for p in raw):
+            raise ApproxError(f"steps.constants: expected [a, c] pairs of numbers, got {self.constants!r}")
+        pairs = tuple((float(a), float(c)) for a, c in raw)
         if len(pairs) != self.iterations:
             raise ApproxError(f"steps.constants: {len(pairs)} pairs for {self.iterations} iterations")
-        if not all(math.isfinite(a) and math.isfinite(c) and c > 0 for a, c in pairs):
-            raise ApproxError("steps.constants: a and c must be finite and c > 0")
+        # t = x y stays in (0, a): a step maps it into (0, c a^2 / 4]; both are 2-ish for a centred interval
+        if not all(0 < a <= 4 and 0 < c <= 4 for a, c in pairs):
+            raise ApproxError("steps.constants: each a and c must lie in (0, 4]")
         return pairs
 
     @property
@@ -191,7 +199,9 @@ class Plan:
 
 
 # --- dictionary form (layout and field meanings: approx.coefficients) ---------------------------------
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: `newton_recip` steps may carry `constants` (scaled Newton); format 1 files (classical Newton only) are
+still read."""
 
 
 def _producer() -> str:
@@ -295,7 +305,7 @@ def plan_from_dict(data) -> Plan:
         raise ApproxError(f"file: expected a JSON object, got {type(data).__name__}")
     for key in REQUIRED:
         _need(data, key)
-    if data["format_version"] != FORMAT_VERSION:
+    if data["format_version"] not in (1, FORMAT_VERSION) or isinstance(data["format_version"], bool):
         raise ApproxError(
             f"format_version: {data['format_version']!r} is not supported (expected {FORMAT_VERSION})"
         )
@@ -321,7 +331,28 @@ def plan_from_dict(data) -> Plan:
     for key in ("degree", "depth", "nonscalar_mults", "scalar_mults", "affine_levels"):
         if key in data and data[key] != getattr(plan, key):
             raise ApproxError(f"{key}: file says {data[key]!r}, the steps give {getattr(plan, key)}")
+    if any(s.constants for s in parsed):
+        _check_error_claim(plan)
     return plan
+
+
+def _check_error_claim(plan: Plan) -> None:
+    """Refuse a plan whose steps do worse than its `max_error` on a 4097-point grid (the certificate is
+    taken on a denser grid, so an honest plan never fails): edited Newton constants would otherwise run
+    with a claimed error they do not have."""
+    from approx.chebyshev import dense_grid, from_unit
+    from approx.functions import get_function
+
+    x = from_unit(dense_grid(4097), plan.domain)
+    fx = get_function(plan.function)(x)
+    err = fx - plan.evaluate(x, check=False)
+    if plan.error_kind == "rel":
+        err = err / np.abs(fx)
+    worst = float(np.max(np.abs(err)))
+    if not worst <= plan.max_error * (1 + 1e-6) + 1e-15:
+        raise ApproxError(
+            f"max_error: the steps reach {worst:.3g} on a grid, the file claims {plan.max_error:.3g}"
+        )
 
 
 def _as_list(value) -> list:

@@ -15,7 +15,8 @@ Then (`--encrypted K`) it runs K prompts that a reference plan (`--before`, e.g.
 loaded by the previous code) refused, under encryption, teacher-forced, and reports top-1 agreement with
 the plaintext model and the logits' largest deviation.
 
-Usage: python -m bench.coverage [--plan FILE] [--windows 4000] [--encrypted 4] [--out docs/coverage.json]
+Usage: python -m bench.coverage [--plan FILE] [--windows 4000] [--before OLD.json --encrypted 3]
+       [--out docs/coverage.json]
 It reads `he_aero.plan.load_plan` and `domain_violations` only, so the same file can score an older tree's
 plan: PYTHONPATH=OLD_TREE python bench/coverage.py --out before.json.
 """
@@ -172,12 +173,26 @@ def main(argv=None) -> None:
         ap.error("--encrypted needs --before (the prompts it refused)")
     if args.out is not None and not args.out.parent.is_dir():
         ap.error(f"--out: no such directory {args.out.parent}")
+    before = None
+    if args.before is not None:
+        try:
+            before = json.loads(args.before.read_text())
+            refused = [p for f in before["families"].values() for p in f["refused"]]
+            if not all(isinstance(p, str) for p in refused):
+                raise TypeError("refused prompts must be strings")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            ap.error(f"--before: {args.before} is not a coverage JSON file ({exc})")
+    from he_aero.errors import HeAeroError
     from he_aero.plan import load_plan
     from models.checkpoint import load_checkpoint
     from models.linear_view import LinearView
 
     model, _ = load_checkpoint()
-    view, plan = LinearView.from_model(model), load_plan(args.plan)
+    try:
+        plan = load_plan(args.plan)
+    except HeAeroError as exc:
+        ap.error(f"--plan: {exc}")
+    view = LinearView.from_model(model)
     context = view.pos_emb.shape[0]
     result = {"plan": str(args.plan or "shipped"), "context": context, "families": {}, "layers": [
         {
@@ -193,7 +208,6 @@ def main(argv=None) -> None:
         result["families"][name] = scan(plan, view, prompts)
         row = result["families"][name]
         print(f"{name}: {row['in_domain']}/{row['prompts']} in domain", flush=True)
-    before = json.loads(args.before.read_text()) if args.before else None
     if args.encrypted:
         old = [p.encode("latin-1") for f in before["families"].values() for p in f["refused"]]
         rng = np.random.default_rng(1)

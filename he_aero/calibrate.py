@@ -114,8 +114,8 @@ def degenerate_windows(context: int) -> np.ndarray:
     """(256, context) int64 token windows: each byte value repeated over the context. Every prompt that is
     a prefix of one of them computes the same values (attention is causal), so short runs such as 24 x '('
     are covered too. Alternating pairs ('abab...') reach 40x larger denominators still; covering them costs
-    ~7 bits of precision at N=8192 (docs/coverage.md), so they are measured by `make bench-coverage`, not
-    calibrated on."""
+    ~7 bits of precision at N=8192 (docs/security.md, "The bound B"), so `make bench-coverage` measures
+    them; they are not calibrated on."""
     return np.repeat(np.arange(256, dtype=np.int64)[:, None], context, axis=1)
 
 
@@ -174,14 +174,14 @@ class Calibration:
     ----------
     weights_sha256 : SHA-256 hex digest of the checkpoint weights it was measured on.
     model_config : that checkpoint's `DecoderConfig.to_dict()`.
-    config : samples and margin used.
+    config : samples, margin and whether degenerate windows were measured.
     layers : one LayerCalibration per layer (widened z and denominator domains).
     logit_domain : widened (lo, hi) of the final logits (the client's plausibility check).
     activation_bound : bound on |x| of every refreshed value outside attention (OUTSIDE_ATTENTION and the
         logits), times (1 + margin); the plan adds the attention values' bound after its exp shift.
     ranges : `models.ranges.measure_ranges`'s raw, unwidened measurements (per head).
     activations : per layer, max |value| of each ACTIVATIONS intermediate (unwidened).
-    source : where the windows came from (split, windows, bytes).
+    source : where the windows came from (split, windows, bytes of training text, degenerate_windows).
     producer : the he-aero version that measured it (kept on load, so `sha256` is stable across versions).
 
     Raises HeAeroError at construction if a field is invalid (the message names the field).
@@ -265,8 +265,8 @@ class Calibration:
             "layers": [lay.to_dict() for lay in self.layers],
             "logit_domain": list(self.logit_domain),
             "activation_bound": self.activation_bound,
-            "activations": list(self.activations),
-            "ranges": self.ranges,
+            "activations": [dict(a) for a in self.activations],  # copies: a caller may edit the dictionary
+            "ranges": json.loads(json.dumps(self.ranges)),
         }
 
     def save(self, path: Path | str) -> Path:
@@ -458,6 +458,6 @@ def describe(cal: Calibration) -> str:
         )
     lines.append(
         f"  logits in [{cal.logit_domain[0]:.2f}, {cal.logit_domain[1]:.2f}]; activation bound "
-        f"{cal.activation_bound:.4g} (refresh masks scale with it)"
+        f"{cal.activation_bound:.4g} outside attention (the plan adds attention's, after its exp shift)"
     )
     return "\n".join(lines)

@@ -50,8 +50,9 @@ ATTENTION_BOUND = 2.0**13
 attention values can exceed it computes exp(z - delta) instead of exp(z) (`exp_shift`): the sink's weight
 becomes e^-delta and numerators and denominators shrink by e^delta, leaving num / den unchanged. Why 2^13:
 the refresh bound sets the hiding (he_aero/ckks/hiding.py: k - 46 - log2 B bits per polynomial at N=8192,
-scale 2^32), and 2^13 keeps 54 bits, enough for a full-context session of ~7,300 refreshed polynomials at 40
-bits with a bit to spare; a smaller bound shifts more and costs precision where denominators are small."""
+scale 2^32), and 2^13 keeps 54 bits, enough for a full-context session (7,472 refreshed polynomials on the
+shipped plan) at 40 bits with a bit to spare; a smaller bound shifts more and costs precision where
+denominators are small."""
 DECODE_STEPS_IN_COST = 16
 """The ring choice minimises the estimated prefill + this many decode steps."""
 
@@ -161,14 +162,21 @@ class PlanConfig:
 
 
 def exp_shift(z_hi: float, den_hi: float, num_max: float) -> float:
-    """delta >= 0 such that every attention value of the layer, shifted, is at most ATTENTION_BOUND.
+    """delta >= 0, the least shift that keeps every attention value of the layer at most ATTENTION_BOUND.
 
-    In the calibrated domain, exp weights are at most e^z_hi, denominators at most den_hi and numerators at
-    most num_max (measured, widened like every other activation); all scale by e^-delta. The reciprocal's
-    iterates then reach 2 e^delta (1/x of the shifted denominator, whose floor is the sink's e^-delta).
-    Measured cost (docs/coverage.md): every unit of delta costs ~1.4 bits of the layer's precision where
-    denominators are small, so delta is the least that fits the bound."""
-    return max(0.0, math.log(attention_peak(z_hi, den_hi, num_max) / ATTENTION_BOUND))
+    In the domain, exp weights are at most e^z_hi and denominators at most den_hi (both checked before a
+    prompt is encrypted), numerators at most num_max (measured on the calibration windows and widened, like
+    every activation outside attention); all scale by e^-delta. The reciprocal's iterates then reach
+    2 e^delta (1/x of the shifted denominator, whose floor is the sink's e^-delta). When no delta keeps both
+    below ATTENTION_BOUND, delta balances them (peak e^-delta = 2 e^delta) and the bound exceeds it; the
+    plan stage then refuses the plan if its session cap no longer covers a full context (`compile_plan`).
+    Measured cost (docs/security.md, "The bound B"): a shift of 2.03 took layer 2's decode from 10.0 to 8.4
+    bits, so delta is the least that fits."""
+    peak = attention_peak(z_hi, den_hi, num_max)
+    delta = max(0.0, math.log(peak / ATTENTION_BOUND))
+    if 2.0 * math.exp(delta) > ATTENTION_BOUND:
+        delta = 0.5 * math.log(peak / 2.0)
+    return delta
 
 
 def attention_peak(z_hi: float, den_hi: float, num_max: float) -> float:
@@ -688,6 +696,16 @@ class ExecutionPlan:
             or not (math.isfinite(bound) and bound > 0)
         ):
             raise HeAeroError(f"{where}: field 'refresh.activation_bound' must be a positive number")
+        # what the plan's own domains and shifts put through a refresh: weights up to e^(z_hi - delta),
+        # denominators up to den_hi e^-delta, the reciprocal's iterates up to 2 e^delta (`exp_shift`)
+        for i, lay in enumerate(layers):
+            (_, w_hi), (_, d_hi) = shifted(lay.z_domain, lay.denominator_domain, lay.exp_shift)
+            need = max(math.exp(w_hi), d_hi, 2.0 * math.exp(lay.exp_shift))
+            if bound < need * (1 - 1e-9):
+                raise HeAeroError(
+                    f"{where}: field 'refresh.activation_bound' is {bound:.6g}, below the {need:.6g} that "
+                    f"layers[{i}]'s domains and exp shift put through a refresh"
+                )
         steps = reader.integers(data, "rotation_steps")
         if not steps or any(not 0 < s < params.slots for s in steps) or len(set(steps)) != len(steps):
             raise HeAeroError(
@@ -738,13 +756,15 @@ class ExecutionPlan:
         )
 
     def domain_violations(self, view, tokens) -> list[str]:
-        """Where the plaintext model, run on `tokens`, leaves this plan's approximation domains: one line per
-        (layer, head, range) with the value and by how much, worst first; [] when every value is inside.
+        """Where the plaintext model, run on `tokens`, leaves this plan's approximation domains (or its logits
+        leave the logit range the client's plausibility check accepts): one line per (layer, head, range) or
+        for the logits, with the value and by how much, worst first; [] when every value is inside.
 
         Why: a polynomial evaluated outside its domain diverges, and encrypted, nobody sees it. A client that
         holds the model (in-process runs, a local checkpoint) checks each step before encrypting it, so such
-        an input is reported with its cause instead of producing wrong tokens. `view`:
-        `models.linear_view.LinearView`; `tokens`: the whole sequence so far (<= T_max ints)."""
+        an input is reported with its cause instead of producing wrong tokens (or being flagged after the
+        work, with a less precise reason). `view`: `models.linear_view.LinearView`; `tokens`: the whole
+        sequence so far (<= T_max ints)."""
         from models.linear_view import embed, layer_forward
 
         x = embed(view, tokens)
@@ -765,6 +785,13 @@ class ExecutionPlan:
                         where = f"layer {i} head {h}: {what} {value:.4g}"
                         found.append((gap, f"{where} {side} the domain edge {edge:.4g} by {gap:.3g}"))
             x = inter["x_out"]
+        logits = x @ view.lm_head + view.lm_bias  # (T, V)
+        lo, hi = self.logit_domain
+        for value, edge, side in ((float(logits.min()), lo, "below"), (float(logits.max()), hi, "above")):
+            if (value < edge) if side == "below" else (value > edge):
+                gap = abs(value - edge)
+                line = f"logits: {value:.4g} {side} the calibrated range edge {edge:.4g} by {gap:.3g}"
+                found.append((gap, line))
         return [line for _, line in sorted(found, reverse=True)]
 
     def save(self, path: Path | str) -> Path:
@@ -995,7 +1022,7 @@ def compile_plan(
         LayerPlan(e, r, tuple(lay.z_domain), tuple(lay.denominator_domain), delta)
         for (e, r, delta), lay in zip(best.plans, calibration.layers, strict=True)
     )
-    return ExecutionPlan(
+    plan = ExecutionPlan(
         weights_sha256=str(header["weights_sha256"]),
         calibration_sha256=calibration.sha256,
         shape=shape,
@@ -1016,3 +1043,13 @@ def compile_plan(
         comparison=tuple(c.row(c is best) for c in choice.candidates),
         why=choice.why,
     )
+    full = best.prefill["refreshed_ciphertexts"] + (shape.t_max - 1) * best.decode["refreshed_ciphertexts"]
+    if plan.max_refresh_polynomials < full:
+        raise HeAeroError(
+            f"plan: the refresh bound {plan.activation_bound:.4g} leaves "
+            f"{plan.hiding.per_polynomial_bits:.1f} bits of hiding per polynomial, so a session may "
+            f"refresh {plan.max_refresh_polynomials} polynomials at {config.session_hiding_bits} bits; a "
+            f"full context (prefill + {shape.t_max - 1} decode steps) refreshes {full}. Calibrate on "
+            "narrower ranges (the attention values set the bound) or lower --session-hiding-bits"
+        )
+    return plan

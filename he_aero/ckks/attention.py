@@ -62,7 +62,9 @@ class AttentionSpec:
             raise HeAeroError(f"{self.name}: {len(self.sink)} sink logits for {self.n_head} heads")
         if self.exp_plan.steps[0].op != "poly" or self.recip_plan.steps[0].op != "poly":
             raise HeAeroError(f"{self.name}: plans must start with a poly step")
-        if not (isinstance(self.shift, (int, float)) and 0 <= self.shift < 64):
+        if isinstance(self.shift, bool) or not (
+            isinstance(self.shift, (int, float)) and 0 <= self.shift < 64
+        ):
             raise HeAeroError(f"{self.name}: exp shift must be a number in [0, 64), got {self.shift!r}")
 
     @property

@@ -187,7 +187,7 @@ def test_newton_constants_are_validated_and_round_trip():
     assert again.steps == plan.steps and again.steps[1].constants == plan.steps[1].constants
     with pytest.raises(ApproxError, match="2 pairs for 3 iterations"):
         Step("newton_recip", iterations=3, constants=((2.0, 1.0), (2.0, 1.0)))
-    with pytest.raises(ApproxError, match="c > 0"):
+    with pytest.raises(ApproxError, match=r"each a and c must lie in \(0, 4\]"):
         Step("newton_recip", iterations=1, constants=((2.0, 0.0),))
     with pytest.raises(ApproxError, match="only newton_recip"):
         Step("newton_inv_sqrt", iterations=1, constants=((2.0, 1.0),))
@@ -195,3 +195,26 @@ def test_newton_constants_are_validated_and_round_trip():
     bad["steps"][1]["constants"] = "fast"
     with pytest.raises(ApproxError, match=r"steps\[1\]\.constants: expected a list of \[a, c\] pairs"):
         plan_from_dict(bad)
+
+
+@pytest.mark.parametrize(
+    "pair, message",
+    [(["2", "1.0"], "pairs of numbers"), ([True, 1.0], "pairs of numbers"), ([1e6, 1.0], r"\(0, 4\]")],
+)
+def test_newton_constants_must_be_plausible_numbers(pair, message):
+    from approx.plan import plan_from_dict, plan_to_dict
+
+    data = plan_to_dict(plan_reciprocal((1.0, 300.0), 1e-4, newton=4))
+    data["steps"][1]["constants"][0] = pair
+    with pytest.raises(ApproxError, match=message):
+        plan_from_dict(data)
+
+
+def test_edited_newton_constants_cannot_keep_the_claimed_error():
+    """Found by review: changing one c loaded fine and ran 90% off while max_error still said 1e-4-ish."""
+    from approx.plan import plan_from_dict, plan_to_dict
+
+    data = plan_to_dict(plan_reciprocal((1.0, 300.0), 1e-4, newton=4))
+    data["steps"][1]["constants"][-1][1] = 1.9
+    with pytest.raises(ApproxError, match=r"max_error: the steps reach .* the file claims"):
+        plan_from_dict(data)

@@ -30,3 +30,15 @@ def test_markdown_compares_with_before():
     old = {"families": {"test windows": row}}
     md = coverage.markdown({"plan": "p", "context": 8, "families": fam}, old)
     assert "| test windows | 4 | 4 (100.00%) | 3 (75.00%) |" in md
+
+
+def test_bad_arguments_are_usage_errors_before_any_work(tmp_path):
+    import pytest
+
+    bad = tmp_path / "b.json"
+    bad.write_text("{}")
+    for argv in (["--before", str(tmp_path / "missing.json")], ["--before", str(bad)], ["--windows", "0"],
+                 ["--encrypted", "2"], ["--out", str(tmp_path / "no" / "x.json")]):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            coverage.main(argv)
+        assert exc.value.code == 2

@@ -1,4 +1,4 @@
-"""Calibration: ranges from training text widened by the margin, a ranges-only file (format 2) bound to the
+"""Calibration: ranges from training text widened by the margin, a ranges-only file (format 3) bound to the
 checkpoint's weights (mismatches and format-1 files refused, naming the fix), a content hash a plan file can
 bind to, and the shipped file matching the shipped checkpoint."""
 

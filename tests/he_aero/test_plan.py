@@ -221,3 +221,47 @@ def test_a_plan_whose_shifted_domains_do_not_cover_the_ranges_is_refused(tiny_pl
     data["layers"][0]["exp_shift"] = 5.0  # the fitted polynomials are on the unshifted ranges
     with pytest.raises(HeAeroError, match="does not cover the layer's range"):
         ExecutionPlan.from_dict(data)
+
+
+def test_when_no_shift_fits_the_bound_the_shift_balances_weights_and_reciprocals():
+    from he_aero.plan import ATTENTION_BOUND, attention_peak, exp_shift
+
+    peak = attention_peak(20.0, 1e6, 1e6)  # e^20: beyond what any shift keeps under 2^13
+    delta = exp_shift(20.0, 1e6, 1e6)
+    assert peak * np.exp(-delta) == pytest.approx(2 * np.exp(delta)) and 2 * np.exp(delta) > ATTENTION_BOUND
+
+
+def test_a_plan_whose_session_cap_cannot_cover_a_full_context_is_refused(tiny):
+    """A calibration whose attention values need a bound too wide for the hiding target: refused, naming the
+    bound, the cap and what a full context refreshes (found by review: it used to pass silently)."""
+    import dataclasses
+
+    from he_aero.calibrate import LayerCalibration
+    from he_aero.plan import PlanConfig, compile_plan
+    from tests.he_aero.conftest import small_ring_params
+
+    _, _, header, _, cal = tiny
+    lay = cal.layers[0]
+    wide = dataclasses.replace(cal, layers=(LayerCalibration((lay.z_domain[0], 40.0), lay.denominator_domain),
+                                            *cal.layers[1:]))  # fmt: skip
+    with pytest.raises(HeAeroError, match=r"refresh bound .* a full context \(prefill \+ \d+ decode steps\)"):
+        compile_plan(header, wide, PlanConfig(session_hiding_bits=40), params=small_ring_params())
+
+
+def test_a_plan_file_whose_bound_is_below_its_own_domains_is_refused(tiny_plan):
+    data = tiny_plan.to_dict()
+    data["refresh"]["activation_bound"] = 1.0
+    with pytest.raises(HeAeroError, match=r"activation_bound' is 1, below the .* layers\[0\]'s domains"):
+        ExecutionPlan.from_dict(data)
+
+
+def test_logits_outside_the_calibrated_range_are_reported_before_encryption(tiny, tiny_plan):
+    """The client's plausibility check would flag them after the work; the pre-check names them first."""
+    import dataclasses
+
+    view = tiny[3]
+    narrow = dataclasses.replace(tiny_plan, logit_domain=(-0.01, 0.01))
+    found = narrow.domain_violations(view, list(b"if x:\n  "))
+    assert found and all(line.startswith("logits: ") for line in found)
+    assert "the calibrated range edge" in found[0]
+    assert not tiny_plan.domain_violations(view, list(b"if x:\n  "))
