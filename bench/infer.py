@@ -234,6 +234,7 @@ def speed(lengths: list[int], decode: int, session=None, plan_path: Path | None 
     dec = []
     tokens = list(text[start : start + lengths[0]])
     srv.ev.clear_cache()
+    decode_plaintext_bytes = srv.prepare_decode()  # as at SETUP: the decode step's plaintexts alone
     session.forward(tokens)
     for i in range(decode):
         before = session.channel.traffic.summary()
@@ -254,6 +255,8 @@ def speed(lengths: list[int], decode: int, session=None, plan_path: Path | None 
         "session_seconds": {k: round(v, 2) for k, v in session.seconds.items()},
         "prefill": runs,
         "decode": dec,
+        "decode_plaintext_mb": round(decode_plaintext_bytes / 1e6, 1),
+        "plaintext_cache_mb_after_decode": round(srv.ev.cache_bytes() / 1e6, 1),
         "machine": _machine(),
     }
 
@@ -349,10 +352,18 @@ def report(speed_json: Path, accept_jsons: list[Path], before_json: Path | None 
         "",
         "Each prefill row is cold: the evaluator's cache of encoded weight diagonals is cleared before each "
         "length, so the time includes encoding the plaintexts for that token count (a server that keeps them "
-        "would skip it). Decode steps follow a prefill of the first length; the first step also encodes the "
-        "one-token diagonals. Wall time is client encrypt + server + client decrypt, refresh rounds included "
-        "(both sides run in one process here); 'inside SEAL' is the server's share.",
+        "would skip it). Decode steps follow a prefill of the first length; the decode step's plaintexts "
+        "are encoded before it, as the server does at SETUP (`Server.prepare_decode`), so the first step is "
+        "warm. Wall time is client encrypt + server + client decrypt, refresh rounds included (both sides "
+        "run in one process here); 'inside SEAL' is the server's share.",
     ]
+    if "decode_plaintext_mb" in s:
+        lines += [
+            "",
+            "Plaintext cache (measured, 8 bytes per RNS word): the decode step's "
+            f"{s['decode_plaintext_mb']} MB, {s['plaintext_cache_mb_after_decode']} MB with the first "
+            "prefill length's after the decode steps.",
+        ]
     if s["decode"]:
         steady = [r["wall_seconds"] for r in s["decode"][1:]] or [s["decode"][0]["wall_seconds"]]
         lines += [

@@ -134,6 +134,7 @@ class Evaluator:
             )
         self.stats = OpStats()
         self._cache: dict = {}
+        self.requests: dict = {}  # symbolic runs: (key, level, for_mul) -> make, every plaintext asked for
         if not self.symbolic:
             self._ops = SealOps(server)
             self._timer = _Timer(self)
@@ -151,8 +152,11 @@ class Evaluator:
         return self.primes[level] * self.scales[level - 1] / self.scales[level]
 
     def plaintext(self, key, make, level: int, for_mul: bool):
-        """A cached encoded plaintext: `make()` gives the slot vector, encoded once per (key, level, use)."""
+        """A cached encoded plaintext: `make()` gives the slot vector, encoded once per (key, level, use).
+        A symbolic evaluator encodes nothing and records the request (`requests`, for `prepare`)."""
         if self.symbolic:
+            if key is not None:
+                self.requests.setdefault((key, level, for_mul), make)
             return None
         ck = (key, level, for_mul)
         pt = self._cache.get(ck) if key is not None else None
@@ -170,6 +174,18 @@ class Evaluator:
 
     def clear_cache(self):
         self._cache.clear()
+
+    def prepare(self, requests: dict) -> int:
+        """Encode ahead of use every plaintext a symbolic run asked for (its `requests`), so the real run
+        finds them cached; returns how many were encoded now."""
+        before = len(self._cache)
+        for (key, level, for_mul), make in requests.items():
+            self.plaintext(key, make, level, for_mul)
+        return len(self._cache) - before
+
+    def cache_bytes(self) -> int:
+        """Bytes held by the cached plaintexts (8 per RNS word: primes at their level x N)."""
+        return sum(pt.coeff_count() * 8 for pt in self._cache.values())
 
     # --- level management ----------------------------------------------------------------------------------
     def rescale(self, a: Ct) -> Ct:

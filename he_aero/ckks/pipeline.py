@@ -310,6 +310,15 @@ class Pipeline:
             c.k, c.v, c.length = k, v, length
         return ev, ref, records
 
+    def decode_plaintexts(self, bound: float, mask_bits: int) -> dict:
+        """Every plaintext one decode step encodes (`Evaluator.requests`: weight diagonals, biases, masks),
+        from a symbolic prefill of one token and a symbolic decode step after it. The weight diagonals do
+        not depend on the position, so `Evaluator.prepare` on them takes the encoding out of the first
+        decoded token (issue: no cold first token); the few position masks are encoded again per position."""
+        _, _, caches, _ = self.symbolic_prefill(1, bound, mask_bits)
+        ev, _, _ = self.symbolic_decode(caches, bound, mask_bits)
+        return ev.requests
+
     def rotation_steps(self, bound: float, mask_bits: int) -> tuple[int, ...]:
         """Every rotation step the kernels use: a symbolic prefill of the full context (all attention lags)
         and decode steps at every cache length (their rotations differ by length only)."""

@@ -53,6 +53,7 @@ class Server:
         self.caches: list | None = None
         self.records: list[StageRecord] = []
         self.refreshed = 0  # polynomials refreshed in this session: capped by the plan (hiding budget)
+        self._decode_plaintexts: dict | None = None  # (key, level, use) -> make, from a symbolic decode
 
     @property
     def rotation_steps(self) -> tuple[int, ...]:
@@ -101,8 +102,20 @@ class Server:
             raise HeAeroError("server: the client's keys lack the conjugation key (real projection)")
         self.session = msg.session
         self.ev = Evaluator(self.params, ctx)
+        self.prepare_decode()
         self.caches = None
         self.refreshed = 0
+
+    def prepare_decode(self) -> int:
+        """Encode the decode step's weight plaintexts now (at SETUP) rather than in the first decoded token;
+        they depend on the weights and the ring only. Returns the bytes the session's plaintext cache holds
+        afterwards."""
+        ev = self._require_setup("prepare_decode")
+        if self._decode_plaintexts is None:  # one symbolic decode per server, reused by every session
+            plan = self.plan
+            self._decode_plaintexts = self.pipeline.decode_plaintexts(plan.activation_bound, plan.mask_bits)
+        ev.prepare(self._decode_plaintexts)
+        return ev.cache_bytes()
 
     def _require_setup(self, stage: str) -> Evaluator:
         if self.ev is None:

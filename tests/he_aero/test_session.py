@@ -178,3 +178,25 @@ def test_an_input_outside_the_domains_is_stopped_with_its_cause_before_any_encry
     assert "prefill" not in res.traffic["rounds_by_purpose"]  # nothing was encrypted or sent
     assert not tiny_plan.domain_violations(view, list(b"if x:\n  "))
     assert not any(tiny_plan.domain_violations(view, [b] * 8) for b in range(256))
+
+
+def test_the_decode_steps_weight_plaintexts_are_encoded_at_setup(tiny, tiny_plan):
+    """issue 13: no cold first token. After SETUP the session's cache already holds every plaintext a decode
+    step asks for except the few that depend on the position (masks for the cache length); without the
+    preparation the first decode step encodes all of them."""
+    _, _, header, view, _ = tiny
+    session = insecure_session(view, header, tiny_plan)
+    session.forward(list(b"abc"))  # SETUP (and the preparation), then a prefill
+    srv = session.server
+    prepared = len(srv._decode_plaintexts)
+    assert prepared > 0 and srv.ev.cache_bytes() > 0
+    before = srv.ev.stats.encodes
+    session.forward([ord("d")], 3)
+    warm = srv.ev.stats.encodes - before
+    srv.ev.clear_cache()  # the same step with nothing prepared
+    session.forward(list(b"abcd"))
+    before = srv.ev.stats.encodes
+    srv.ev.clear_cache()
+    session.forward([ord("e")], 4)
+    cold = srv.ev.stats.encodes - before
+    assert warm < cold / 4, (warm, cold, prepared)
