@@ -19,9 +19,9 @@ from importlib import metadata
 import numpy as np
 
 from approx import bsgs, interpret
-from approx.chebyshev import check_degree, check_domain
+from approx.chebyshev import check_degree, check_domain, dense_grid, from_unit
 from approx.errors import ApproxError
-from approx.functions import check_function_domain
+from approx.functions import check_function_domain, get_function
 
 OPS = ("poly", "square", "newton_recip", "newton_inv_sqrt")
 
@@ -128,6 +128,14 @@ class Plan:
         object.__setattr__(self, "steps", steps)
 
     # --- running -------------------------------------------------------------------------------------------
+    def signed_error(self, t) -> np.ndarray:
+        """f(x) - plan(x) at x mapped from t in [-1, 1] (divided by |f(x)| for a relative plan): what the
+        certificate (`approx.plans.measure`) and the load-time screen (`plan_from_dict`) maximise."""
+        x = from_unit(t, self.domain)
+        fx = get_function(self.function)(x)
+        e = fx - self.evaluate(x, check=False)
+        return e / np.abs(fx) if self.error_kind == "rel" else e
+
     def run(self, x, ops: bsgs.Ops):
         """Apply the steps to x with `ops` (`approx.interpret.run_batch` on a batch of one)."""
         return interpret.run_batch(self.steps, [x], [ops])[0]
@@ -340,15 +348,7 @@ def _check_error_claim(plan: Plan) -> None:
     """Refuse a plan whose steps do worse than its `max_error` on a 4097-point grid (the certificate is
     taken on a denser grid, so an honest plan never fails): edited Newton constants would otherwise run
     with a claimed error they do not have."""
-    from approx.chebyshev import dense_grid, from_unit
-    from approx.functions import get_function
-
-    x = from_unit(dense_grid(4097), plan.domain)
-    fx = get_function(plan.function)(x)
-    err = fx - plan.evaluate(x, check=False)
-    if plan.error_kind == "rel":
-        err = err / np.abs(fx)
-    worst = float(np.max(np.abs(err)))
+    worst = float(np.max(np.abs(plan.signed_error(dense_grid(4097)))))
     if not worst <= plan.max_error * (1 + 1e-6) + 1e-15:
         raise ApproxError(
             f"max_error: the steps reach {worst:.3g} on a grid, the file claims {plan.max_error:.3g}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from approx.chebyshev import MAX_DEGREE, certified_max_error, dense_grid, from_unit
+from approx.chebyshev import MAX_DEGREE, certified_max_error, dense_grid
 from approx.errors import ApproxError
 from approx.functions import check_function_domain, get_function
 from approx.plan import OPS, Plan, Step
@@ -43,23 +43,9 @@ SCREEN_POINTS = 4097
 
 
 # --- error measurement -------------------------------------------------------------------------------------
-def _error_fn(function: str, domain, error_kind: str, steps) -> Callable:
-    """Signed error of the plan as a function of t in [-1, 1]."""
-    f = get_function(function)
-    probe = Plan(function, domain, error_kind, 0.0, tuple(steps))
-
-    def err_t(t):
-        x = from_unit(t, probe.domain)
-        fx = f(x)
-        e = fx - probe.evaluate(x, check=False)
-        return e / np.abs(fx) if error_kind == "rel" else e
-
-    return err_t
-
-
 def measure(function: str, domain, error_kind: str, steps, certify: bool = True) -> float:
     """Max error of the plan made of `steps`: certified (dense grid + local search) or screening grid only."""
-    err_t = _error_fn(function, domain, error_kind, steps)
+    err_t = Plan(function, domain, error_kind, 0.0, tuple(steps)).signed_error
     if certify:
         return certified_max_error(err_t)[0]
     e = err_t(dense_grid(SCREEN_POINTS))

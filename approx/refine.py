@@ -36,10 +36,8 @@ def newton_recip(y, x, iterations: int, ops: Ops, constants=None):
     return y
 
 
-def scaled_newton_constants(eps: float, iterations: int) -> tuple[tuple[float, float], ...]:
-    """The (a, c) of each `newton_recip` iteration for an initial guess whose relative error is at most
-    eps < 1 (t = x y0 in [1 - eps, 1 + eps]); see `newton_recip`. The final t lies in [1 - e, 1 + e] with e
-    from `scaled_newton_error`."""
+def _scaled_walk(eps: float, iterations: int) -> tuple[tuple[tuple[float, float], ...], float, float]:
+    """The (a, c) of each step and the final interval [m, M] of t = x y, from t in [1 - eps, 1 + eps]."""
     m, big = 1.0 - eps, 1.0 + eps
     out = []
     for _ in range(iterations):
@@ -47,14 +45,19 @@ def scaled_newton_constants(eps: float, iterations: int) -> tuple[tuple[float, f
         c = 2.0 / (m * big + a * a / 4.0)
         out.append((a, c))
         m, big = c * m * big, c * a * a / 4.0
-    return tuple(out)
+    return tuple(out), m, big
+
+
+def scaled_newton_constants(eps: float, iterations: int) -> tuple[tuple[float, float], ...]:
+    """The (a, c) of each `newton_recip` iteration for an initial guess whose relative error is at most
+    eps < 1 (t = x y0 in [1 - eps, 1 + eps]); see `newton_recip`. The final t lies in [1 - e, 1 + e] with e
+    from `scaled_newton_error`."""
+    return _scaled_walk(eps, iterations)[0]
 
 
 def scaled_newton_error(eps: float, iterations: int) -> float:
     """Relative-error bound after `iterations` scaled Newton steps from an initial relative error eps."""
-    m, big = 1.0 - eps, 1.0 + eps
-    for a, c in scaled_newton_constants(eps, iterations):
-        m, big = c * m * big, c * a * a / 4.0
+    _, m, big = _scaled_walk(eps, iterations)
     return max(1.0 - m, big - 1.0)
 
 

@@ -121,7 +121,7 @@ def degenerate_windows(context: int) -> np.ndarray:
 
 # --- the instrumented plaintext layers --------------------------------------------------------------------
 ACTIVATIONS = ("x_in", "q", "k", "v", "num", "heads", "x_sa", "x_out")
-OUTSIDE_ATTENTION = ("x_in", "q", "k", "v", "heads", "x_sa", "x_out")
+OUTSIDE_ATTENTION = tuple(name for name in ACTIVATIONS if name != "num")
 """The intermediates whose bound the calibration gives directly; the attention's (exp weights, numerators,
 denominators) depend on the exp shift the plan chooses (he_aero/plan.py, `exp_shift`)."""
 

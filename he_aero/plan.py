@@ -184,6 +184,13 @@ def attention_peak(z_hi: float, den_hi: float, num_max: float) -> float:
     return max(math.exp(z_hi), den_hi, num_max)
 
 
+def attention_refreshed(z_hi: float, den_hi: float, num_max: float, delta: float) -> float:
+    """The largest attention value a refresh sees with shift delta: the shifted peak or the reciprocal's
+    iterates (2 e^delta). The planner sizes the refresh bound with it; the plan loader checks the bound
+    against it with num_max = 0 (numerators are measured, not stored in the plan)."""
+    return max(attention_peak(z_hi, den_hi, num_max) * math.exp(-delta), 2.0 * math.exp(delta))
+
+
 def shifted(window, denominator, shift: float) -> tuple[tuple[float, float], tuple[float, float]]:
     """The exp window and 1/x domain a layer with `exp_shift` shift runs on: z - delta, den e^-delta."""
     scale = math.exp(-shift)
@@ -222,8 +229,7 @@ class Ranges:
         for lay, acts in zip(cal.layers, cal.activations, strict=True):
             z_hi, den_hi, num_max = lay.z_domain[1], lay.denominator_domain[1], acts["num"] * grow
             delta = exp_shift(z_hi, den_hi, num_max)
-            peak = attention_peak(z_hi, den_hi, num_max)
-            bound = max(bound, peak * math.exp(-delta), 2.0 * math.exp(delta))
+            bound = max(bound, attention_refreshed(z_hi, den_hi, num_max, delta))
             shifts.append(delta)
         return cls(
             tuple(tuple(lay.z_domain) for lay in cal.layers),
@@ -699,8 +705,7 @@ class ExecutionPlan:
         # what the plan's own domains and shifts put through a refresh: weights up to e^(z_hi - delta),
         # denominators up to den_hi e^-delta, the reciprocal's iterates up to 2 e^delta (`exp_shift`)
         for i, lay in enumerate(layers):
-            (_, w_hi), (_, d_hi) = shifted(lay.z_domain, lay.denominator_domain, lay.exp_shift)
-            need = max(math.exp(w_hi), d_hi, 2.0 * math.exp(lay.exp_shift))
+            need = attention_refreshed(lay.z_domain[1], lay.denominator_domain[1], 0.0, lay.exp_shift)
             if bound < need * (1 - 1e-9):
                 raise HeAeroError(
                     f"{where}: field 'refresh.activation_bound' is {bound:.6g}, below the {need:.6g} that "
