@@ -2,6 +2,7 @@
 corrupted, foreign, out of order, mismatched) is refused with a clear HeAeroError."""
 
 import gc
+import sys
 
 import numpy as np
 import pytest
@@ -64,8 +65,16 @@ def test_foreign_stale_and_misrouted_frames():
 
 
 def _reachable(root, limit: int = 200_000) -> list:
-    """Every object reachable from `root` through references (gc.get_referents), breadth first."""
-    seen, queue, out = {id(root)}, [root], []
+    """Every object reachable from `root` through references (gc.get_referents), depth first, not entering
+    classes, modules or module namespaces.
+
+    Why not those: any function reaches its module's globals, and from there the whole interpreter, pytest's
+    fixture cache included (which holds the in-process test client). A CI run found that path, through
+    hypothesis' gc callback, in a run where the scan order reached it before the limit; it says nothing about
+    what the server holds (module state is shared by both roles in this in-process harness)."""
+    modules = [m for m in list(sys.modules.values()) if m is not None]
+    skip = {id(m) for m in modules} | {id(vars(m)) for m in modules if hasattr(m, "__dict__")}
+    seen, queue, out = {id(root)} | skip, [root], []
     while queue and len(out) < limit:
         obj = queue.pop()
         out.append(obj)
@@ -86,6 +95,7 @@ def test_no_object_reachable_from_the_server_can_decrypt(tiny, tiny_plan):
     session = insecure_session(view, header, tiny_plan)
     session.generate(b"abc", GenerationConfig(max_new_tokens=2))
     objs = _reachable(session.server)
+    assert len(objs) < 200_000  # the whole graph was scanned, not a truncated part of it
     assert len(objs) > 1000  # the scan reaches the evaluator, caches, plaintexts
     found = [type(o).__name__ for o in objs if isinstance(o, SECRET_TYPES)]
     assert found == []
