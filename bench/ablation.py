@@ -11,8 +11,11 @@ Run `make ablation` (or `python -m bench.ablation --steps N`; `--only ROW` for s
 | softmax-only+ER | softmax-only | softmax | yes | yes | 0 | no |
 | softmax-only+ER pruned | softmax-only | softmax | yes | yes | 1 | no |
 | default recipe | softmax-only | sink | yes | yes | 0 | yes |
+| sink baseline, sink relu, ... | as above | sink | as above | as above | as above | yes |
 
-The last row is the recipe of the shipped default model (HE-friendly ranges), at the ablation's budget.
+"default recipe" is the recipe of the shipped default model (HE-friendly ranges), at the ablation's budget;
+the "sink" rows give every variant that attention, for the encrypted cost table (the same attention in every
+row).
 """
 
 from __future__ import annotations
@@ -54,6 +57,13 @@ ROWS = (
     Row("softmax-only+ER", "softmax-only", entropy_reg=True, temperature=True),
     Row("softmax-only+ER pruned", "softmax-only", entropy_reg=True, temperature=True, pruned=1),
     Row("default recipe", "softmax-only", "sink", entropy_reg=True, temperature=True, range_penalty=True),
+    # The same variants with the default model's attention (sink + range penalty): the models the encrypted
+    # cost table (bench/aero.py) runs, so that attention is identical across its rows.
+    Row("sink baseline", "baseline", "sink", range_penalty=True),
+    Row("sink relu", "relu", "sink", range_penalty=True),
+    Row("sink lnfree-relu", "lnfree-relu", "sink", range_penalty=True),
+    Row("sink softmax-only", "softmax-only", "sink", range_penalty=True),
+    Row("sink softmax-only+ER pruned", "softmax-only", "sink", True, True, 1, True),
 )
 
 

@@ -126,14 +126,29 @@ OUTSIDE_ATTENTION = tuple(name for name in ACTIVATIONS if name != "num")
 denominators) depend on the exp shift the plan chooses (he_aero/plan.py, `exp_shift`)."""
 
 
-def _activation_maxima(view, windows: np.ndarray) -> list[dict[str, float]]:
-    """Per layer, max |value| of each intermediate in ACTIVATIONS over all windows (rows: token windows).
+BASELINE_RANGES = ("u_attn", "u_ffn", "pre")
+"""Per-layer (min, max) a baseline block adds (models/linear_view.py BASELINE_INTERMEDIATES): var + eps of
+its LayerNorms (1/sqrt's domains) and the FFN pre-activations (GELU's or ReLU's domain)."""
+
+
+def _activation_maxima(view, windows: np.ndarray) -> tuple[list[dict[str, float]], list[dict], list | None]:
+    """Per layer, max |value| of each intermediate in ACTIVATIONS over all windows (rows: token windows);
+    per layer, the (min, max) of each BASELINE_RANGES intermediate the block has; and the (min, max) of
+    var + eps before the LM head when the view has a final LayerNorm (else None).
 
     "x_in" is the layer's input; the others are `models.linear_view.layer_forward`'s intermediates.
     """
-    from models.linear_view import embed, layer_forward
+    from models.linear_view import embed, layer_forward, normalise
 
     out = [dict.fromkeys(ACTIVATIONS, 0.0) for _ in view.layers]
+    spans: list[dict] = [{} for _ in view.layers]
+    final: dict = {}
+
+    def grow(span, key, values):
+        lo, hi = float(values.min()), float(values.max())
+        old = span.get(key)
+        span[key] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
+
     for row in windows:
         x = embed(view, row)  # (T, d)
         for i, lay in enumerate(view.layers):
@@ -141,8 +156,20 @@ def _activation_maxima(view, windows: np.ndarray) -> list[dict[str, float]]:
             inter["x_in"] = x
             for name in ACTIVATIONS:
                 out[i][name] = max(out[i][name], float(np.abs(inter[name]).max()))
+            for name in BASELINE_RANGES:
+                if name in inter:
+                    grow(spans[i], name, inter[name])
             x = inter["x_out"]
-    return out
+        if getattr(view, "final_norm", False):
+            grow(final, "u", normalise(x, view.layers[-1].norm_eps)[1])
+    return out, spans, final.get("u")
+
+
+def widen_positive(lo: float, hi: float, margin: float) -> tuple[float, float]:
+    """`widen` for a positive range that 1/sqrt reads: the floor keeps at least half its value (1/sqrt
+    diverges at 0, and var + eps >= eps > 0 always)."""
+    w_lo, w_hi = widen(lo, hi, margin)
+    return max(w_lo, lo / 2), w_hi
 
 
 # --- the calibration object -------------------------------------------------------------------------------
@@ -152,18 +179,39 @@ class LayerCalibration:
 
     z_domain : (lo, hi), the union of the heads' z = q.k - c_h windows, widened: exp's domain.
     denominator_domain : (1, hi), the sink denominators 1 + sum exp(z), widened above only: 1/x's domain.
+    u_attn_domain, u_ffn_domain : baseline blocks with LayerNorm: var + eps of the LayerNorm before attention
+        / before the FFN (`widen_positive`): the 1/sqrt plans' domains. None otherwise.
+    pre_domain : unfused-FFN blocks: the FFN pre-activations, widened: GELU's / ReLU's domain. None otherwise.
     """
 
     z_domain: tuple[float, float]
     denominator_domain: tuple[float, float]
+    u_attn_domain: tuple[float, float] | None = None
+    u_ffn_domain: tuple[float, float] | None = None
+    pre_domain: tuple[float, float] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "z_domain", interval(self.z_domain, "z_domain"))
         den = interval(self.denominator_domain, "denominator_domain", floor=1.0)
         object.__setattr__(self, "denominator_domain", den)
+        for name in ("u_attn_domain", "u_ffn_domain"):
+            if getattr(self, name) is not None:
+                u = interval(getattr(self, name), name)
+                if not u[0] > 0:
+                    raise HeAeroError(f"field '{name}' must lie above 0 (1/sqrt reads it), got {list(u)}")
+                object.__setattr__(self, name, u)
+        if self.pre_domain is not None:
+            object.__setattr__(self, "pre_domain", interval(self.pre_domain, "pre_domain"))
 
     def to_dict(self) -> dict:
-        return {"z_domain": list(self.z_domain), "denominator_domain": list(self.denominator_domain)}
+        out = {"z_domain": list(self.z_domain), "denominator_domain": list(self.denominator_domain)}
+        for name in OPTIONAL_LAYER_FIELDS:  # only what the block has: softmax-only files are unchanged
+            if getattr(self, name) is not None:
+                out[name] = list(getattr(self, name))
+        return out
+
+
+OPTIONAL_LAYER_FIELDS = ("u_attn_domain", "u_ffn_domain", "pre_domain")
 
 
 @dataclass(frozen=True)
@@ -183,6 +231,7 @@ class Calibration:
     activations : per layer, max |value| of each ACTIVATIONS intermediate (unwidened).
     source : where the windows came from (split, windows, bytes of training text, degenerate_windows).
     producer : the he-aero version that measured it (kept on load, so `sha256` is stable across versions).
+    u_final_domain : variants with a final LayerNorm: var + eps before the LM head, widened (1/sqrt's domain).
 
     Raises HeAeroError at construction if a field is invalid (the message names the field).
     """
@@ -197,8 +246,14 @@ class Calibration:
     activations: tuple = field(repr=False)
     source: dict = field(default_factory=dict)
     producer: str = f"he-aero {__version__}"
+    u_final_domain: tuple[float, float] | None = None
 
     def __post_init__(self):
+        if self.u_final_domain is not None:
+            u = interval(self.u_final_domain, "u_final_domain")
+            if not u[0] > 0:
+                raise HeAeroError(f"field 'u_final_domain' must lie above 0 (1/sqrt reads it), got {list(u)}")
+            object.__setattr__(self, "u_final_domain", u)
         sha = self.weights_sha256
         if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
             raise HeAeroError("field 'checkpoint.weights_sha256' is not a SHA-256 hex digest")
@@ -267,6 +322,7 @@ class Calibration:
             "activation_bound": self.activation_bound,
             "activations": [dict(a) for a in self.activations],  # copies: a caller may edit the dictionary
             "ranges": json.loads(json.dumps(self.ranges)),
+            **({} if self.u_final_domain is None else {"u_final_domain": list(self.u_final_domain)}),
         }
 
     def save(self, path: Path | str) -> Path:
@@ -340,9 +396,9 @@ class Calibration:
         for i, raw in enumerate(raw_layers):
             ctx = f"layers[{i}]."
             z, den = need(raw, "z_domain", ctx), need(raw, "denominator_domain", ctx)
-            only(raw, ("z_domain", "denominator_domain"), ctx)
+            only(raw, ("z_domain", "denominator_domain", *OPTIONAL_LAYER_FIELDS), ctx)
             try:
-                layers.append(LayerCalibration(z, den))
+                layers.append(LayerCalibration(z, den, *(raw.get(k) for k in OPTIONAL_LAYER_FIELDS)))
             except HeAeroError as exc:
                 raise HeAeroError(f"{where}: layers[{i}]: {exc}") from exc
         producer = data.get("producer", "unknown")
@@ -358,6 +414,7 @@ class Calibration:
                 activations=tuple(need(data, "activations")),
                 source=data.get("source", {}),
                 producer=producer if isinstance(producer, str) else str(producer),
+                u_final_domain=data.get("u_final_domain"),
             )
         except HeAeroError as exc:
             raise HeAeroError(f"{where}: {exc}") from exc
@@ -378,12 +435,13 @@ def calibrate(
 
     Parameters
     ----------
-    model : a loaded softmax-only `models.decoder.Decoder` with sink attention.
+    model : a loaded `models.decoder.Decoder` with sink attention (any variant: the baseline ones add the
+        LayerNorm and FFN domains of `LayerCalibration`).
     header : its checkpoint header (`load_checkpoint`'s second value): binds the file to the weights.
     config : what to measure (defaults: CalibrationConfig()).
     data : the text to measure on; None reads the training split (tests pass a slice of it).
 
-    Raises HeAeroError for another variant or attention (the encrypted runtime has no kernels for them).
+    Raises HeAeroError for plain softmax attention (the encrypted runtime has no kernels for it).
     """
     import torch
 
@@ -393,10 +451,10 @@ def calibrate(
 
     config = config or CalibrationConfig()
     cfg = model.cfg
-    if cfg.attention != "sink" or cfg.variant != "softmax-only":
+    if cfg.attention != "sink":
         raise HeAeroError(
-            f"calibrate: the encrypted runtime runs the softmax-only variant with sink attention, "
-            f"not {cfg.variant!r} with {cfg.attention!r}"
+            f"calibrate: the encrypted runtime runs sink attention (docs/design.md section 1), not "
+            f"{cfg.attention!r}"
         )
     if data is None:
         data = load_split(SPLIT)
@@ -406,19 +464,32 @@ def calibrate(
         windows = torch.cat([natural, torch.from_numpy(degenerate_windows(cfg.block_size))])
     ranges = measure_ranges(model, None, windows=windows)
     view = LinearView.from_model(model)
-    acts = _activation_maxima(view, windows.numpy())
+    acts, spans, final = _activation_maxima(view, windows.numpy())
 
     m = config.margin
     layers = []
-    for lay_ranges in ranges["layers"]:
+    extra_peaks = []  # refreshed values of baseline blocks: var + eps, its 1/sqrt, the pre-activations
+    for lay_ranges, span in zip(ranges["layers"], spans, strict=True):
         heads = lay_ranges["heads"]
         z = widen(min(h["z"]["min"] for h in heads), max(h["z"]["max"] for h in heads), m)
         den_hi = widen(1.0, max(h["denominator"]["max"] for h in heads), m)[1]
-        layers.append(LayerCalibration(z, (1.0, den_hi)))  # the sink's floor is exact: no margin below 1
+        u_attn, u_ffn = (widen_positive(*span[k], m) if k in span else None for k in ("u_attn", "u_ffn"))
+        pre = widen(*span["pre"], m) if "pre" in span else None
+        for u in (u_attn, u_ffn):
+            if u is not None:
+                extra_peaks += [u[1], 1 / math.sqrt(u[0])]
+        if pre is not None:
+            extra_peaks.append(max(abs(pre[0]), abs(pre[1])))
+        # the sink's floor is exact: no margin below 1
+        layers.append(LayerCalibration(z, (1.0, den_hi), u_attn, u_ffn, pre))
+    u_final = widen_positive(*final, m) if final is not None else None
+    if u_final is not None:
+        extra_peaks += [u_final[1], 1 / math.sqrt(u_final[0])]
     logit_domain = widen(ranges["logits"]["min"], ranges["logits"]["max"], m)
     # The refresh mask hides values up to the plan's bound (docs/security.md). This part of it covers the
     # intermediates outside attention and the logits, times (1 + margin), sized on MEASURED values; the
-    # plan adds the attention's weights, numerators and denominators after choosing its exp shift.
+    # plan adds the attention's weights, numerators and denominators after choosing its exp shift. The
+    # baseline blocks' values enter already widened (their domains).
     peak = max(
         max(a[name] for a in acts for name in OUTSIDE_ATTENTION),
         max(abs(ranges["logits"]["min"]), abs(ranges["logits"]["max"])),
@@ -429,7 +500,7 @@ def calibrate(
         config=config,
         layers=tuple(layers),
         logit_domain=logit_domain,
-        activation_bound=float(peak * (1 + m)),
+        activation_bound=float(max([peak * (1 + m), *extra_peaks])),
         ranges=ranges,
         activations=tuple(acts),
         source={
@@ -438,6 +509,7 @@ def calibrate(
             "bytes": int(natural.numel()),
             "degenerate_windows": int(windows.shape[0] - natural.shape[0]),
         },
+        u_final_domain=u_final,
     )
 
 

@@ -2,6 +2,10 @@
 
     X_SA = X + concat_h(A_h V_h) @ w_o + b_o ;  X_out = X_SA @ w_mix + b_mix      (docs/design.md section 1)
 
+Baseline blocks (LayerNorm, unfused GELU / ReLU FFN; models/linear_view.py) read normalise(X) in attention
+(he_aero/ckks/norm.py) and end in the FFN of he_aero/ckks/ffn.py instead of w_mix; their extra
+approximations come in a `BaselinePlans`.
+
 `EncryptedLayer.prefill` runs the layer on T encrypted tokens and returns the output plus the layer's K/V
 cache; `EncryptedLayer.decode` runs one new token (row 0 of its ciphertexts) against the cache and appends
 to it. Refreshes happen inside, through the `Refresher` (a callback to the client), whenever the next stage
@@ -10,15 +14,31 @@ lacks levels; Q, K and V come from one fused plaintext product (the baby-step ro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from approx.plans import Plan
+from approx.sign import CompositeRelu
 from he_aero.ckks.attention import AttentionSpec, KVCache, attention_decode, attention_prefill
 from he_aero.ckks.ciphertext import Ct, Evaluator
+from he_aero.ckks.ffn import EncryptedFFN
 from he_aero.ckks.linalg import PlainLinear
+from he_aero.ckks.norm import check_inv_sqrt_plan, normalise
 from he_aero.ckks.packing import FeatureLayout
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
+
+
+@dataclass(frozen=True)
+class BaselinePlans:
+    """What a baseline block approximates beyond attention: its FFN activation (a GELU `Plan` or a
+    `CompositeRelu`) on the calibrated pre-activations, and the 1/sqrt plans of its LayerNorms on the
+    calibrated var + eps (None where the block has no LayerNorm)."""
+
+    act: Plan | CompositeRelu
+    norm_attn: Plan | None = None
+    norm_ffn: Plan | None = None
 
 
 class EncryptedLayer:
@@ -32,15 +52,35 @@ class EncryptedLayer:
     exp_plan, recip_plan : approximation plans for exp on the shifted z window and 1/x on the shifted
         denominators (`AttentionSpec`).
     shift : the exp shift delta of `AttentionSpec` (he_aero/plan.py `exp_shift`); 0 for none.
+    baseline : the extra plans of a baseline block (`view.act` set); None for a softmax-only block.
     """
 
-    def __init__(self, index: int, view, exp_plan: Plan, recip_plan: Plan, shift: float = 0.0):
+    def __init__(
+        self,
+        index: int,
+        view,
+        exp_plan: Plan,
+        recip_plan: Plan,
+        shift: float = 0.0,
+        baseline: BaselinePlans | None = None,
+    ):
         if view.sink is None:
             raise HeAeroError(
                 f"layer {index}: plain softmax (no sink) is not supported by the encrypted runtime"
             )
         self.index, self.view = index, view
         self.name = f"l{index}"
+        self.norm_attn = self.ffn = None
+        act = getattr(view, "act", None)
+        if (act is None) != (baseline is None):
+            raise HeAeroError(
+                f"layer {index}: a baseline block (unfused FFN) needs BaselinePlans, a softmax-only one none"
+            )
+        if baseline is not None:
+            self.ffn = EncryptedFFN(self.name, view, baseline.act, baseline.norm_ffn)
+            if view.norm_attn:
+                check_inv_sqrt_plan(baseline.norm_attn, f"{self.name} ln1")
+                self.norm_attn = baseline.norm_attn
         self.d = view.w_q.shape[0]
         self.spec = AttentionSpec(
             self.name,
@@ -81,8 +121,13 @@ class EncryptedLayer:
             raise HeAeroError(f"{self.name}: expected {layout.n_ct} ciphertexts, got {len(xs)}")
 
     def _qkv(self, ev, ref, xs, layout):
-        xs = ref.ensure(xs, 1, f"{self.name} qkv")
-        qkv = self._linear("qkv", layout)(ev, xs, rescale=False)  # pending: attention rotates them first
+        h = xs
+        if self.norm_attn is not None:
+            h = normalise(ev, ref, self.norm_attn, xs, layout, self.view.norm_eps, f"{self.name} ln1")
+        h = ref.ensure(h, 1, f"{self.name} qkv")
+        if self.norm_attn is None:
+            xs = h  # the residual refreshed with the projection's input (one round)
+        qkv = self._linear("qkv", layout)(ev, h, rescale=False)  # pending: attention rotates them first
         n = layout.n_ct
         for c in qkv:
             c.layout = layout
@@ -92,6 +137,8 @@ class EncryptedLayer:
         heads = ref.ensure(heads, 1, f"{self.name} w_o")
         o = self._linear("o", layout)(ev, heads)
         x_sa = [ev.add(x, y, layout) for x, y in zip(xs, o, strict=True)]
+        if self.ffn is not None:
+            return self.ffn(ev, ref, x_sa, layout)
         x_sa = ref.ensure(x_sa, 1, f"{self.name} w_mix")
         return self._linear("mix", layout)(ev, x_sa)
 

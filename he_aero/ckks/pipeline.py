@@ -27,10 +27,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from approx.plan import Plan
 from he_aero.ckks.attention import KVCache
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.linalg import PlainLinear, block_spread, block_sum
+from he_aero.ckks.norm import check_inv_sqrt_plan, normalise
 from he_aero.ckks.packing import FeatureLayout, pack, rows_count
 from he_aero.ckks.params import CkksParams
 from he_aero.ckks.refresh import Refresher
@@ -103,13 +105,16 @@ class Pipeline:
     view : `models.linear_view.LinearView` (or `shape_only_view` for symbolic runs): tok_emb (V, d),
         pos_emb (T, d), layers, lm_head (d, V), lm_bias (V,).
     plans : per layer, (exp Plan, reciprocal Plan, exp shift) as the plan file lists them
-        (`ExecutionPlan.plans`).
+        (`ExecutionPlan.plans`), with a fourth item, the layer's `BaselinePlans`, for a baseline block.
     params : the ring and chain.
     block : slots per feature column (a power of two >= the context).
     decode_rows : decode steps take and give the "rows" layout (packing.rows_pack).
+    final_norm : the 1/sqrt plan of the final LayerNorm (baseline variants: `view.final_norm`), else None.
     """
 
-    def __init__(self, view, plans, params: CkksParams, block: int, decode_rows: bool):
+    def __init__(
+        self, view, plans, params: CkksParams, block: int, decode_rows: bool, final_norm: Plan | None = None
+    ):
         if len(plans) != len(view.layers):
             raise HeAeroError(f"pipeline: {len(plans)} layer plans for {len(view.layers)} layers")
         self.view, self.params, self.block, self.rows = view, params, int(block), bool(decode_rows)
@@ -127,6 +132,10 @@ class Pipeline:
             EncryptedLayer(i, lay, *per_layer)
             for i, (lay, per_layer) in enumerate(zip(view.layers, plans, strict=True))
         ]
+        self.final_norm = None
+        if getattr(view, "final_norm", False):
+            check_inv_sqrt_plan(final_norm, "final LayerNorm")
+            self.final_norm = final_norm
         self._linears: dict = {}
 
     @property
@@ -223,6 +232,16 @@ class Pipeline:
             out += self._real(ev, [ev.add_plain(z, ("lm-rows-bias/2", c), lambda b=bias: b)])
         return out
 
+    def _head(self, ev: Evaluator, ref: Refresher, xs: list[Ct], rows: bool, layout) -> list[Ct]:
+        """The final LayerNorm's normalise (baseline variants), then the LM head in the step's layout."""
+        if self.final_norm is not None:
+            eps = self.view.layers[-1].norm_eps
+            xs = normalise(ev, ref, self.final_norm, xs, layout, eps, "ln_f")
+        if rows:
+            return self._lm_rows(ev, ref, xs)
+        lm = self._linear("lm", layout.n_tokens)
+        return self._real(ev, lm(ev, ref.ensure(xs, 1, "lm head"), rescale=False))
+
     # --- the run -------------------------------------------------------------------------------------------
     def run(
         self,
@@ -273,16 +292,7 @@ class Pipeline:
                     lvl,
                 )
         lvl = ev.lowest(xs)
-        if rows:
-            logits = stage(head, lambda: self._lm_rows(ev, ref, xs), lvl)
-        else:
-            logits = stage(
-                head,
-                lambda: self._real(
-                    ev, self._linear("lm", n)(ev, ref.ensure(xs, 1, "lm head"), rescale=False)
-                ),
-                lvl,
-            )
+        logits = stage(head, lambda: self._head(ev, ref, xs, rows, layout), lvl)
         return logits, (new_caches if caches is None else caches), records
 
     # --- symbolic runs (no SEAL objects) -------------------------------------------------------------------

@@ -69,7 +69,7 @@ def test_activation_maxima_are_those_of_the_reference_forward(tiny):
             for name in maxima:
                 maxima[name] = max(maxima[name], float(np.abs(inter[name]).max()))
             x = inter["x_out"]
-    assert _activation_maxima(view, windows) == want
+    assert _activation_maxima(view, windows) == (want, [{}, {}], None)  # softmax-only: no baseline ranges
 
 
 def test_file_round_trip_and_checkpoint_binding(tiny, tmp_path):
@@ -277,3 +277,52 @@ def test_activation_fields_must_be_numbers(tiny, value):
     data["activations"][0]["v"] = value
     with pytest.raises(HeAeroError, match=r"field 'activations\[0\]' must hold a number >= 0"):
         Calibration.from_dict(data)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "lnfree-relu"])
+def test_baseline_variants_calibrate_their_layernorm_and_ffn_ranges(variant):
+    """LayerNorm variants get var + eps domains (above 0) per LayerNorm and before the LM head, unfused FFNs
+    their pre-activation domain; each holds what the reference forward measures, and the file round-trips."""
+    import torch
+
+    from models.decoder import Decoder, DecoderConfig
+    from models.linear_view import LinearView, embed, layer_forward
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(variant=variant, block_size=8, n_layer=2, n_head=2, d_model=16)
+    model = Decoder(cfg)
+    data = bytes(range(32, 127)) * 4
+    cal = calibrate(model, {"weights_sha256": "0" * 64}, CalibrationConfig(samples=8), data=data)
+    norm = variant == "baseline"
+    view = LinearView.from_model(model)
+    x = embed(view, np.frombuffer(data[:8], dtype=np.uint8).astype(np.int64))
+    for lay, lc in zip(view.layers, cal.layers, strict=True):
+        inter = layer_forward(lay, x)
+        assert lc.pre_domain[0] <= inter["pre"].min() and inter["pre"].max() <= lc.pre_domain[1]
+        assert (lc.u_attn_domain is not None) == (lc.u_ffn_domain is not None) == norm
+        if norm:
+            assert (
+                0
+                < lc.u_attn_domain[0]
+                <= inter["u_attn"].min()
+                <= inter["u_attn"].max()
+                <= lc.u_attn_domain[1]
+            )
+            assert 1 / np.sqrt(lc.u_attn_domain[0]) <= cal.activation_bound  # r = 1/sqrt(u) is refreshed
+        x = inter["x_out"]
+    assert (cal.u_final_domain is not None) == norm
+    again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert (
+        again.sha256 == cal.sha256
+        and again.layers == cal.layers
+        and again.u_final_domain == cal.u_final_domain
+    )
+    bad = cal.to_dict()
+    bad["layers"][0]["pre_domain"] = [1.0, 1.0]
+    with pytest.raises(HeAeroError, match="pre_domain"):
+        Calibration.from_dict(bad)
+    if norm:
+        bad = cal.to_dict()
+        bad["layers"][1]["u_ffn_domain"] = [-1.0, 2.0]
+        with pytest.raises(HeAeroError, match="must lie above 0"):
+            Calibration.from_dict(bad)

@@ -1,12 +1,21 @@
 """The linear-algebra view reproduces the torch module to 1e-5; its forward is embed + layer intermediates."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from models.decoder import Decoder, DecoderConfig
 from models.errors import ModelError
-from models.linear_view import LAYER_INTERMEDIATES, LinearView, embed, layer_forward, view_forward
+from models.linear_view import (
+    LAYER_INTERMEDIATES,
+    LinearView,
+    embed,
+    layer_forward,
+    normalise,
+    view_forward,
+)
 from tests.conftest import assert_close_bits
 
 
@@ -88,9 +97,49 @@ def test_view_arrays_follow_the_contract():
     np.testing.assert_array_equal(view.layers[1].b_mix, np.zeros(32))
 
 
-def test_view_refuses_layernorm_variants_and_bad_lengths():
-    with pytest.raises(ModelError, match="softmax-only"):
-        LinearView.from_model(Decoder(DecoderConfig(variant="baseline", attention="softmax", n_layer=1)))
+@pytest.mark.parametrize("variant", ["baseline", "relu", "lnfree-relu"])
+@pytest.mark.parametrize("attention", ["sink", "softmax"])
+def test_baseline_variants_view_matches_module(variant, attention):
+    """LayerNorm split into normalise + folded gains, the unfused GELU / ReLU FFN, the final LayerNorm: the
+    view's forward matches torch to 1e-5, with gains and biases away from their init so every fold matters."""
+    torch.manual_seed(1)
+    cfg = DecoderConfig(variant=variant, attention=attention, n_layer=2, n_head=4, d_model=32, block_size=16)
+    model = Decoder(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:  # biases, LayerNorm gains, sinks, temperatures
+                p.uniform_(-0.5, 1.5)
+    view = LinearView.from_model(model)
+    assert view.final_norm == (variant != "lnfree-relu")
+    assert all(lay.act == ("gelu" if variant == "baseline" else "relu") for lay in view.layers)
+    tokens = torch.randint(0, 256, (16,))
+    expected = model.logits(tokens[None])[0].detach().double().numpy()
+    assert np.max(np.abs(view_forward(view, tokens.numpy()) - expected)) < 1e-5
+    inter = layer_forward(view.layers[0], embed(view, tokens.numpy()))
+    assert inter["pre"].shape == inter["act"].shape == (16, 128)
+    assert ("u_attn" in inter) == ("u_ffn" in inter) == (variant != "lnfree-relu")
+    if "u_attn" in inter:  # u = var + eps of the block's input, per token
+        x = embed(view, tokens.numpy())
+        np.testing.assert_allclose(inter["u_attn"], x.var(-1) + 1e-5, rtol=1e-12)
+        assert np.all(inter["u_ffn"] > 0)
+
+
+def test_normalise_gives_unit_rows():
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(5, 16))
+    n, u = normalise(x, 0.0)
+    np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(n.sum(1), 0.0, atol=1e-12)
+    np.testing.assert_allclose(u, x.var(1), rtol=1e-12)
+
+
+def test_view_refuses_a_block_without_an_ffn_and_bad_lengths():
+    lay = LinearView.from_model(Decoder(DecoderConfig(n_layer=1, n_head=2, d_model=8, block_size=4))).layers[
+        0
+    ]
+    with pytest.raises(ModelError, match="fused FFN"):
+        dataclasses.replace(lay, w_mix=None)
+    with pytest.raises(ModelError, match="act must be"):
+        dataclasses.replace(lay, act="swish", w_1=np.eye(8), w_2=np.eye(8))
     view = LinearView.from_model(Decoder(DecoderConfig(n_layer=1, n_head=2, d_model=8, block_size=4)))
     with pytest.raises(ModelError, match="tokens"):
         view_forward(view, np.zeros(5, dtype=int))
