@@ -26,7 +26,7 @@ from approx.errors import ApproxError
 from approx.remez import remez
 
 STAGE_DEGREES = (3, 5, 7, 15)
-MAX_STAGES = 8
+MAX_STAGES = 24
 
 
 def sign_stage(lo: float, degree: int) -> tuple[np.ndarray, float]:
@@ -84,6 +84,65 @@ class CompositeRelu:
         depth = self.run(0, ops)
         return bsgs.Cost(depth, ops.nonscalar, ops.scalar)
 
+    @property
+    def stage_depth(self) -> int:
+        """Levels of the deepest sign stage (an unsplittable polynomial): what must fit between refreshes."""
+        return max(stage_depth(c) for c in self.stages)
+
+    def describe(self) -> str:
+        degrees = [max(j for j, c in enumerate(s) if c != 0.0) for s in self.stages]
+        return f"relu x (1 + s(x / {self.bound:.4g})) / 2, sign stages of degree {degrees}"
+
+    def to_dict(self) -> dict:
+        """The dictionary form a plan file stores (`from_dict` reads it back and re-certifies nothing: the
+        plan stage certified `max_error`; a loader checks the domain and the stage depths)."""
+        return {
+            "function": "relu",
+            "kind": "composite_sign",
+            "bound": self.bound,
+            "eps": self.eps,
+            "max_error": self.max_error,
+            "stages": [list(s) for s in self.stages],
+        }
+
+    @classmethod
+    def from_dict(cls, data) -> CompositeRelu:
+        """Validate a `to_dict` dictionary; ApproxError names the bad field."""
+        if (
+            not isinstance(data, dict)
+            or data.get("kind") != "composite_sign"
+            or data.get("function") != "relu"
+        ):
+            raise ApproxError(
+                "composite relu: expected an object with function 'relu', kind 'composite_sign'"
+            )
+        nums = {k: data.get(k) for k in ("bound", "eps", "max_error")}
+        for k, v in nums.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ApproxError(f"composite relu: field {k!r} must be a positive number, got {v!r}")
+        stages = data.get("stages")
+        ok = isinstance(stages, list) and 0 < len(stages) <= MAX_STAGES
+        ok = ok and all(
+            isinstance(s, list)
+            and 1 < len(s) <= max(STAGE_DEGREES) + 1
+            and all(_finite(c) for c in s)
+            and any(c != 0 for c in s[1:])
+            for s in stages
+        )
+        if not ok:
+            raise ApproxError(f"composite relu: field 'stages' must list 1 to {MAX_STAGES} coefficient lists")
+        coefficients = tuple(tuple(float(c) for c in s) for s in stages)
+        return cls(float(nums["bound"]), float(nums["eps"]), coefficients, float(nums["max_error"]))
+
+
+def _finite(c) -> bool:
+    return not isinstance(c, bool) and isinstance(c, (int, float)) and math.isfinite(c)
+
+
+def stage_depth(coefficients) -> int:
+    """Levels of one sign stage on an input already in [-1, 1] (`bsgs.bsgs_cost` of its degree)."""
+    return bsgs.bsgs_cost(max(j for j, c in enumerate(coefficients) if c != 0.0))[0]
+
 
 def _build(bound: float, eps: float, degree: int, count: int) -> CompositeRelu:
     stages, lo = [], eps
@@ -96,18 +155,21 @@ def _build(bound: float, eps: float, degree: int, count: int) -> CompositeRelu:
     return CompositeRelu(bound, eps, tuple(stages))
 
 
-def relu_composite(bound: float, max_abs_error: float) -> CompositeRelu:
+def relu_composite(bound: float, max_abs_error: float, max_stage_depth: int | None = None) -> CompositeRelu:
     """Least-depth (then fewest ct-ct mults) composite relu on [-bound, bound] meeting an absolute bound.
 
     The gap eps is set to max_abs_error / bound (inside it relu is approximated by ~0, error <= eps * bound);
     stage degree and count are searched; the winner's error is certified on the dense grid.
+    `max_stage_depth`: only stage degrees whose polynomial fits that many levels (an encrypted run refreshes
+    between stages, not inside one).
     """
     b = check_domain((-bound, bound), "bound")[1]
     if not (math.isfinite(max_abs_error) and max_abs_error > 0):
         raise ApproxError(f"max_error: expected a finite number > 0, got {max_abs_error}")
     eps = min(0.5, 0.5 * max_abs_error / b)
     found = []
-    for degree in STAGE_DEGREES:
+    degrees = [d for d in STAGE_DEGREES if max_stage_depth is None or bsgs.bsgs_cost(d)[0] <= max_stage_depth]
+    for degree in degrees:
         for count in range(1, MAX_STAGES + 1):
             plan = _build(b, eps, degree, count)
 

@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from approx.errors import ApproxError
-from approx.plans import Plan, plan_exp, plan_reciprocal
+from approx.plans import Plan, plan_exp, plan_fit, plan_inv_sqrt, plan_reciprocal
+from approx.sign import CompositeRelu, relu_composite
 from he_aero import __version__
 from he_aero.artifacts import interval, read_json
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.hiding import MASK_BITS, SESSION_HIDING_BITS, RefreshHiding
-from he_aero.ckks.layer import EncryptedLayer
+from he_aero.ckks.layer import BaselinePlans, EncryptedLayer
 from he_aero.ckks.packing import block_for, feature_layout, rows_count
 from he_aero.ckks.params import CkksParams, default_params
 from he_aero.ckks.pipeline import Pipeline, shape_only_view
@@ -91,15 +92,22 @@ KEY_BYTES = {  # one rotation key; public + relinearisation keys (serialised, sa
 }
 
 
+VARIANTS = ("softmax-only", "baseline", "relu", "lnfree-relu")
+"""models.decoder.VARIANTS: the encrypted runtime runs all of them (the baseline ones for the cost table)."""
+
+
 @dataclass(frozen=True)
 class ModelShape:
-    """What the planner needs of the model: sizes only (a symbolic run's counts do not depend on values)."""
+    """What the planner needs of the model: sizes and block structure only (a symbolic run's counts do not
+    depend on values). `variant` / `pruned_ffns` as in `models.decoder.DecoderConfig`."""
 
     d_model: int
     n_head: int
     n_layer: int
     t_max: int
     vocab: int = 256
+    variant: str = "softmax-only"
+    pruned_ffns: int = 0
 
     def __post_init__(self):
         for name in ("d_model", "n_head", "n_layer", "t_max", "vocab"):
@@ -110,6 +118,35 @@ class ModelShape:
             raise HeAeroError(
                 f"model shape: d_model {self.d_model} is not a multiple of n_head {self.n_head}"
             )
+        if self.variant not in VARIANTS:
+            raise HeAeroError(f"model shape: variant must be one of {', '.join(VARIANTS)}: {self.variant!r}")
+        p = self.pruned_ffns
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= self.n_layer:
+            raise HeAeroError(f"model shape: pruned_ffns must be an integer in [0, n_layer], got {p!r}")
+
+    @property
+    def layer_norm(self) -> bool:
+        return self.variant in ("baseline", "relu")
+
+    @property
+    def unfused(self) -> bool:
+        return self.variant != "softmax-only"
+
+    def to_dict(self) -> dict:
+        """The plan file's form; variant and pruned_ffns only when not the defaults, so the softmax-only
+        plans written before they existed keep their SHA-256."""
+        out = vars(self).copy()
+        if self.variant == "softmax-only":
+            del out["variant"]
+        if not self.pruned_ffns:
+            del out["pruned_ffns"]
+        return out
+
+    def view(self):
+        """The shape-only stand-in view (`shape_only_view`) of this model, for symbolic runs."""
+        return shape_only_view(
+            self.d_model, self.n_head, self.n_layer, self.t_max, self.vocab, self.variant, self.pruned_ffns
+        )
 
     @classmethod
     def from_config(cls, cfg: dict) -> ModelShape:
@@ -117,7 +154,8 @@ class ModelShape:
         try:
             return cls(
                 int(cfg["d_model"]), int(cfg["n_head"]), int(cfg["n_layer"]), int(cfg["block_size"]),
-                int(cfg.get("vocab_size", 256)),
+                int(cfg.get("vocab_size", 256)), str(cfg.get("variant", "softmax-only")),
+                int(cfg.get("pruned_ffns", 0)),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise HeAeroError(f"model config: missing or malformed size field ({exc})") from exc
@@ -130,6 +168,8 @@ class PlanConfig:
     Attributes
     ----------
     exp_max_rel_error, recip_max_rel_error : certified relative error bounds of the exp and 1/x plans.
+    norm_max_rel_error : the 1/sqrt plans' relative error bound (LayerNorm variants).
+    act_max_abs_error : the GELU / ReLU approximations' absolute error bound (unfused-FFN variants).
     mask_bits : k, refresh masks are uniform in [-2^k, 2^k) on every coefficient (he_aero/ckks/hiding.py).
     session_hiding_bits : the statistical hiding a session keeps; caps a session's refreshed polynomials.
     logit_flood_bits : f > 0 floods every logits coefficient with a uniform integer in [-2^f, 2^f) (its
@@ -139,13 +179,15 @@ class PlanConfig:
 
     exp_max_rel_error: float = 1e-4
     recip_max_rel_error: float = 1e-4
+    norm_max_rel_error: float = 1e-4
+    act_max_abs_error: float = 2e-3
     mask_bits: int = MASK_BITS
     session_hiding_bits: int = SESSION_HIDING_BITS
     logit_flood_bits: int = 0
     rings: tuple[int, ...] = RINGS
 
     def __post_init__(self):
-        for name in ("exp_max_rel_error", "recip_max_rel_error"):
+        for name in ("exp_max_rel_error", "recip_max_rel_error", "norm_max_rel_error", "act_max_abs_error"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v < 1):
                 raise HeAeroError(f"plan {name}: expected a number in (0, 1), got {v!r}")
@@ -209,6 +251,10 @@ class Ranges:
     recip_rel_error: float = 1e-4
     denominator: tuple[tuple[float, float], ...] | None = None  # per layer; default `denominator_domain`
     shift: tuple[float, ...] | None = None  # per layer; default 0 (no shift)
+    baseline: tuple | None = None  # per layer, a calibrate.LayerCalibration (u / pre domains); None: none
+    u_final: tuple[float, float] | None = None  # var + eps before the LM head (final LayerNorm)
+    norm_rel_error: float = 1e-4
+    act_abs_error: float = 2e-3
 
     def __post_init__(self):
         for a, b in self.z_window + (self.denominator or ()):
@@ -239,6 +285,10 @@ class Ranges:
             recip_rel_error=config.recip_max_rel_error,
             denominator=tuple(tuple(lay.denominator_domain) for lay in cal.layers),
             shift=tuple(shifts),
+            baseline=tuple(cal.layers) if cal.layers[0].pre_domain is not None else None,
+            u_final=cal.u_final_domain,
+            norm_rel_error=config.norm_max_rel_error,
+            act_abs_error=config.act_max_abs_error,
         )
 
 
@@ -251,7 +301,8 @@ class RingReport:
     reason: str = ""
     usable_levels: int = 0
     refresh_min_level: int = 0
-    plans: list = field(default_factory=list)  # per layer: (exp Plan, recip Plan)
+    plans: list = field(default_factory=list)  # per layer: (exp Plan, recip Plan, shift[, BaselinePlans])
+    final_norm: Plan | None = None  # the final LayerNorm's 1/sqrt plan (LayerNorm variants)
     block: int = 0
     decode_rows: bool = False
     prefill: dict = field(default_factory=dict)
@@ -326,6 +377,54 @@ def fit_plans(window, denominator, ranges: Ranges, usable: int) -> tuple[Plan, P
     return exp, recip
 
 
+def fit_inv_sqrt(domain, rel_error: float, usable: int) -> Plan:
+    """The 1/sqrt plan (LayerNorm) with the fewest Newton steps whose every piece fits `usable` levels."""
+    for n in range(0, MAX_REFINE + 1):
+        try:
+            cand = plan_inv_sqrt(tuple(domain), rel_error, newton=n)
+        except ApproxError:
+            continue
+        if max(atomic_depth(st) for st in cand.steps) <= usable:
+            return cand
+    raise HeAeroError(f"no 1/sqrt plan on [{domain[0]:.4g}, {domain[1]:.4g}] fits {usable} levels")
+
+
+def fit_activation(act: str, domain, abs_error: float, usable: int) -> Plan | CompositeRelu:
+    """GELU: the least-depth minimax polynomial (its input map folded into W_1) if it fits `usable` levels;
+    ReLU: the composite sign whose stages each fit them (he_aero/ckks/ffn.py)."""
+    try:
+        if act == "gelu":
+            plan = plan_fit("gelu", tuple(domain), abs_error)
+            need = step_depth(plan.steps[0], mapped=True)
+            if need > usable:
+                raise HeAeroError(
+                    f"GELU on [{domain[0]:.3g}, {domain[1]:.3g}] to {abs_error:g} needs {need} levels in one "
+                    f"polynomial, the ring leaves {usable}"
+                )
+            return plan
+        return relu_composite(max(abs(domain[0]), abs(domain[1])), abs_error, max_stage_depth=usable)
+    except ApproxError as exc:
+        raise HeAeroError(f"{act} on [{domain[0]:.3g}, {domain[1]:.3g}]: {exc}") from exc
+
+
+def approximation_depths(plans: list, final: Plan | None) -> list[int]:
+    """Per layer, the most levels one unsplittable piece of any of its approximations needs (exp, 1/x, and
+    a baseline block's 1/sqrt and activation); the final LayerNorm's 1/sqrt counts with the last layer."""
+    out = []
+    for i, (e, r, _, *rest) in enumerate(plans):
+        need = [atomic_depth(st, mapped=(j == 0)) for j, st in enumerate(e.steps)]
+        need += [atomic_depth(st) for st in r.steps]
+        extra = [p for p in (rest[0].norm_attn, rest[0].norm_ffn) if p is not None] if rest else []
+        if final is not None and i == len(plans) - 1:
+            extra.append(final)
+        need += [atomic_depth(st) for p in extra for st in p.steps]
+        if rest:
+            act = rest[0].act
+            need.append(act.stage_depth if isinstance(act, CompositeRelu) else step_depth(act.steps[0], True))
+        out.append(max(need))
+    return out
+
+
 def decode_rows_for(params: CkksParams, block: int, d_model: int, vocab: int) -> bool:
     """Decode in the "rows" layout when the model's features fit one ciphertext and the token upload is at
     most twice the "features" one's (N=16384, T=64: 4 ciphertexts instead of 2, 6 rotations and 5 products
@@ -360,18 +459,35 @@ def _phase_summary(ev, ref, params) -> dict:
     return s
 
 
-def _fit_for_ring(shape: ModelShape, ranges: Ranges, usable: int) -> list:
-    """Per layer (exp plan, reciprocal plan, exp shift), fitted on the shifted window and denominators."""
+def _fit_for_ring(shape: ModelShape, ranges: Ranges, usable: int) -> tuple[list, Plan | None]:
+    """Per layer (exp plan, reciprocal plan, exp shift[, BaselinePlans]), fitted on the shifted window and
+    denominators (and a baseline block's calibrated LayerNorm and FFN ranges); the final LayerNorm's plan."""
     cache: dict = {}
     plans = []
     dens = ranges.denominator or tuple(denominator_domain(w, shape.t_max) for w in ranges.z_window)
     deltas = ranges.shift or (0.0,) * len(ranges.z_window)
-    for w, den, delta in zip(ranges.z_window, dens, deltas, strict=True):
+    if shape.unfused and ranges.baseline is None:
+        raise HeAeroError(f"a {shape.variant} model needs a calibration of its LayerNorm / FFN ranges")
+    act = {"baseline": "gelu"}.get(shape.variant, "relu")
+    for i, (w, den, delta) in enumerate(zip(ranges.z_window, dens, deltas, strict=True)):
         key = shifted(tuple(w), tuple(den), delta)
         if key not in cache:
             cache[key] = fit_plans(*key, ranges, usable)
         plans.append((*cache[key], delta))
-    return plans
+        if shape.unfused:
+            lay = ranges.baseline[i]
+            norms = [
+                None if u is None else fit_inv_sqrt(u, ranges.norm_rel_error, usable)
+                for u in (lay.u_attn_domain, lay.u_ffn_domain)
+            ]
+            approx = fit_activation(act, lay.pre_domain, ranges.act_abs_error, usable)
+            plans[-1] = (*plans[-1], BaselinePlans(approx, *norms))
+    final = None
+    if shape.layer_norm:
+        if ranges.u_final is None:
+            raise HeAeroError("a LayerNorm model needs the calibrated range before its final LayerNorm")
+        final = fit_inv_sqrt(ranges.u_final, ranges.norm_rel_error, usable)
+    return plans, final
 
 
 def evaluate_ring(
@@ -392,26 +508,21 @@ def evaluate_ring(
         return report
     usable, floor = probe.usable_levels(), probe.min_level()
     report.usable_levels, report.refresh_min_level = usable, floor
+    final = None
     if plans is None:
         try:
-            plans = _fit_for_ring(shape, ranges, usable)
+            plans, final = _fit_for_ring(shape, ranges, usable)
         except HeAeroError as exc:
             report.reason = str(exc)
             return report
-    deepest = [
-        max(
-            max(atomic_depth(s, mapped=(j == 0)) for j, s in enumerate(e.steps)),
-            max(atomic_depth(s) for s in r.steps),
-        )
-        for e, r, _ in plans
-    ]
+    deepest = approximation_depths(plans, final)
     if max(deepest) > usable:
         report.reason = (
             f"a plan step needs {max(deepest)} levels between refreshes (per layer: {deepest}), "
             f"the ring leaves {usable}"
         )
         return report
-    report.plans = list(plans)
+    report.plans, report.final_norm = list(plans), final
     report.block = block_for(shape.t_max)
     if report.block > params.slots:
         report.reason = f"context {shape.t_max} does not fit {params.slots} slots"
@@ -419,10 +530,7 @@ def evaluate_ring(
     if decode_rows is None:
         decode_rows = decode_rows_for(params, report.block, shape.d_model, shape.vocab)
     report.decode_rows = decode_rows
-    pipe = Pipeline(
-        shape_only_view(shape.d_model, shape.n_head, shape.n_layer, shape.t_max, shape.vocab),
-        plans, params, report.block, report.decode_rows,
-    )  # fmt: skip
+    pipe = Pipeline(shape.view(), plans, params, report.block, report.decode_rows, final)
     bound = ranges.activation_bound
     ev, ref, caches, _ = pipe.symbolic_prefill(shape.t_max, bound, mask_bits)
     report.prefill = _phase_summary(ev, ref, params)
@@ -477,13 +585,13 @@ def layer_depths(shape: ModelShape, plans: list) -> list[int]:
     """Levels each layer consumes with no refresh at all (on an unbounded chain)."""
     deep = CkksParams(8192, (60,) + (32,) * 60 + (60,), 32, insecure_for_tests=True)
     layout = feature_layout(deep.slots, shape.t_max, shape.d_model)
-    view = shape_only_view(shape.d_model, shape.n_head, 1, shape.t_max)
+    view = shape.view()
     out = []
     for i in range(shape.n_layer):
         ev = Evaluator(deep)
         ref = Refresher(ev, None, 1.0, MASK_BITS, allow=False)
         xs = [Ct(None, deep.levels, layout) for _ in range(layout.n_ct)]
-        xs, _ = EncryptedLayer(i, view.layers[0], *plans[i]).prefill(ev, ref, xs, layout)
+        xs, _ = EncryptedLayer(i, view.layers[i], *plans[i]).prefill(ev, ref, xs, layout)
         out.append(deep.levels - ev.lowest(xs))
     return out
 
@@ -511,13 +619,35 @@ def check_depth_budget(shape: ModelShape, plans: list, params: CkksParams, refre
 class LayerPlan:
     """What runs in one layer's attention: exp on the z window, 1/x on the denominator range, both shifted by
     `exp_shift` (delta: exp runs on z - delta, 1/x on den e^-delta; `exp_shift`). The domains are the
-    unshifted ranges the model's values must stay in."""
+    unshifted ranges the model's values must stay in. A baseline block adds its FFN activation (a GELU plan
+    or a composite-sign ReLU) on `pre_domain` and its LayerNorms' 1/sqrt plans on var + eps."""
 
     exp: Plan
     reciprocal: Plan
     z_domain: tuple[float, float]
     denominator_domain: tuple[float, float]
     exp_shift: float = 0.0
+    act: Plan | CompositeRelu | None = None
+    pre_domain: tuple[float, float] | None = None
+    norm_attn: Plan | None = None
+    u_attn_domain: tuple[float, float] | None = None
+    norm_ffn: Plan | None = None
+    u_ffn_domain: tuple[float, float] | None = None
+
+    @property
+    def baseline(self) -> BaselinePlans | None:
+        return None if self.act is None else BaselinePlans(self.act, self.norm_attn, self.norm_ffn)
+
+    def baseline_dict(self) -> dict:
+        """The plan file's optional per-layer fields (none for a softmax-only layer)."""
+        out: dict = {}
+        if self.act is not None:
+            out["act"], out["pre_domain"] = self.act.to_dict(), list(self.pre_domain)
+        for name, plan, dom in (("norm_attn", self.norm_attn, self.u_attn_domain),
+                                ("norm_ffn", self.norm_ffn, self.u_ffn_domain)):  # fmt: skip
+            if plan is not None:
+                out[name], out[name.replace("norm", "u") + "_domain"] = plan.to_dict(), list(dom)
+        return out
 
 
 @dataclass(frozen=True)
@@ -541,6 +671,8 @@ class ExecutionPlan:
     rotation_steps: tuple[int, ...]
     usable_levels: int
     refresh_min_level: int
+    final_norm: Plan | None = None  # the final LayerNorm's 1/sqrt plan (LayerNorm variants)
+    u_final_domain: tuple[float, float] | None = None
     estimates: dict = field(default_factory=dict, compare=False)  # prefill / decode counts and latency
     stages: tuple = field(default=(), compare=False)  # prefill levels: {stage, need, level_in, refreshed}
     comparison: tuple = field(default=(), compare=False)  # one RingReport.row per candidate ring
@@ -548,9 +680,12 @@ class ExecutionPlan:
     producer: str = field(default=f"he-aero {__version__}", compare=False)
 
     @property
-    def plans(self) -> list[tuple[Plan, Plan, float]]:
-        """Per layer (exp, reciprocal, exp shift): what `Pipeline` takes."""
-        return [(lay.exp, lay.reciprocal, lay.exp_shift) for lay in self.layers]
+    def plans(self) -> list[tuple]:
+        """Per layer (exp, reciprocal, exp shift[, BaselinePlans]): what `Pipeline` takes."""
+        return [
+            (lay.exp, lay.reciprocal, lay.exp_shift) + ((lay.baseline,) if lay.act is not None else ())
+            for lay in self.layers
+        ]
 
     @property
     def hiding(self) -> RefreshHiding:
@@ -590,7 +725,7 @@ class ExecutionPlan:
             "format_version": FORMAT_VERSION,
             "kind": KIND,
             "producer": self.producer,
-            "checkpoint": {"weights_sha256": self.weights_sha256, "shape": vars(self.shape)},
+            "checkpoint": {"weights_sha256": self.weights_sha256, "shape": self.shape.to_dict()},
             "calibration_sha256": self.calibration_sha256,
             "ckks": {
                 "poly_modulus_degree": p.poly_modulus_degree,
@@ -606,9 +741,15 @@ class ExecutionPlan:
                     "exp_shift": lay.exp_shift,
                     "exp": lay.exp.to_dict(),
                     "reciprocal": lay.reciprocal.to_dict(),
+                    **lay.baseline_dict(),
                 }
                 for lay in self.layers
             ],
+            **(
+                {}
+                if self.final_norm is None
+                else {"final_norm": self.final_norm.to_dict(), "u_final_domain": list(self.u_final_domain)}
+            ),
             "refresh": {
                 "activation_bound": self.activation_bound,
                 "mask_bits": self.mask_bits,
@@ -693,7 +834,14 @@ class ExecutionPlan:
                         f"{where}: layers[{i}].{name}: its polynomial's domain [{a:g}, {b:g}] does not "
                         f"cover the layer's range [{dom[0]:g}, {dom[1]:g}]"
                     )
-            layers.append(LayerPlan(exp, recip, z, den, float(delta)))
+            extra = _read_baseline(reader, raw, ctx, shape)
+            layers.append(LayerPlan(exp, recip, z, den, float(delta), **extra))
+        final = {}
+        if shape.layer_norm:
+            final = _read_norm(reader, data, "final_norm", "u_final_domain", "")
+            final = {"final_norm": final["final_norm"], "u_final_domain": final["u_final_domain"]}
+        elif "final_norm" in data:
+            raise HeAeroError(f"{where}: field 'final_norm' in a plan for a {shape.variant} model")
         refresh = reader.need(data, "refresh")
         bound = reader.need(refresh, "activation_bound", "refresh.")
         if (
@@ -706,6 +854,10 @@ class ExecutionPlan:
         # denominators up to den_hi e^-delta, the reciprocal's iterates up to 2 e^delta (`exp_shift`)
         for i, lay in enumerate(layers):
             need = attention_refreshed(lay.z_domain[1], lay.denominator_domain[1], 0.0, lay.exp_shift)
+            u_domains = [lay.u_attn_domain, lay.u_ffn_domain]
+            if i == len(layers) - 1:
+                u_domains.append(final.get("u_final_domain"))
+            need = max(need, baseline_refreshed(u_domains, lay.pre_domain))
             if bound < need * (1 - 1e-9):
                 raise HeAeroError(
                     f"{where}: field 'refresh.activation_bound' is {bound:.6g}, below the {need:.6g} that "
@@ -756,6 +908,7 @@ class ExecutionPlan:
             rotation_steps=tuple(steps),
             usable_levels=probe.usable_levels(),
             refresh_min_level=probe.min_level(),
+            **final,
             **informational,
             producer=str(data.get("producer", "")),
         )
@@ -770,7 +923,7 @@ class ExecutionPlan:
         an input is reported with its cause instead of producing wrong tokens (or being flagged after the
         work, with a less precise reason). `view`: `models.linear_view.LinearView`; `tokens`: the whole
         sequence so far (<= T_max ints)."""
-        from models.linear_view import embed, layer_forward
+        from models.linear_view import embed, layer_forward, lm_forward, normalise
 
         x = embed(view, tokens)
         causal = np.tril(np.ones((len(tokens), len(tokens)), dtype=bool))
@@ -789,8 +942,18 @@ class ExecutionPlan:
                         gap = abs(value - edge)
                         where = f"layer {i} head {h}: {what} {value:.4g}"
                         found.append((gap, f"{where} {side} the domain edge {edge:.4g} by {gap:.3g}"))
+            for key, what, span in (
+                ("u_attn", "LayerNorm (attention) var + eps", dom.u_attn_domain),
+                ("u_ffn", "LayerNorm (FFN) var + eps", dom.u_ffn_domain),
+                ("pre", "FFN pre-activation", dom.pre_domain),
+            ):
+                if span is not None and key in inter:
+                    found += _outside(f"layer {i}: {what}", inter[key], span)
             x = inter["x_out"]
-        logits = x @ view.lm_head + view.lm_bias  # (T, V)
+        if self.u_final_domain is not None:
+            found += _outside("final LayerNorm var + eps", normalise(x, view.layers[-1].norm_eps)[1],
+                              self.u_final_domain)  # fmt: skip
+        logits = lm_forward(view, x)  # (T, V)
         lo, hi = self.logit_domain
         for value, edge, side in ((float(logits.min()), lo, "below"), (float(logits.max()), hi, "above")):
             if (value < edge) if side == "below" else (value > edge):
@@ -888,6 +1051,81 @@ class ExecutionPlan:
             mark = f"  REFRESH x{st['refreshed']}" if st["refreshed"] else ""
             lines.append(f"  {st['stage']:<28} level {st['level_in']:>2}  needs {st['need']}{mark}")
         return "\n".join(lines)
+
+
+def _outside(what: str, values, dom) -> list[tuple[float, str]]:
+    """(gap, line) for values below / above the domain `dom` (`ExecutionPlan.domain_violations`)."""
+    out = []
+    for value, edge, side in (
+        (float(np.min(values)), dom[0], "below"),
+        (float(np.max(values)), dom[1], "above"),
+    ):
+        if (value < edge) if side == "below" else (value > edge):
+            gap = abs(value - edge)
+            out.append((gap, f"{what} {value:.4g} {side} the domain edge {edge:.4g} by {gap:.3g}"))
+    return out
+
+
+def baseline_refreshed(u_domains=(), pre_domain=None) -> float:
+    """The largest value a baseline block puts through a refresh, from its domains: var + eps up to u_hi and
+    its 1/sqrt up to 1/sqrt(u_lo) per LayerNorm domain, |pre| for the FFN's pre-activations; 0 for none."""
+    out = [0.0]
+    for dom in u_domains:
+        if dom is not None:
+            out += [dom[1], 1 / math.sqrt(dom[0])]
+    if pre_domain is not None:
+        out += [abs(pre_domain[0]), abs(pre_domain[1])]
+    return max(out)
+
+
+def _read_norm(reader, raw: dict, name: str, dom_name: str, ctx: str) -> dict:
+    """A 1/sqrt plan and the var + eps domain its first polynomial must cover."""
+    try:
+        plan = Plan.from_dict(reader.need(raw, name, ctx))
+    except ApproxError as exc:
+        raise HeAeroError(f"{reader.where}: {ctx}{name}: {exc}") from exc
+    dom = reader.pair(reader.need(raw, dom_name, ctx), f"{ctx}{dom_name}")
+    a, b = plan.steps[0].domain
+    if plan.function != "inv_sqrt" or not 0 < dom[0] or a > dom[0] or b < dom[1]:
+        raise HeAeroError(
+            f"{reader.where}: {ctx}{name} must be a 1/sqrt plan whose polynomial's domain covers the "
+            f"positive {dom_name} {list(dom)}"
+        )
+    return {name: plan, dom_name: dom}
+
+
+def _read_baseline(reader, raw: dict, ctx: str, shape: ModelShape) -> dict:
+    """A baseline block's activation and LayerNorm plans with their domains (`LayerPlan` fields), required
+    exactly when the model shape has them."""
+    keys = ("act", "pre_domain", "norm_attn", "u_attn_domain", "norm_ffn", "u_ffn_domain")
+    if not shape.unfused:
+        extra = [k for k in keys if k in raw]
+        if extra:
+            raise HeAeroError(f"{reader.where}: field {ctx}{extra[0]!r} in a plan for a softmax-only model")
+        return {}
+    out: dict = {}
+    pre = reader.pair(reader.need(raw, "pre_domain", ctx), f"{ctx}pre_domain")
+    raw_act = reader.need(raw, "act", ctx)
+    try:
+        if shape.variant == "baseline":
+            act = Plan.from_dict(raw_act)
+            ok = act.function == "gelu" and all(st.op == "poly" for st in act.steps)
+            ok = ok and act.steps[0].domain[0] <= pre[0] and act.steps[0].domain[1] >= pre[1]
+        else:
+            act = CompositeRelu.from_dict(raw_act)
+            ok = act.bound >= max(abs(pre[0]), abs(pre[1]))
+    except ApproxError as exc:
+        raise HeAeroError(f"{reader.where}: {ctx}act: {exc}") from exc
+    if not ok:
+        raise HeAeroError(
+            f"{reader.where}: {ctx}act must approximate {'GELU' if shape.variant == 'baseline' else 'ReLU'} "
+            f"on a domain covering pre_domain {list(pre)}"
+        )
+    out.update(act=act, pre_domain=pre)
+    if shape.layer_norm:
+        out.update(_read_norm(reader, raw, "norm_attn", "u_attn_domain", ctx))
+        out.update(_read_norm(reader, raw, "norm_ffn", "u_ffn_domain", ctx))
+    return out
 
 
 def _canonical(data: dict) -> bytes:
@@ -1018,15 +1256,18 @@ def compile_plan(
             raise HeAeroError(f"plan: {params.describe()} cannot run this model: {report.reason}")
         choice = RingChoice([report], report, "the ring was given")
     best = choice.chosen
-    pipe = Pipeline(
-        shape_only_view(shape.d_model, shape.n_head, shape.n_layer, shape.t_max, shape.vocab),
-        best.plans, best.params, best.block, best.decode_rows,
-    )  # fmt: skip
+    pipe = Pipeline(shape.view(), best.plans, best.params, best.block, best.decode_rows, best.final_norm)
     steps = pipe.rotation_steps(ranges.activation_bound, config.mask_bits)
-    layers = tuple(
-        LayerPlan(e, r, tuple(lay.z_domain), tuple(lay.denominator_domain), delta)
-        for (e, r, delta), lay in zip(best.plans, calibration.layers, strict=True)
-    )
+    layers = []
+    for (e, r, delta, *rest), lay in zip(best.plans, calibration.layers, strict=True):
+        extra = {}
+        if rest:
+            b = rest[0]
+            extra = dict(
+                act=b.act, pre_domain=lay.pre_domain, norm_attn=b.norm_attn, u_attn_domain=lay.u_attn_domain,
+                norm_ffn=b.norm_ffn, u_ffn_domain=lay.u_ffn_domain,
+            )  # fmt: skip
+        layers.append(LayerPlan(e, r, tuple(lay.z_domain), tuple(lay.denominator_domain), delta, **extra))
     plan = ExecutionPlan(
         weights_sha256=str(header["weights_sha256"]),
         calibration_sha256=calibration.sha256,
@@ -1034,7 +1275,7 @@ def compile_plan(
         params=best.params,
         block=best.block,
         decode_rows=best.decode_rows,
-        layers=layers,
+        layers=tuple(layers),
         activation_bound=float(ranges.activation_bound),
         mask_bits=config.mask_bits,
         session_hiding_bits=config.session_hiding_bits,
@@ -1043,6 +1284,8 @@ def compile_plan(
         rotation_steps=steps,
         usable_levels=best.usable_levels,
         refresh_min_level=best.refresh_min_level,
+        final_norm=best.final_norm,
+        u_final_domain=calibration.u_final_domain if best.final_norm is not None else None,
         estimates={"prefill": best.prefill, "decode": best.decode},
         stages=tuple(best.stages),
         comparison=tuple(c.row(c is best) for c in choice.candidates),

@@ -76,6 +76,8 @@ class EncryptedLayer:
             raise HeAeroError(
                 f"layer {index}: a baseline block (unfused FFN) needs BaselinePlans, a softmax-only one none"
             )
+        # a pruned FFN (models/linear_view.py: identity mix, zero bias) costs nothing: X_out = X_SA
+        self.pruned = baseline is None and _is_identity(view.w_mix, view.b_mix)
         if baseline is not None:
             self.ffn = EncryptedFFN(self.name, view, baseline.act, baseline.norm_ffn)
             if view.norm_attn:
@@ -139,6 +141,8 @@ class EncryptedLayer:
         x_sa = [ev.add(x, y, layout) for x, y in zip(xs, o, strict=True)]
         if self.ffn is not None:
             return self.ffn(ev, ref, x_sa, layout)
+        if self.pruned:
+            return x_sa
         x_sa = ref.ensure(x_sa, 1, f"{self.name} w_mix")
         return self._linear("mix", layout)(ev, x_sa)
 
@@ -163,3 +167,8 @@ class EncryptedLayer:
         cache.append(ev, k, v)
         heads = attention_decode(ev, ref, self.spec, q, cache, layout)
         return self._finish(ev, ref, xs, heads, layout)
+
+
+def _is_identity(w, b) -> bool:
+    w, b = np.asarray(w), np.asarray(b)
+    return w.ndim == 2 and w.shape[0] == w.shape[1] and np.array_equal(w, np.eye(w.shape[0])) and not b.any()

@@ -79,21 +79,45 @@ def _delta(after: dict, before: dict) -> dict:
     }
 
 
-def shape_only_view(d_model: int, n_head: int, n_layer: int, t_max: int, vocab: int = 256):
+def shape_only_view(
+    d_model: int,
+    n_head: int,
+    n_layer: int,
+    t_max: int,
+    vocab: int = 256,
+    variant: str = "softmax-only",
+    pruned_ffns: int = 0,
+):
     """A stand-in for `models.linear_view.LinearView` with every weight 1: a symbolic run's counts depend on
-    shapes only (no all-zero diagonal is skipped), so the planner needs no checkpoint weights."""
+    shapes only (no all-zero diagonal is skipped), so the planner needs no checkpoint weights. `variant` and
+    `pruned_ffns` as in `models.decoder.DecoderConfig`: the baseline variants get LayerNorms and an unfused
+    d -> 4d -> d FFN, pruned layers the identity mix (which the layer skips)."""
     d = d_model
     ones, vec = np.ones((d, d)), np.ones(d)
-    layer = SimpleNamespace(
-        w_q=ones, b_q=vec, w_k=ones, b_k=vec, w_v=ones, b_v=vec, w_o=ones, b_o=vec,
-        w_mix=ones, b_mix=vec, sink=np.zeros(n_head), n_head=n_head,
-    )  # fmt: skip
+    norm = variant in ("baseline", "relu")
+    layers = []
+    for i in range(n_layer):
+        layer = SimpleNamespace(
+            w_q=ones, b_q=vec, w_k=ones, b_k=vec, w_v=ones, b_v=vec, w_o=ones, b_o=vec,
+            w_mix=ones, b_mix=vec, sink=np.zeros(n_head), n_head=n_head, norm_attn=False, norm_ffn=False,
+            act=None, norm_eps=1e-5,
+        )  # fmt: skip
+        if variant != "softmax-only":
+            layer.w_mix = layer.b_mix = None
+            layer.act = "gelu" if variant == "baseline" else "relu"
+            layer.norm_attn = layer.norm_ffn = norm
+            layer.w_1, layer.b_1 = np.ones((d, 4 * d)), np.ones(4 * d)
+            layer.w_2, layer.b_2 = np.ones((4 * d, d)), vec
+        elif i >= n_layer - pruned_ffns:
+            layer.w_mix, layer.b_mix = np.eye(d), np.zeros(d)
+        layers.append(layer)
     return SimpleNamespace(
         tok_emb=np.ones((vocab, d)),
         pos_emb=np.ones((t_max, d)),
-        layers=[layer] * n_layer,
+        layers=layers,
         lm_head=np.ones((d, vocab)),
         lm_bias=np.ones(vocab),
+        final_norm=norm,
     )
 
 

@@ -43,10 +43,13 @@ class Server:
         want = (plan.shape.d_model, plan.shape.n_layer, plan.shape.t_max, plan.shape.vocab)
         if got != want:
             raise HeAeroError(f"the plan is for (d, layers, T, vocab) = {want}, the model has {got}")
+        variant = header.get("config", {}).get("variant", "softmax-only")
+        if variant != plan.shape.variant:
+            raise HeAeroError(f"the plan is for a {plan.shape.variant} model, the checkpoint is {variant}")
         if not plan.params.is_secure and not allow_insecure_for_tests:
             plan.params.require_secure()
         self.view, self.header, self.plan, self.params = view, header, plan, plan.params
-        self.pipeline = Pipeline(view, plan.plans, plan.params, plan.block, plan.decode_rows)
+        self.pipeline = Pipeline(view, plan.plans, plan.params, plan.block, plan.decode_rows, plan.final_norm)
         self.context = self.pipeline.context
         self.ev: Evaluator | None = None
         self.session: bytes | None = None

@@ -1,12 +1,14 @@
 """Composite minimax sign and relu: odd stages, certified error, depth from the shared evaluator."""
 
+import json
+
 import numpy as np
 import pytest
 from numpy.polynomial import chebyshev as C
 
 from approx import bsgs
 from approx.errors import ApproxError
-from approx.sign import relu_composite, sign_stage
+from approx.sign import CompositeRelu, relu_composite, sign_stage
 
 
 @pytest.mark.parametrize("lo, degree", [(0.1, 7), (0.5, 3), (0.01, 15)])
@@ -42,3 +44,19 @@ def test_composite_relu_meets_its_bound_and_depth_matches_the_counter():
 def test_bad_input(call, field):
     with pytest.raises(ApproxError, match=f"^{field}"):
         call()
+
+
+def test_stage_depth_limit_and_dictionary_round_trip():
+    """A limit on the levels one stage may use (an encrypted run refreshes between stages only) picks
+    shallower stages; the plan file's dictionary form reads back equal, and a malformed one is refused."""
+    free = relu_composite(4.0, 1e-2)
+    tight = relu_composite(4.0, 1e-2, max_stage_depth=2)
+    assert tight.stage_depth <= 2 < free.stage_depth or free.stage_depth <= 2
+    assert tight.max_error <= 1e-2
+    again = CompositeRelu.from_dict(json.loads(json.dumps(tight.to_dict())))
+    assert again == tight
+    x = np.linspace(-4, 4, 101)
+    np.testing.assert_array_equal(again.evaluate(x), tight.evaluate(x))
+    for bad in ({"bound": -1.0}, {"stages": []}, {"stages": [[0.0, 0.0]]}, {"kind": "poly"}, {"eps": True}):
+        with pytest.raises(ApproxError):
+            CompositeRelu.from_dict({**tight.to_dict(), **bad})
