@@ -22,18 +22,20 @@ BPB_GAP_TOL = 1e-5
 """Relative bits/byte gap of the tiny model, encrypted vs plaintext: measured 5.6e-7 to 5.8e-7; 10x margin."""
 
 
-def make_tiny_checkpoint(out_dir, seed: int = 0):
-    """Write a tiny random checkpoint with non-trivial attention; returns (model, header)."""
+def make_tiny_checkpoint(out_dir, seed: int = 0, variant: str = "softmax-only"):
+    """Write a tiny random checkpoint with non-trivial attention; returns (model, header). Baseline variants
+    (LayerNorm, unfused FFN) keep the FFN's initialisation."""
     from models.checkpoint import load_checkpoint, save_checkpoint
     from models.decoder import Decoder, DecoderConfig
 
     torch.manual_seed(seed)
-    model = Decoder(DecoderConfig(**TINY))
+    model = Decoder(DecoderConfig(variant=variant, **TINY))
     with torch.no_grad():
         model.tok_emb.weight.normal_(0.0, 1.0)
         model.pos_emb.weight.normal_(0.0, 0.5)
         for block in model.blocks:
-            for lin in (block.attn.q, block.attn.k, block.attn.v, block.attn.o, block.ffn):
+            fused = (block.ffn,) if block.fused else ()
+            for lin in (block.attn.q, block.attn.k, block.attn.v, block.attn.o, *fused):
                 lin.weight.normal_(0.0, 0.15)
             block.attn.sink.uniform_(1.0, 2.0)
     save_checkpoint(model, out_dir)
@@ -57,6 +59,22 @@ def tiny(tmp_path_factory):
     model, header = make_tiny_checkpoint(path)
     cal = calibrate(model, header, CalibrationConfig(samples=256), data=load_split("train")[:200_000])
     return path, model, header, LinearView.from_model(model), cal
+
+
+@pytest.fixture(scope="session", params=["baseline", "relu", "lnfree-relu"])
+def tiny_variant(request, tmp_path_factory):
+    """(model, header, view, calibration, plan) of a tiny baseline-variant model (LayerNorm and GELU, LayerNorm
+    and ReLU, ReLU alone) on the test ring: the encrypted cost comparison's other rows (issue 12)."""
+    from he_aero.calibrate import CalibrationConfig, calibrate
+    from he_aero.plan import compile_plan
+    from models.data import load_split
+    from models.linear_view import LinearView
+
+    path = tmp_path_factory.mktemp(request.param) / "ckpt"
+    model, header = make_tiny_checkpoint(path, variant=request.param)
+    cal = calibrate(model, header, CalibrationConfig(samples=256), data=load_split("train")[:200_000])
+    plan = compile_plan(header, cal, params=small_ring_params())
+    return model, header, LinearView.from_model(model), cal, plan
 
 
 @pytest.fixture(scope="session")

@@ -200,3 +200,15 @@ def test_the_decode_steps_weight_plaintexts_are_encoded_at_setup(tiny, tiny_plan
     session.forward([ord("e")], 4)
     cold = srv.ev.stats.encodes - before
     assert warm < cold / 4, (warm, cold, prepared)
+
+
+def test_baseline_variants_generate_the_plaintext_tokens(tiny_variant):
+    """LayerNorm + GELU, LayerNorm + ReLU, ReLU alone: prefill and greedy decode match their own plaintext
+    model, under the same planner, calibration and refresh as the softmax-only model."""
+    model, header, view, _, plan = tiny_variant
+    s = insecure_session(view, header, plan)
+    res = s.generate(bytes(PROMPT[:5]), GenerationConfig(max_new_tokens=3, verify=True))
+    assert res.flag is None and res.top1_agreement == 1.0
+    assert res.max_abs_logit_error < LOGIT_TOL
+    rounds = res.traffic["rounds_by_purpose"]
+    assert rounds["refresh:prefill"] >= 2 * plan.shape.n_layer  # at least a LayerNorm or an FFN each
