@@ -15,7 +15,12 @@ consumes when all its inputs start at one level); `step_depth = pieces * atomic_
                                         a constant (d = 0) costs 0
     square, times k        k pieces     1 (one squaring)
     newton_recip, n        n pieces     2 (one iteration: e = x y, then c y (a - e); c y beside e)
-    newton_inv_sqrt, n     1 piece      2 n + 1 (all iterations; h = x / 2 is made once, a level below x)
+    newton_inv_sqrt, n     n pieces     2 (one iteration: s = y y and u = h y, then u s; 1.5 y beside)
+
+newton_inv_sqrt reads h = x / 2, made once before its first piece by a scalar product on x (a level below
+x, outside every piece) and then handed to `ensure` with the running value, so a refresh may fall between
+any two iterations (rings with 2 levels between refreshes, N=8192, can run it). x is fresher than the
+running value after the plan's first poly, so h adds no level to `Count.depth` nor to the pieces' sum.
 
 The affine map t = alpha x + beta of a poly's input to [-1, 1] costs 1 level (a scalar product) unless
 `mapped` (the caller folded it into a preceding plaintext product) or it is a pure shift (alpha = 1, no
@@ -66,7 +71,7 @@ def pieces(step) -> int:
     """How many unsplittable pieces a step runs as (`ensure` is called before each)."""
     if step.op == "square":
         return step.times
-    if step.op == "newton_recip":
+    if step.op in ("newton_recip", "newton_inv_sqrt"):
         return step.iterations
     return 1
 
@@ -79,9 +84,7 @@ def atomic_depth(step, mapped: bool = False, shift: bool = False) -> int:
         return bsgs.bsgs_cost(step.degree)[0] + affine_levels(step, mapped, shift)
     if step.op == "square":
         return min(step.times, 1)
-    if step.op == "newton_recip":
-        return 2 * min(step.iterations, 1)
-    return 2 * step.iterations + (1 if step.iterations else 0)
+    return 2 * min(step.iterations, 1)  # a Newton iteration
 
 
 def step_depth(step, mapped: bool = False, shift: bool = False) -> int:
@@ -130,7 +133,8 @@ def run_batch(
     mapped : the first poly's inputs already in [-1, 1] (its affine map folded elsewhere); saves its level.
     ensure : refresh hook, called before every unsplittable piece with the values the piece reads, the
         levels it needs (`atomic_depth`) and f"{name} {STAGES[op]}"; returns them (refreshed or not). For
-        Newton steps it receives ys + xs (the running values, then the inputs) and returns both.
+        newton_recip it receives ys + xs (the running values, then the inputs), for newton_inv_sqrt ys + hs
+        (h = x / 2) and returns both; what it returns is what the next piece reads.
     shift : width-2 domains map by a plaintext shift (module docstring).
 
     Raises
@@ -140,6 +144,9 @@ def run_batch(
     n = len(ops)
     ensure = ensure or _keep
     xs = list(xs) if xs is not None else [None] * n
+    # x as an `ensure` last handed it back, for newton_inv_sqrt's h = x / 2 (`_newton_inv_sqrt`); xs itself
+    # keeps the first poly's x unrefreshed, as newton_recip has always read it
+    fresh_xs = xs
     ys: list = []
     for i, step in enumerate(steps):
         first_mapped = i == 0 and mapped is not None
@@ -147,6 +154,8 @@ def run_batch(
         stage = f"{name} {STAGES[step.op]}"
         if step.op == "poly":
             src = ensure(list(mapped) if first_mapped else (xs if i == 0 else ys), need, stage)
+            if i == 0 and not first_mapped:
+                fresh_xs = src
             if step.degree == 0:  # a constant: no ciphertext work at all
                 ys = [o.constant(v, step.coefficients[0]) for o, v in zip(ops, src, strict=True)]
             else:  # all inputs mapped, then all polynomials: the op order the CKKS tests pin
@@ -161,16 +170,33 @@ def run_batch(
         else:
             if any(x is None for x in xs):
                 raise ApproxError(f"x: a {step.op} step needs the plan input x")
-            recip = step.op == "newton_recip"
-            for piece in range(pieces(step)):
-                both = ensure(ys + xs, need, stage)
-                ys, xs = both[:n], both[n:]
-                pairs = zip(ops, ys, xs, strict=True)
-                if recip:  # one iteration per piece, with its own constants
-                    k = step.constants[piece : piece + 1] if step.constants else None
-                    ys = [refine.newton_recip(y, x, 1, o, k) for o, y, x in pairs]
-                else:
-                    ys = [refine.newton_inv_sqrt(y, x, step.iterations, o) for o, y, x in pairs]
+            if step.op == "newton_recip":
+                for piece in range(pieces(step)):
+                    both = ensure(ys + xs, need, stage)
+                    ys, xs = both[:n], both[n:]
+                    fresh_xs = xs
+                    k = step.constants[piece : piece + 1] if step.constants else None  # its own constants
+                    ys = [refine.newton_recip(y, x, 1, o, k) for o, y, x in zip(ops, ys, xs, strict=True)]
+            else:
+                ys = _newton_inv_sqrt(step, ys, fresh_xs, ops, ensure, need, stage)
+    return ys
+
+
+def _newton_inv_sqrt(step, ys: list, xs: list, ops: Sequence[bsgs.Ops], ensure: Ensure, need, stage):
+    """`refine.newton_inv_sqrt` split into pieces: h = x / 2 once, then one `ensure` and one iteration per
+    piece; the h that `ensure` hands back (refreshed or not) is the one the next piece reads.
+
+    h is made outside every piece, so x must hold a level of its own: `xs` is x as an `ensure` last handed
+    it back (the first poly's asks for >= 1 level), not the caller's, which may sit at the refresh floor.
+    A plan whose first poly reads a `mapped` input never ensures x: the caller's x then needs that level."""
+    if not pieces(step):  # no iteration: no h either (`refine.newton_inv_sqrt` with 0 iterations)
+        return ys
+    n = len(ops)
+    hs = [refine.inv_sqrt_half(x, o) for o, x in zip(ops, xs, strict=True)]
+    for _ in range(pieces(step)):
+        both = ensure(ys + hs, need, stage)
+        ys, hs = both[:n], both[n:]
+        ys = [refine.newton_inv_sqrt_step(y, h, o) for o, y, h in zip(ops, ys, hs, strict=True)]
     return ys
 
 
@@ -183,7 +209,9 @@ class Count:
         value: newton_inv_sqrt's x / 2 then costs no level of its own). `Plan.depth`.
     aligned_depth : levels when every piece starts with all its inputs at one level, i.e. the sum of the
         levels the walk asks `ensure` for (= sum of `step_depth`). The CKKS evaluator checks this before
-        running without a refresher (`he_aero.ckks.poly.plan_depth`). >= depth.
+        running without a refresher (`he_aero.ckks.poly.plan_depth`). >= depth, except after a constant
+        first poly (no ciphertext result, refused on ciphertexts): newton_inv_sqrt's h = x / 2, made
+        outside the pieces, is then a level staler than the running value.
     nonscalar_mults, scalar_mults : products by a ciphertext / by a plaintext scalar.
     """
 

@@ -64,19 +64,34 @@ def scaled_newton_error(eps: float, iterations: int) -> float:
 def newton_inv_sqrt(y, x, iterations: int, ops: Ops):
     """`newton_inv_sqrt`: repeat y <- y (3 - x y^2) / 2, computed as 1.5 y - (0.5 x y) y^2.
 
-    Order: h = 0.5 * x once (scalar mult); per step: s = y*y; u = h*y; v = u*s; y = 1.5*y - v.
+    Order: h = 0.5 * x once (`inv_sqrt_half`); then `newton_inv_sqrt_step` per iteration.
     The halving rides on x (computed once) so a step costs 2 levels, 3 ct-ct and 1 scalar mult.
     With e = 1 - x y^2 the error maps to e' = (3 e^2 + e^3) / 4.
     """
     if iterations == 0:
         return y
-    h = ops.mul_scalar(x, 0.5)
+    h = inv_sqrt_half(x, ops)
     for _ in range(iterations):
-        s = ops.mul(y, y)
-        u = ops.mul(h, y)
-        v = ops.mul(u, s)
-        y = ops.sub(ops.mul_scalar(y, 1.5), v)
+        y = newton_inv_sqrt_step(y, h, ops)
     return y
+
+
+def inv_sqrt_half(x, ops: Ops):
+    """h = 0.5 * x, the operand every `newton_inv_sqrt_step` reads: one scalar product on x, made once.
+
+    Kept apart from the steps so that an encrypted evaluator can refresh h with y between iterations
+    (`approx.interpret`) instead of running all of them as one piece."""
+    return ops.mul_scalar(x, 0.5)
+
+
+def newton_inv_sqrt_step(y, h, ops: Ops):
+    """One `newton_inv_sqrt` iteration from h = x / 2: s = y*y; u = h*y; v = u*s; y = 1.5*y - v.
+
+    2 levels when y and h start at one level (s and u side by side, then v; 1.5*y beside them)."""
+    s = ops.mul(y, y)
+    u = ops.mul(h, y)
+    v = ops.mul(u, s)
+    return ops.sub(ops.mul_scalar(y, 1.5), v)
 
 
 def goldschmidt_recip(y, x, iterations: int, ops: Ops):

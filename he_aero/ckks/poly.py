@@ -61,8 +61,8 @@ class CkksOps(bsgs.Ops):
 def plan_depth(plan: Plan, mapped: bool = False) -> int:
     """Levels the plan needs on a ciphertext when every piece may start after a refresh (inputs at one level):
     `approx.interpret.count(...).aligned_depth` with shift=True. `mapped`: input already t in [-1, 1].
-    Differs from `Plan.depth` (same walk, shift=False, x fresh): a first domain of width exactly 2 costs no
-    level here, and newton_inv_sqrt counts the level of x / 2."""
+    Differs from `Plan.depth` (same walk, shift=False, x fresh) in that a first domain of width exactly 2
+    costs no level here."""
     return interpret.count(plan.steps, mapped, shift=True).aligned_depth
 
 
@@ -73,7 +73,7 @@ def step_depth(step, mapped: bool = False) -> int:
 
 def atomic_depth(step, mapped: bool = False) -> int:
     """Levels of the largest piece of a step a refresh cannot split (`approx.interpret.atomic_depth`):
-    squarings and Newton-reciprocal iterations one at a time, a poly or newton_inv_sqrt whole."""
+    squarings and Newton iterations (1/x and 1/sqrt(x)) one at a time, a poly whole."""
     return interpret.atomic_depth(step, mapped, shift=True)
 
 
@@ -102,9 +102,9 @@ def run_plan(
     mapped : the first polynomial's input already mapped to [-1, 1] (the affine map folded into a preceding
         plaintext product); saves a level.
     valid : (key, 0/1 slot vector): add constants only on these slots (see the module docstring).
-    refresher : a `Refresher`; when given, the running value (and x) are refreshed between steps (squarings
-        and Newton iterations one at a time) whenever the next one lacks levels. Without it the whole plan
-        must fit the ciphertext's level.
+    refresher : a `Refresher`; when given, the running value (and x, or x / 2 for 1/sqrt) are refreshed
+        between steps (squarings and Newton iterations one at a time) whenever the next one lacks levels.
+        Without it the whole plan must fit the ciphertext's level.
     name : prefix of the stage names reported to the refresher (the planner's stage list).
     """
     return run_plan_batch(
@@ -130,7 +130,7 @@ def run_plan_batch(
     """`run_plan` on several ciphertexts in lockstep, so each refresh is one round for all of them.
 
     Stage names reported to the refresher: f"{name} poly", f"{name} square", f"{name} newton" (the latter
-    with the running values and the inputs together)."""
+    with the running values and the inputs, or x / 2 for 1/sqrt, together)."""
     n = len(xs) if mapped is None else len(mapped)
     ops = [CkksOps(ev, None if valids is None else valids[i]) for i in range(n)]
     if refresher is None:

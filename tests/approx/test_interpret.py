@@ -70,8 +70,11 @@ def test_plan_depth_is_the_unshifted_fresh_count():
     plan = plan_reciprocal((0.5, 2.5), max_rel_error=1e-3, newton=0)  # width 2
     shifted = interpret.count(plan.steps, shift=True)
     assert plan.depth == interpret.count(plan.steps).depth == shifted.depth + 1
-    isq = plan_inv_sqrt((1.0, 9.0), 1e-4, newton=1)  # x / 2 rides beside the poly when x is fresh
-    assert isq.depth == interpret.count(isq.steps).aligned_depth - 1
+    # x / 2 rides beside the poly when x is fresh, and since newton_inv_sqrt runs one iteration per piece it
+    # is made outside the pieces (not charged to them): both counts agree (they differed by 1 when the whole
+    # step was one piece of 2 n + 1 levels)
+    isq = plan_inv_sqrt((1.0, 9.0), 1e-4, newton=1)
+    assert isq.depth == interpret.count(isq.steps).aligned_depth
 
 
 def test_a_constant_poly_costs_nothing_and_is_broadcast():
@@ -173,10 +176,46 @@ def test_hook_calls_reciprocal_per_newton_iteration(fitted):
     assert _recorded(plan, 2) == [("s poly", d + 1, 2), ("s newton", 2, 4), ("s newton", 2, 4)]
 
 
-def test_hook_calls_inv_sqrt_whole(fitted):
+def test_hook_calls_inv_sqrt_per_newton_iteration(fitted):
+    """Like 1/x: each iteration alone (2 levels), so a ring with 2 levels between refreshes runs it; the
+    hook gets the running values then h = x / 2 (made once, before the first piece). It was one piece of
+    2 n + 1 levels before the iterations became refreshable."""
     plan = fitted["inv_sqrt"]
     d = bsgs.bsgs_cost(plan.degree)[0]
-    assert _recorded(plan) == [("s poly", d + 1, 1), ("s newton", 2 * 2 + 1, 2)]
+    assert plan.steps[1].iterations == 2
+    assert _recorded(plan, 2) == [("s poly", d + 1, 2), ("s newton", 2, 4), ("s newton", 2, 4)]
+
+
+class Expr(bsgs.Ops):
+    """Builds the expression a walk computes, as a string (the operation tree, nothing else)."""
+
+    def mul(self, a, b):
+        return f"({a}*{b})"
+
+    def mul_scalar(self, a, c):
+        return f"({a}*{c})"
+
+    def sub(self, a, b):
+        return f"({a}-{b})"
+
+    def add_scalar(self, a, c):
+        return f"({a}+{c})"
+
+
+def test_inv_sqrt_pieces_keep_the_half_the_hook_hands_back():
+    """h = x / 2 is made once, before the first piece; every piece reads the y and h `ensure` handed back
+    (refreshed ones on ciphertexts) and the next `ensure` gets that h again, never a new x / 2."""
+    steps = (Step("poly", (-1.0, 1.0), (0.0, 1.0)), Step("newton_inv_sqrt", iterations=2))
+    seen = []
+
+    def rename(values, need, stage):  # stands for a refresh: hands back new names for y and h
+        seen.append(list(values))
+        return values if stage.endswith("poly") else [f"y{len(seen)}", f"h{len(seen)}"]
+
+    (y,) = interpret.run_batch(steps, ["x"], [Expr()], ensure=rename)
+    assert [v[1] for v in seen[1:]] == ["(x*0.5)", "h2"]
+    assert seen[2][0] == "((y2*1.5)-((h2*y2)*(y2*y2)))"
+    assert y == "((y3*1.5)-((h3*y3)*(y3*y3)))"
 
 
 def test_hook_sees_no_level_for_a_width_two_shift():
@@ -217,6 +256,7 @@ def test_a_constant_result_is_broadcast_like_the_input():
         (plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=1), "poly"),
         (plan_exp((-4.0, 1.0), max_abs_error=1e-3, squarings=1), "square"),
         (plan_reciprocal((1.0, 9.0), max_rel_error=1e-3, newton=1), "newton"),
+        (plan_inv_sqrt((1.0, 9.0), max_rel_error=1e-3, newton=1), "newton"),  # ys + hs
     ],
 )
 def test_a_refresh_hook_that_loses_a_value_is_caught(plan, drop_at):

@@ -51,6 +51,16 @@ def test_newton_inv_sqrt_order():
     assert two.startswith("((((y*1.5)-(((x*0.5)*y)*(y*y)))*1.5)-")
 
 
+def test_newton_inv_sqrt_is_the_half_then_its_steps():
+    """The pieces the interpreter refreshes between: h = x*0.5 once, then one step per iteration reading
+    h, in the order of the whole function (so numpy results are the same bit for bit)."""
+    assert refine.inv_sqrt_half("x", E) == "(x*0.5)"
+    assert refine.newton_inv_sqrt_step("y", "h", E) == "((y*1.5)-((h*y)*(y*y)))"
+    h = refine.inv_sqrt_half("x", E)
+    two = refine.newton_inv_sqrt_step(refine.newton_inv_sqrt_step("y", h, E), h, E)
+    assert refine.newton_inv_sqrt("y", "x", 2, E) == two
+
+
 def test_goldschmidt_recip_order():
     """e = 1 - x y (as xy - (xy + xy) + 1); y <- y (1 + e); e <- e^2 except after the last step."""
     assert refine.goldschmidt_recip("y", "x", 0, E) == "y"
