@@ -1036,6 +1036,24 @@ class ExecutionPlan:
                 f"exp {e.describe()} (rel err {e.max_error:.2g}); "
                 f"1/x {r.describe()} (rel err {r.max_error:.2g})"
             )
+            if lay.act is not None:
+                lines.append(
+                    f"  FFN pre-activations in [{lay.pre_domain[0]:.3g}, {lay.pre_domain[1]:.3g}]: "
+                    f"{lay.act.describe()} (abs err {lay.act.max_error:.2g})"
+                )
+            for what, p_, dom in (("attention", lay.norm_attn, lay.u_attn_domain),
+                                  ("FFN", lay.norm_ffn, lay.u_ffn_domain)):  # fmt: skip
+                if p_ is not None:
+                    lines.append(
+                        f"  LayerNorm before {what}: var + eps in [{dom[0]:.3g}, {dom[1]:.3g}], 1/sqrt "
+                        f"{p_.describe()} (rel err {p_.max_error:.2g})"
+                    )
+        if self.final_norm is not None:
+            dom, fin = self.u_final_domain, self.final_norm
+            lines.append(
+                f"final LayerNorm: var + eps in [{dom[0]:.3g}, {dom[1]:.3g}], 1/sqrt {fin.describe()} "
+                f"(rel err {fin.max_error:.2g})"
+            )
         lines.append(f"rotation keys: {len(self.rotation_steps)} steps {list(self.rotation_steps)}")
         for phase in ("prefill", "decode"):
             est = self.estimates.get(phase)

@@ -63,8 +63,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="session", params=["baseline", "relu", "lnfree-relu"])
 def tiny_variant(request, tmp_path_factory):
-    """(model, header, view, calibration, plan) of a tiny baseline-variant model (LayerNorm and GELU, LayerNorm
-    and ReLU, ReLU alone) on the test ring: the encrypted cost comparison's other rows (issue 12)."""
+    """(model, header, view, calibration, plan) of a tiny baseline-variant model (LayerNorm and GELU,
+    LayerNorm and ReLU, ReLU alone) on the test ring: the encrypted cost comparison's other rows."""
     from he_aero.calibrate import CalibrationConfig, calibrate
     from he_aero.plan import compile_plan
     from models.data import load_split

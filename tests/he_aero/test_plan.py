@@ -265,3 +265,56 @@ def test_logits_outside_the_calibrated_range_are_reported_before_encryption(tiny
     assert found and all(line.startswith("logits: ") for line in found)
     assert "the calibrated range edge" in found[0]
     assert not tiny_plan.domain_violations(view, list(b"if x:\n  "))
+
+
+def test_baseline_variant_plans_round_trip_and_are_checked_at_load(tiny_variant, tmp_path):
+    """A baseline model's plan carries its activation and LayerNorm plans with their calibrated domains; the
+    file reads back to the same hash, and a plan missing them, with a domain they do not cover or with a plan
+    of another function is refused naming the field."""
+    model, header, view, cal, plan = tiny_variant
+    again = load_plan(plan.save(tmp_path / "plan.json"))
+    assert again.sha256 == plan.sha256 and len(again.plans[0]) == 4  # (exp, 1/x, shift, BaselinePlans)
+    assert again.shape.variant == model.cfg.variant and "variant" in plan.to_dict()["checkpoint"]["shape"]
+    norm = model.cfg.variant != "lnfree-relu"
+    assert (plan.final_norm is not None) == norm
+    text = plan.explain()
+    assert ("ln1 1/sqrt" in text) == norm and ("sign" in text or "gelu" in text)
+
+    def refused(edit, match):
+        data = plan.to_dict()
+        edit(data)
+        with pytest.raises(HeAeroError, match=match):
+            ExecutionPlan.from_dict(data)
+
+    refused(lambda d: d["layers"][0].pop("act"), "missing field layers\\[0\\].'act'")
+    refused(lambda d: d["layers"][1].update(pre_domain=[-1e3, 1e3]), "covering pre_domain")
+    refused(lambda d: d["checkpoint"]["shape"].update(variant="softmax-only"), "softmax-only model")
+    if norm:
+        refused(lambda d: d["layers"][0].update(norm_ffn=d["layers"][0]["exp"]), "1/sqrt plan")
+        refused(lambda d: d.pop("final_norm"), "missing field 'final_norm'")
+        u_lo = plan.layers[0].u_attn_domain[0]
+        refused(lambda d: d["layers"][0].update(u_attn_domain=[u_lo / 100, 2.0]), "covers the positive")
+    else:
+        refused(lambda d: d.update(final_norm=d["layers"][0]["exp"]), "final_norm")
+
+
+def test_the_server_refuses_a_plan_for_another_variant(tiny, tiny_variant):
+    from he_aero.server.server import Server
+
+    _, header, view, _, plan = tiny_variant
+    other = {**header, "config": {**header["config"], "variant": "softmax-only"}}
+    with pytest.raises(HeAeroError, match="plan is for a .* model, the checkpoint is softmax-only"):
+        Server(view, other, plan, allow_insecure_for_tests=True)
+
+
+def test_baseline_ranges_outside_the_plan_are_reported_before_encryption(tiny_variant):
+    """A prompt that drives an FFN pre-activation (or a LayerNorm's variance) past its domain is named."""
+    import dataclasses
+
+    _, _, view, _, plan = tiny_variant
+    tokens = list(b"def f(x")
+    assert plan.domain_violations(view, tokens) == []
+    lay = plan.layers[0]
+    narrow = dataclasses.replace(lay, pre_domain=(lay.pre_domain[0] / 10, lay.pre_domain[1] / 10))
+    found = dataclasses.replace(plan, layers=(narrow, *plan.layers[1:])).domain_violations(view, tokens)
+    assert found and any("layer 0: FFN pre-activation" in line for line in found)
