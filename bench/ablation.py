@@ -169,7 +169,7 @@ def _fmt_range(r: dict) -> str:
 def markdown(results: list[dict]) -> str:
     """The docs/ablation.md table, with the gap to the baseline and the paper's numbers beside ours."""
     bpb = {r["row"]: r["test_bits_per_byte"] for r in results}
-    base = bpb["baseline"]
+    base = bpb.get("baseline")  # absent when only some rows were trained (--only)
     r0 = results[0]
     lines = [
         "# AERO ablation at our scale",
@@ -202,7 +202,7 @@ def markdown(results: list[dict]) -> str:
         cells = [
             r["row"],
             f"{r['test_bits_per_byte']:.3f}",
-            f"{100 * (r['test_bits_per_byte'] / base - 1):+.1f}%",
+            "-" if base is None else f"{100 * (r['test_bits_per_byte'] / base - 1):+.1f}%",
             f"{r['test_perplexity_per_byte']:.3f}",
             f"{r['parameters']:,}",
             f"{r['flops_per_token'] / 1e6:.2f}",
@@ -214,7 +214,7 @@ def markdown(results: list[dict]) -> str:
             paper,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    if "softmax-only" in bpb and "softmax-only+ER" in bpb:
+    if base is not None and "softmax-only" in bpb and "softmax-only+ER" in bpb:
         er = 100 * (bpb["softmax-only+ER"] / bpb["softmax-only"] - 1)
         gap = 100 * (bpb["softmax-only+ER"] / base - 1)
         lines += [

@@ -33,6 +33,7 @@ from he_aero.artifacts import interval, read_json
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.hiding import MASK_BITS, SESSION_HIDING_BITS, RefreshHiding
 from he_aero.ckks.layer import BaselinePlans, EncryptedLayer
+from he_aero.ckks.norm import NormPlan, u_scale
 from he_aero.ckks.packing import block_for, feature_layout, rows_count
 from he_aero.ckks.params import CkksParams, default_params
 from he_aero.ckks.pipeline import Pipeline, shape_only_view
@@ -302,7 +303,7 @@ class RingReport:
     usable_levels: int = 0
     refresh_min_level: int = 0
     plans: list = field(default_factory=list)  # per layer: (exp Plan, recip Plan, shift[, BaselinePlans])
-    final_norm: Plan | None = None  # the final LayerNorm's 1/sqrt plan (LayerNorm variants)
+    final_norm: NormPlan | None = None  # the final LayerNorm's 1/sqrt plan (LayerNorm variants)
     block: int = 0
     decode_rows: bool = False
     prefill: dict = field(default_factory=dict)
@@ -377,15 +378,18 @@ def fit_plans(window, denominator, ranges: Ranges, usable: int) -> tuple[Plan, P
     return exp, recip
 
 
-def fit_inv_sqrt(domain, rel_error: float, usable: int) -> Plan:
-    """The 1/sqrt plan (LayerNorm) with the fewest Newton steps whose every piece fits `usable` levels."""
+def fit_inv_sqrt(domain, rel_error: float, usable: int) -> NormPlan:
+    """A LayerNorm's 1/sqrt plan for a calibrated var + eps `domain`: fitted on domain / `u_scale(domain)`
+    (he_aero/ckks/norm.py says why), with the fewest Newton steps whose every piece fits `usable` levels."""
+    g = u_scale(domain)
+    scaled = (domain[0] / g, domain[1] / g)
     for n in range(0, MAX_REFINE + 1):
         try:
-            cand = plan_inv_sqrt(tuple(domain), rel_error, newton=n)
+            cand = plan_inv_sqrt(scaled, rel_error, newton=n)
         except ApproxError:
             continue
         if max(atomic_depth(st) for st in cand.steps) <= usable:
-            return cand
+            return NormPlan(cand, g)
     raise HeAeroError(f"no 1/sqrt plan on [{domain[0]:.4g}, {domain[1]:.4g}] fits {usable} levels")
 
 
@@ -407,7 +411,7 @@ def fit_activation(act: str, domain, abs_error: float, usable: int) -> Plan | Co
         raise HeAeroError(f"{act} on [{domain[0]:.3g}, {domain[1]:.3g}]: {exc}") from exc
 
 
-def approximation_depths(plans: list, final: Plan | None) -> list[int]:
+def approximation_depths(plans: list, final: NormPlan | None) -> list[int]:
     """Per layer, the most levels one unsplittable piece of any of its approximations needs (exp, 1/x, and
     a baseline block's 1/sqrt and activation); the final LayerNorm's 1/sqrt counts with the last layer."""
     out = []
@@ -417,7 +421,7 @@ def approximation_depths(plans: list, final: Plan | None) -> list[int]:
         extra = [p for p in (rest[0].norm_attn, rest[0].norm_ffn) if p is not None] if rest else []
         if final is not None and i == len(plans) - 1:
             extra.append(final)
-        need += [atomic_depth(st) for p in extra for st in p.steps]
+        need += [atomic_depth(st) for p in extra for st in p.plan.steps]
         if rest:
             act = rest[0].act
             need.append(act.stage_depth if isinstance(act, CompositeRelu) else step_depth(act.steps[0], True))
@@ -459,7 +463,7 @@ def _phase_summary(ev, ref, params) -> dict:
     return s
 
 
-def _fit_for_ring(shape: ModelShape, ranges: Ranges, usable: int) -> tuple[list, Plan | None]:
+def _fit_for_ring(shape: ModelShape, ranges: Ranges, usable: int) -> tuple[list, NormPlan | None]:
     """Per layer (exp plan, reciprocal plan, exp shift[, BaselinePlans]), fitted on the shifted window and
     denominators (and a baseline block's calibrated LayerNorm and FFN ranges); the final LayerNorm's plan."""
     cache: dict = {}
@@ -636,7 +640,15 @@ class LayerPlan:
 
     @property
     def baseline(self) -> BaselinePlans | None:
-        return None if self.act is None else BaselinePlans(self.act, self.norm_attn, self.norm_ffn)
+        """What `Pipeline` runs for a baseline block: the 1/sqrt plans with their input scales
+        (he_aero/ckks/norm.py: fitted on var + eps over the geometric centre of the calibrated domain)."""
+        if self.act is None:
+            return None
+        norms = [
+            None if p is None else NormPlan.for_domain(p, dom)
+            for p, dom in ((self.norm_attn, self.u_attn_domain), (self.norm_ffn, self.u_ffn_domain))
+        ]
+        return BaselinePlans(self.act, *norms)
 
     def baseline_dict(self) -> dict:
         """The plan file's optional per-layer fields (none for a softmax-only layer)."""
@@ -686,6 +698,11 @@ class ExecutionPlan:
             (lay.exp, lay.reciprocal, lay.exp_shift) + ((lay.baseline,) if lay.act is not None else ())
             for lay in self.layers
         ]
+
+    @property
+    def final_norm_plan(self) -> NormPlan | None:
+        """The final LayerNorm's `NormPlan` for `Pipeline` (None without one)."""
+        return None if self.final_norm is None else NormPlan.for_domain(self.final_norm, self.u_final_domain)
 
     @property
     def hiding(self) -> RefreshHiding:
@@ -1104,7 +1121,13 @@ def _read_norm(reader, raw: dict, name: str, dom_name: str, ctx: str) -> dict:
         raise HeAeroError(f"{reader.where}: {ctx}{name}: {exc}") from exc
     dom = reader.pair(reader.need(raw, dom_name, ctx), f"{ctx}{dom_name}")
     a, b = plan.steps[0].domain
-    if plan.function != "inv_sqrt" or not 0 < dom[0] or a > dom[0] or b < dom[1]:
+    g = u_scale(dom) if dom[0] > 0 else 1.0  # the plan reads (var + eps) / g (he_aero/ckks/norm.py)
+    if (
+        plan.function != "inv_sqrt"
+        or not 0 < dom[0]
+        or a > dom[0] / g * (1 + 1e-12)
+        or b < dom[1] / g * (1 - 1e-12)
+    ):
         raise HeAeroError(
             f"{reader.where}: {ctx}{name} must be a 1/sqrt plan whose polynomial's domain covers the "
             f"positive {dom_name} {list(dom)}"
@@ -1275,6 +1298,7 @@ def compile_plan(
         choice = RingChoice([report], report, "the ring was given")
     best = choice.chosen
     pipe = Pipeline(shape.view(), best.plans, best.params, best.block, best.decode_rows, best.final_norm)
+    unscaled = lambda n: None if n is None else n.plan  # noqa: E731  (the file keeps the Plan and its domain)
     steps = pipe.rotation_steps(ranges.activation_bound, config.mask_bits)
     layers = []
     for (e, r, delta, *rest), lay in zip(best.plans, calibration.layers, strict=True):
@@ -1282,8 +1306,8 @@ def compile_plan(
         if rest:
             b = rest[0]
             extra = dict(
-                act=b.act, pre_domain=lay.pre_domain, norm_attn=b.norm_attn, u_attn_domain=lay.u_attn_domain,
-                norm_ffn=b.norm_ffn, u_ffn_domain=lay.u_ffn_domain,
+                act=b.act, pre_domain=lay.pre_domain, norm_attn=unscaled(b.norm_attn),
+                u_attn_domain=lay.u_attn_domain, norm_ffn=unscaled(b.norm_ffn), u_ffn_domain=lay.u_ffn_domain,
             )  # fmt: skip
         layers.append(LayerPlan(e, r, tuple(lay.z_domain), tuple(lay.denominator_domain), delta, **extra))
     plan = ExecutionPlan(
@@ -1302,7 +1326,7 @@ def compile_plan(
         rotation_steps=steps,
         usable_levels=best.usable_levels,
         refresh_min_level=best.refresh_min_level,
-        final_norm=best.final_norm,
+        final_norm=unscaled(best.final_norm),
         u_final_domain=calibration.u_final_domain if best.final_norm is not None else None,
         estimates={"prefill": best.prefill, "decode": best.decode},
         stages=tuple(best.stages),

@@ -18,7 +18,7 @@ from approx.plan import Plan
 from approx.sign import CompositeRelu
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.linalg import PlainLinear
-from he_aero.ckks.norm import check_inv_sqrt_plan, normalise
+from he_aero.ckks.norm import NormPlan, check_inv_sqrt_plan, normalise
 from he_aero.ckks.packing import FeatureLayout
 from he_aero.ckks.poly import CkksOps, affine, run_plan_batch
 from he_aero.ckks.refresh import Refresher
@@ -61,10 +61,10 @@ class EncryptedFFN:
     view : the block's `LayerView` (act, w_1, b_1, w_2, b_2, norm_ffn, norm_eps).
     act_approx : a GELU `Plan` or a `CompositeRelu` (`check_activation`), on the calibrated range of
         the pre-activations.
-    norm_plan : the 1/sqrt plan of the FFN's LayerNorm (None without one).
+    norm_plan : the `NormPlan` of the FFN's LayerNorm (None without one).
     """
 
-    def __init__(self, name: str, view, act_approx, norm_plan: Plan | None):
+    def __init__(self, name: str, view, act_approx, norm_plan: NormPlan | None):
         check_activation(view.act, act_approx, f"{name} ffn")
         if view.norm_ffn:
             check_inv_sqrt_plan(norm_plan, f"{name} ln2")

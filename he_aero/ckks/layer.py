@@ -24,7 +24,7 @@ from he_aero.ckks.attention import AttentionSpec, KVCache, attention_decode, att
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.ffn import EncryptedFFN
 from he_aero.ckks.linalg import PlainLinear
-from he_aero.ckks.norm import check_inv_sqrt_plan, normalise
+from he_aero.ckks.norm import NormPlan, check_inv_sqrt_plan, normalise
 from he_aero.ckks.packing import FeatureLayout
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
@@ -34,11 +34,11 @@ from he_aero.errors import HeAeroError
 class BaselinePlans:
     """What a baseline block approximates beyond attention: its FFN activation (a GELU `Plan` or a
     `CompositeRelu`) on the calibrated pre-activations, and the 1/sqrt plans of its LayerNorms on the
-    calibrated var + eps (None where the block has no LayerNorm)."""
+    calibrated var + eps (`NormPlan`s; None where the block has no LayerNorm)."""
 
     act: Plan | CompositeRelu
-    norm_attn: Plan | None = None
-    norm_ffn: Plan | None = None
+    norm_attn: NormPlan | None = None
+    norm_ffn: NormPlan | None = None
 
 
 class EncryptedLayer:

@@ -5,10 +5,16 @@
 LayerNorm's sqrt(d) gamma and beta are folded into the linear map that reads the result (the view does it),
 so only this runs on ciphertexts, for every token at once:
 
-    c = x / sqrt(d) - S(x) * m / (d sqrt(d))    S: the feature sum, m: 1 on real features (one level)
-    u = S(c * c) + eps                           = var + eps, in every feature slot of the token (one level)
+    c = a x / sqrt(d) - a S(x) m / (d sqrt(d))   S: the feature sum, m: 1 on real features (one level)
+    u = S(c * c) + a^2 eps                       = (var + eps) / g, in every slot of the token (one level)
     r = 1/sqrt(u)                                the `approx` plan fitted on the calibrated range of u
     out = c * r                                  (one level)
+
+with a = 1/sqrt(g), g = `NormPlan.u_scale` (the geometric centre of the calibrated var + eps range). Why the
+scale: LayerNorm is scale-invariant, so the result is unchanged, but a model's variances may sit far from 1
+(1e-4 after short training, 1e2 in a wide residual stream); scaled, u spans [sqrt(lo/hi), sqrt(hi/lo)]
+around 1, and c and u keep the fixed-point precision CKKS gives values near 1 (unscaled, a variance of 1e-3
+lost 4 bits at N=8192).
 
 S is a sum over the ciphertexts and a `block_sum` over all F blocks (log2 F rotations): every block ends up
 holding the row's total, so r needs no spreading. r is computed once per token count and multiplies every
@@ -19,6 +25,7 @@ plan's domain, so u_pad (inside it) is added there instead (a plaintext addition
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,16 +38,38 @@ from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 
 
-def check_inv_sqrt_plan(plan: Plan, name: str) -> None:
-    """HeAeroError unless `plan` approximates 1/sqrt(x) on a positive domain (what `normalise` needs)."""
-    if plan is None or plan.function != "inv_sqrt" or not plan.domain[0] > 0:
-        raise HeAeroError(f"{name}: a LayerNorm needs a 1/sqrt plan on a positive domain of var + eps")
+@dataclass(frozen=True)
+class NormPlan:
+    """A LayerNorm's approximation: `plan` is 1/sqrt on u = (var + eps) / u_scale (module docstring)."""
+
+    plan: Plan
+    u_scale: float
+
+    @classmethod
+    def for_domain(cls, plan: Plan, u_domain) -> NormPlan:
+        """The NormPlan of a calibrated var + eps domain: u_scale = `u_scale(u_domain)`."""
+        return cls(plan, u_scale(u_domain))
+
+
+def u_scale(u_domain) -> float:
+    """g = sqrt(lo hi): the geometric centre of a var + eps range (the 1/sqrt plan reads u / g)."""
+    return math.sqrt(float(u_domain[0]) * float(u_domain[1]))
+
+
+def check_inv_sqrt_plan(norm, name: str) -> None:
+    """HeAeroError unless `norm` is a `NormPlan` of a 1/sqrt plan on a positive domain (what `normalise`
+    needs)."""
+    ok = isinstance(norm, NormPlan) and norm.plan.function == "inv_sqrt" and norm.plan.domain[0] > 0
+    if not ok or not (math.isfinite(norm.u_scale) and norm.u_scale > 0):
+        raise HeAeroError(
+            f"{name}: a LayerNorm needs a 1/sqrt plan (NormPlan) on a positive domain of var + eps"
+        )
 
 
 def normalise(
     ev: Evaluator,
     ref: Refresher,
-    plan: Plan,
+    norm: NormPlan,
     xs: list[Ct],
     layout: FeatureLayout,
     eps: float,
@@ -48,18 +77,19 @@ def normalise(
 ) -> list[Ct]:
     """normalise(x) of every token of xs (features layout, `layout.n_ct` ciphertexts); same layout out.
 
-    plan : 1/sqrt on a domain [u_lo, u_hi] holding every token's var + eps (calibrated).
+    norm : the 1/sqrt plan on (var + eps) / u_scale, whose domain holds every token's (calibrated).
     eps : LayerNorm's eps (added to the variance).
     name : stage names for the refresher ("{name} mean", "{name} 1/sqrt ...", "{name} scale").
     Raises HeAeroError for a plan of another function or a wrong ciphertext count.
     """
-    check_inv_sqrt_plan(plan, name)
+    check_inv_sqrt_plan(norm, name)
+    plan, alpha = norm.plan, 1.0 / math.sqrt(norm.u_scale)
     if len(xs) != layout.n_ct:
         raise HeAeroError(f"{name}: expected {layout.n_ct} ciphertexts, got {len(xs)}")
     d, f, blk = layout.n_features, layout.per_ct, layout.block
     xs = ref.ensure(xs, 2, f"{name} mean")
     total = block_sum(ev, ev.add_many(xs), f, blk)  # each row's feature sum, in every block
-    root = math.sqrt(d)
+    root = math.sqrt(d) / alpha  # c = alpha (x - mean) / sqrt(d)
     cs = []
     for a, x in enumerate(xs):
         real = np.zeros(f)  # real features of ciphertext a (the padding features must stay 0)
@@ -69,7 +99,8 @@ def normalise(
     u = block_sum(ev, ev.add_many([ev.mul(c, c) for c in cs]), f, blk)
     rows = layout.row_mask()  # 1 on real rows
     u_pad = plan.domain[0]
-    u = ev.add_plain(u, (name, "eps", layout.n_tokens), lambda: eps * rows + u_pad * (1.0 - rows))
+    eps_s = eps * alpha * alpha
+    u = ev.add_plain(u, (name, "eps", layout.n_tokens), lambda: eps_s * rows + u_pad * (1.0 - rows))
     (r,) = run_plan_batch(ev, plan, [u], refresher=ref, name=f"{name} 1/sqrt")
     stage = ref.ensure(cs + [r], 1, f"{name} scale")
     r = stage[-1]

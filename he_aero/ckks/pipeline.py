@@ -27,12 +27,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from approx.plan import Plan
 from he_aero.ckks.attention import KVCache
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.linalg import PlainLinear, block_spread, block_sum
-from he_aero.ckks.norm import check_inv_sqrt_plan, normalise
+from he_aero.ckks.norm import NormPlan, check_inv_sqrt_plan, normalise
 from he_aero.ckks.packing import FeatureLayout, pack, rows_count
 from he_aero.ckks.params import CkksParams
 from he_aero.ckks.refresh import Refresher
@@ -133,11 +132,17 @@ class Pipeline:
     params : the ring and chain.
     block : slots per feature column (a power of two >= the context).
     decode_rows : decode steps take and give the "rows" layout (packing.rows_pack).
-    final_norm : the 1/sqrt plan of the final LayerNorm (baseline variants: `view.final_norm`), else None.
+    final_norm : the `NormPlan` of the final LayerNorm (baseline variants: `view.final_norm`), else None.
     """
 
     def __init__(
-        self, view, plans, params: CkksParams, block: int, decode_rows: bool, final_norm: Plan | None = None
+        self,
+        view,
+        plans,
+        params: CkksParams,
+        block: int,
+        decode_rows: bool,
+        final_norm: NormPlan | None = None,
     ):
         if len(plans) != len(view.layers):
             raise HeAeroError(f"pipeline: {len(plans)} layer plans for {len(view.layers)} layers")

@@ -49,7 +49,9 @@ class Server:
         if not plan.params.is_secure and not allow_insecure_for_tests:
             plan.params.require_secure()
         self.view, self.header, self.plan, self.params = view, header, plan, plan.params
-        self.pipeline = Pipeline(view, plan.plans, plan.params, plan.block, plan.decode_rows, plan.final_norm)
+        self.pipeline = Pipeline(
+            view, plan.plans, plan.params, plan.block, plan.decode_rows, plan.final_norm_plan
+        )
         self.context = self.pipeline.context
         self.ev: Evaluator | None = None
         self.session: bytes | None = None

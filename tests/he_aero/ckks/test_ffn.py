@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from approx.plans import plan_fit, plan_inv_sqrt
+from approx.plans import plan_fit
 from approx.sign import relu_composite
 from he_aero.ckks.attention import KVCache
 from he_aero.ckks.ciphertext import Ct, Evaluator
@@ -19,7 +19,7 @@ from he_aero.plan import Ranges, fit_plans
 from models.linear_view import LayerView, layer_forward
 from tests.conftest import assert_close_bits
 from tests.he_aero.ckks.kit import TEST_MASK_BITS, Kit
-from tests.he_aero.ckks.test_norm import DEEP
+from tests.he_aero.ckks.test_norm import DEEP, norm_plan
 
 T, D, H, BLOCK, BOUND = 8, 32, 2, 16, 16.0
 
@@ -48,7 +48,7 @@ def _plans(lay: LayerView, x: np.ndarray) -> BaselinePlans:
     else:
         act = relu_composite(1.25 * max(-lo, hi), 2e-2)
     norms = [
-        plan_inv_sqrt((0.8 * inter[k].min(), 1.25 * inter[k].max()), 1e-4) if lay.norm_attn else None
+        norm_plan(0.8 * inter[k].min(), 1.25 * inter[k].max()) if lay.norm_attn else None
         for k in ("u_attn", "u_ffn")
     ]
     return BaselinePlans(act, *norms)

@@ -6,7 +6,7 @@ import pytest
 
 from approx.plans import plan_exp, plan_inv_sqrt
 from he_aero.ckks.ciphertext import Ct, Evaluator
-from he_aero.ckks.norm import normalise
+from he_aero.ckks.norm import NormPlan, normalise, u_scale
 from he_aero.ckks.packing import feature_layout, pack, unpack
 from he_aero.ckks.params import CkksParams
 from he_aero.ckks.refresh import Refresher
@@ -30,12 +30,20 @@ def _symbolic_steps(plan, layouts) -> set:
     return steps
 
 
-@pytest.fixture(scope="module")
-def setup():
+def norm_plan(lo: float, hi: float) -> NormPlan:
+    """The planner's rule (he_aero/plan.py `fit_inv_sqrt`): 1/sqrt fitted on [lo, hi] / u_scale."""
+    g = u_scale((lo, hi))
+    return NormPlan(plan_inv_sqrt((lo / g, hi / g), 1e-4), g)
+
+
+@pytest.fixture(scope="module", params=[1.0, 0.02], ids=["var~1", "var~4e-4"])
+def setup(request):
+    """Rows with a per-token scale and mean; the second set has variances ~4e-4 (a briefly trained model's),
+    which the u_scale keeps at full precision."""
     rng = np.random.default_rng(3)
-    x = rng.normal(0.7, 1.0, size=(T, D)) * rng.uniform(0.6, 1.6, size=(T, 1))  # per-token scale and mean
+    x = rng.normal(0.7, 1.0, size=(T, D)) * rng.uniform(0.6, 1.6, size=(T, 1)) * request.param
     _, u = reference(x, EPS)
-    plan = plan_inv_sqrt((0.8 * u.min(), 1.25 * u.max()), 1e-4)
+    plan = norm_plan(0.8 * u.min(), 1.25 * u.max())
     layout = feature_layout(DEEP.slots, T, D, block=BLOCK)  # 80 features: 48 of the 2nd ct are padding
     kit = Kit(DEEP, _symbolic_steps(plan, (layout, layout.with_tokens(1))))
     return x, plan, layout, kit
@@ -64,6 +72,10 @@ def test_normalise_refuses_a_plan_of_another_function(setup):
     xs = [kit.enc(v, layout) for v in pack(x, layout)]
     ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
     with pytest.raises(HeAeroError, match="1/sqrt plan"):
-        normalise(kit.ev, ref, plan_exp((-1.0, 1.0), max_abs_error=1e-3), xs, layout, EPS, "ln")
+        normalise(
+            kit.ev, ref, NormPlan(plan_exp((-1.0, 1.0), max_abs_error=1e-3), 1.0), xs, layout, EPS, "ln"
+        )
+    with pytest.raises(HeAeroError, match="1/sqrt plan"):
+        normalise(kit.ev, ref, setup[1].plan, xs, layout, EPS, "ln")  # a bare Plan: its scale is missing
     with pytest.raises(HeAeroError, match="expected 2 ciphertexts"):
         normalise(kit.ev, ref, setup[1], xs[:1], layout, EPS, "ln")
