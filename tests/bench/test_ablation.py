@@ -37,7 +37,12 @@ def test_rows_are_the_issue_variants():
         "softmax-only+ER",
         "softmax-only+ER pruned",
     ]
-    assert sum(r.pruned for r in ROWS) == 1
+    assert sum(r.pruned for r in ROWS) == 2  # one with plain softmax, one with sink attention
+    # every variant also with the shipped model's attention: the encrypted cost table's models
+    sink = {(r.variant, r.entropy_reg, r.pruned) for r in ROWS if r.attention == "sink"}
+    assert {v for v, _, _ in sink} == {"baseline", "relu", "lnfree-relu", "softmax-only"}
+    assert ("softmax-only", True, 1) in sink and ("softmax-only", True, 0) in sink
+    assert all(r.range_penalty for r in ROWS if r.attention == "sink")
 
 
 def test_smoke_run_writes_json_and_markdown(tmp_path):
