@@ -10,12 +10,18 @@ from bench.ablation import ROWS as ABLATION_ROWS
 
 
 def _row(name, variant, n_bytes, seconds, rounds, **extra):
-    return {
-        "variant": name, "model_variant": variant, "bytes_per_token": n_bytes,
-        "decode_seconds_per_token": seconds, "wan_seconds_per_token": aero.wan_seconds(seconds, n_bytes, rounds),
-        "bytes_prefill": 10 * n_bytes,
-        "prefill_seconds": 10 * seconds, "refresh_rounds_per_token": rounds, **extra,
-    }  # fmt: skip
+    wan = aero.wan_seconds(seconds, n_bytes, rounds)
+    return dict(
+        variant=name,
+        model_variant=variant,
+        bytes_per_token=n_bytes,
+        decode_seconds_per_token=seconds,
+        wan_seconds_per_token=wan,
+        bytes_prefill=10 * n_bytes,
+        prefill_seconds=10 * seconds,
+        refresh_rounds_per_token=rounds,
+        **extra,
+    )
 
 
 def test_every_row_runs_an_ablation_checkpoint_with_sink_attention():
@@ -71,11 +77,11 @@ def test_from_json_rewrites_the_table(tmp_path):
         "layernorms_per_token": 0,
     }
     common = dict(
-        test_bits_per_byte=2.5, encrypted_bits_per_byte=2.5, plaintext_bits_per_byte_same_windows=2.5,
-        encrypted_top1=1.0, top1_tokens=32, max_abs_logit_error=1e-2, ring_degree=8192,
-        depth_per_layer=[30] * 3, refresh_rounds_prefill=52, layers=3, d_model=128, context=64, train_steps=6000, prefill_tokens=64,
-        decode_steps=2, nonlinearities=nl,
-    )  # fmt: skip
+        test_bits_per_byte=2.5, encrypted_bits_per_byte=2.5, plaintext_bits_per_byte_same_windows=2.5
+    )
+    common.update(encrypted_top1=1.0, top1_tokens=32, max_abs_logit_error=1e-2, ring_degree=8192)
+    common.update(depth_per_layer=[30] * 3, refresh_rounds_prefill=52, layers=3, d_model=128, context=64)
+    common.update(train_steps=6000, prefill_tokens=64, decode_steps=2, nonlinearities=nl)
     rows = [_row("baseline (SM+LN+G)", "baseline", 4e7, 8.0, 40, **common)]
     rows.append(_row("softmax-only", "softmax-only", 1e7, 2.0, 10, **common))
     saved = tmp_path / "rows.json"
