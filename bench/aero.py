@@ -14,8 +14,9 @@ server joined by a byte-counting channel, real keys, the hiding refresh). Measur
 - accuracy against the row's own plaintext model: teacher-forced top-1 on the first `--prompts` acceptance
   prompts (bench/data/prompts.json, 8 continuation tokens each; `bench.infer.accept`) and bits per byte of
   encrypted prefills on `--bpb-windows` test windows next to plaintext on the same windows;
-- a prefill of `--prefill` tokens and `--decode` decode steps after it (`bench.infer.speed`): seconds on this
-  machine, bytes each way, refresh rounds; the decode figures are the mean over the steps;
+- a prefill of `--prefill` tokens, and `--decode` decode steps after a prompt of `--decode-after` tokens
+  (`bench.infer.speed`): seconds on this machine, bytes each way, refresh rounds; the decode figures are the
+  mean over the steps;
 - the planner's levels per layer without refreshes (`he_aero.plan.layer_depths`) and its ring choice;
 - the WAN time a row would take on AERO's network (100 Mbit/s, 80 ms round trip): compute + bytes / bandwidth
   + (refresh rounds + 1) x round trip, per prefill and per decoded token.
@@ -100,9 +101,10 @@ def measure(row: Row, ckpt: Path, args) -> dict:
     t3 = time.perf_counter()
     took = f"calibrated {t1 - t0:.0f} s, planned {t2 - t1:.0f} s ({plan.summary()}), keys {t3 - t2:.0f} s"
     print(f"{row.name}: {took}", flush=True)
-    sp = speed([args.prefill], args.decode, session=session)
+    # speed() decodes after a prefill of its first length: a short prompt, then the full-length prefill
+    sp = speed([args.decode_after, args.prefill], args.decode, session=session)
     acc = accept(args.prompts, 0, args.bpb_windows, session=session)
-    prefill = sp["prefill"][0]
+    prefill = sp["prefill"][-1]
     dec = sp["decode"]
     per_token = {
         k: sum(d[k] for d in dec) / len(dec)
@@ -149,6 +151,7 @@ def measure(row: Row, ckpt: Path, args) -> dict:
         "prefill_seconds": prefill["wall_seconds"],
         "decode_seconds_per_token": round(per_token["wall_seconds"], 2),
         "decode_steps": len(dec),
+        "decode_after": args.decode_after,
         "wan_prefill_seconds": round(wan_prefill, 2),
         "wan_seconds_per_token": round(
             wan_seconds(per_token["wall_seconds"], token_bytes, round(per_token["refresh_rounds"])), 2
@@ -196,7 +199,8 @@ def markdown(result: dict) -> str:
         f"{r0['context']}, sink attention with the range penalty, {r0['train_steps']} training steps, seed 0 "
         "(bench/ablation.py). Each model is calibrated, planned (the planner picks the ring) and run through "
         "an in-process client/server session with the hiding refresh. Prefill: "
-        f"{r0['prefill_tokens']} tokens; decode: mean of {r0['decode_steps']} steps after it. Top-1: "
+        f"{r0['prefill_tokens']} tokens; decode: mean of {r0['decode_steps']} steps after a "
+        f"{r0['decode_after']}-token prompt. Top-1: "
         "teacher-forced on the acceptance prompts against the row's own plaintext model. WAN: compute + "
         "bytes at 100 Mbit/s + (refresh rounds + 1) x 80 ms.",
         "",
@@ -248,16 +252,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--bpb-windows", type=int, default=1, help="test windows for encrypted bits per byte")
     p.add_argument("--prefill", type=int, default=64, help="prefill length in tokens")
-    p.add_argument("--decode", type=int, default=2, help="decode steps after the prefill")
+    p.add_argument("--decode", type=int, default=2, help="decode steps after a prompt of --decode-after tokens")
+    p.add_argument("--decode-after", type=int, default=16, help="prompt length before the decode steps")
     p.add_argument("--calibration-windows", type=int, default=2048)
     p.add_argument("--out", type=Path, default=Path("docs"), help="folder for he-costs.{json,md}")
     p.add_argument("--from-json", type=Path, nargs="+", default=None, help="merge saved row lists, no runs")
     a = p.parse_args(argv)
-    for name in ("prompts", "decode", "prefill", "calibration_windows"):
+    for name in ("prompts", "decode", "decode_after", "prefill", "calibration_windows"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.bpb_windows < 0:
         p.error("--bpb-windows must be >= 0")
+    if a.decode_after + a.decode > 64 or a.prefill > 64:
+        p.error("--prefill and --decode-after + --decode must fit the 64-token context")
     if not a.out.is_dir():
         p.error(f"--out: no such directory: {a.out}")
     t0 = time.perf_counter()

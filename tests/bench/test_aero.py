@@ -81,7 +81,7 @@ def test_from_json_rewrites_the_table(tmp_path):
     )
     common.update(encrypted_top1=1.0, top1_tokens=32, max_abs_logit_error=1e-2, ring_degree=8192)
     common.update(depth_per_layer=[30] * 3, refresh_rounds_prefill=52, layers=3, d_model=128, context=64)
-    common.update(train_steps=6000, prefill_tokens=64, decode_steps=2, nonlinearities=nl)
+    common.update(train_steps=6000, prefill_tokens=64, decode_steps=2, decode_after=16, nonlinearities=nl)
     rows = [_row("baseline (SM+LN+G)", "baseline", 4e7, 8.0, 40, **common)]
     rows.append(_row("softmax-only", "softmax-only", 1e7, 2.0, 10, **common))
     saved = tmp_path / "rows.json"
