@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--bpb-windows", type=int, default=1, help="test windows for encrypted bits per byte")
     p.add_argument("--prefill", type=int, default=64, help="prefill length in tokens")
-    p.add_argument("--decode", type=int, default=2, help="decode steps after a prompt of --decode-after tokens")
+    p.add_argument("--decode", type=int, default=2, help="decode steps after --decode-after tokens")
     p.add_argument("--decode-after", type=int, default=16, help="prompt length before the decode steps")
     p.add_argument("--calibration-windows", type=int, default=2048)
     p.add_argument("--out", type=Path, default=Path("docs"), help="folder for he-costs.{json,md}")
