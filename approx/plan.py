@@ -184,6 +184,10 @@ class Plan:
     def coefficients(self) -> tuple[float, ...]:
         return self.steps[0].coefficients
 
+    def check_error_claim(self) -> None:
+        """ApproxError unless the steps meet `max_error` on a 4097-point grid (`_check_error_claim`)."""
+        _check_error_claim(self)
+
     def describe(self) -> str:
         """One line: the steps in words."""
         parts = []

@@ -84,6 +84,22 @@ class CompositeRelu:
         depth = self.run(0, ops)
         return bsgs.Cost(depth, ops.nonscalar, ops.scalar)
 
+    def check_claim(self) -> None:
+        """ApproxError unless eps lies in (0, 1), the bound is at most 1e6 and the stages meet `max_error` on
+        a 4097-point grid of [-bound, bound] (the certificate took a denser one): a plan file's stages are
+        otherwise trusted as written."""
+        if not (0 < self.eps < 1 and self.bound <= 1e6):
+            raise ApproxError(
+                f"composite relu: eps {self.eps:g} must lie in (0, 1), bound {self.bound:g} <= 1e6"
+            )
+        x = np.linspace(-self.bound, self.bound, 4097)
+        with np.errstate(over="ignore", invalid="ignore"):  # edited stages may overflow: inf fails below
+            worst = float(np.max(np.abs(np.maximum(x, 0.0) - self.evaluate(x))))
+        if not worst <= self.max_error * (1 + 1e-6) + 1e-12:
+            raise ApproxError(
+                f"max_error: the stages reach {worst:.3g} on a grid, the file claims {self.max_error:.3g}"
+            )
+
     @property
     def stage_depth(self) -> int:
         """Levels of the deepest sign stage (an unsplittable polynomial): what must fit between refreshes."""

@@ -27,9 +27,12 @@ def read_json(path: Path, noun: str, default: Path, remake: str):
 def interval(value, name: str, floor: float | None = None) -> tuple[float, float]:
     """`value` as a finite (lo, hi) with lo < hi (and lo >= floor); HeAeroError names field `name`."""
     try:
-        lo, hi = (float(v) for v in value)
+        lo, hi = value
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (lo, hi)):
+            raise TypeError("not numbers")
+        lo, hi = float(lo), float(hi)
     except (TypeError, ValueError) as exc:
-        raise HeAeroError(f"field {name!r} must be [lo, hi], got {value!r}") from exc
+        raise HeAeroError(f"field {name!r} must be [lo, hi] (two numbers), got {value!r}") from exc
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise HeAeroError(f"field {name!r} must be finite with lo < hi, got {value!r}")
     if floor is not None and lo < floor:

@@ -41,6 +41,7 @@ import numpy as np
 
 from he_aero import __version__
 from he_aero.artifacts import interval, read_json
+from he_aero.ckks.norm import refreshed_peak
 from he_aero.errors import HeAeroError
 
 FORMAT_VERSION = 3
@@ -266,6 +267,7 @@ class Calibration:
         object.__setattr__(self, "activation_bound", float(bound))
         if not isinstance(self.ranges, dict):
             raise HeAeroError("field 'ranges' must be a JSON object")
+        self._check_variant_fields()
         for i, a in enumerate(self.activations):
             if not isinstance(a, dict) or not all(
                 isinstance(a.get(k), (int, float)) and not isinstance(a.get(k), bool) and 0 <= a[k] < math.inf
@@ -275,8 +277,35 @@ class Calibration:
                     f"field 'activations[{i}]' must hold a number >= 0 for each of {', '.join(ACTIVATIONS)}"
                 )
 
+    def _check_variant_fields(self) -> None:
+        """The optional ranges are exactly those of the model's variant (`OPTIONAL_LAYER_FIELDS`): FFN
+        pre-activations for unfused FFNs, var + eps for LayerNorms (and before the LM head)."""
+        cfg = self.model_config if isinstance(self.model_config, dict) else {}
+        variant = cfg.get("variant", "softmax-only")
+        norm, unfused = variant in ("baseline", "relu"), variant != "softmax-only"
+        want = {"pre_domain": unfused, "u_attn_domain": norm, "u_ffn_domain": norm}
+        for i, lay in enumerate(self.layers):
+            for name, needed in want.items():
+                if (getattr(lay, name) is not None) != needed:
+                    verb = "needs" if needed else "has no"
+                    raise HeAeroError(
+                        f"field 'layers[{i}].{name}': a {variant} model {verb} it: {RECALIBRATE}"
+                    )
+        if (self.u_final_domain is not None) != norm:
+            verb = "needs" if norm else "has no"
+            raise HeAeroError(f"field 'u_final_domain': a {variant} model {verb} it: {RECALIBRATE}")
+
     def check_checkpoint(self, header: dict, where: str = "calibration") -> None:
-        """Refuse a checkpoint whose weights this calibration was not made for."""
+        """Refuse a checkpoint whose weights (or variant: GELU and ReLU models share their parameters) this
+        calibration was not made for."""
+        variant = (header.get("config") or {}).get("variant", "softmax-only")
+        mine = (self.model_config if isinstance(self.model_config, dict) else {}).get(
+            "variant", "softmax-only"
+        )
+        if variant != mine:
+            raise HeAeroError(
+                f"{where} was made for a {mine} model, the checkpoint is {variant}: {RECALIBRATE}"
+            )
         sha = str(header.get("weights_sha256"))
         if sha != self.weights_sha256:
             raise HeAeroError(
@@ -477,19 +506,19 @@ def calibrate(
         pre = widen(*span["pre"], m) if "pre" in span else None
         for u in (u_attn, u_ffn):
             if u is not None:
-                extra_peaks += [u[1], 1 / math.sqrt(u[0])]
+                extra_peaks.append(refreshed_peak(u))
         if pre is not None:
             extra_peaks.append(max(abs(pre[0]), abs(pre[1])))
         # the sink's floor is exact: no margin below 1
         layers.append(LayerCalibration(z, (1.0, den_hi), u_attn, u_ffn, pre))
     u_final = widen_positive(*final, m) if final is not None else None
     if u_final is not None:
-        extra_peaks += [u_final[1], 1 / math.sqrt(u_final[0])]
+        extra_peaks.append(refreshed_peak(u_final))
     logit_domain = widen(ranges["logits"]["min"], ranges["logits"]["max"], m)
     # The refresh mask hides values up to the plan's bound (docs/security.md). This part of it covers the
     # intermediates outside attention and the logits, times (1 + margin), sized on MEASURED values; the
     # plan adds the attention's weights, numerators and denominators after choosing its exp shift. The
-    # baseline blocks' values enter already widened (their domains).
+    # baseline blocks' values enter already widened (their domains; a LayerNorm refreshes (var + eps) / g).
     peak = max(
         max(a[name] for a in acts for name in OUTSIDE_ATTENTION),
         max(abs(ranges["logits"]["min"]), abs(ranges["logits"]["max"])),

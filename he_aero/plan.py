@@ -33,7 +33,7 @@ from he_aero.artifacts import interval, read_json
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.hiding import MASK_BITS, SESSION_HIDING_BITS, RefreshHiding
 from he_aero.ckks.layer import BaselinePlans, EncryptedLayer
-from he_aero.ckks.norm import NormPlan, u_scale
+from he_aero.ckks.norm import NormPlan, refreshed_peak, u_scale
 from he_aero.ckks.packing import block_for, feature_layout, rows_count
 from he_aero.ckks.params import CkksParams, default_params
 from he_aero.ckks.pipeline import Pipeline, shape_only_view
@@ -277,7 +277,9 @@ class Ranges:
             z_hi, den_hi, num_max = lay.z_domain[1], lay.denominator_domain[1], acts["num"] * grow
             delta = exp_shift(z_hi, den_hi, num_max)
             bound = max(bound, attention_refreshed(z_hi, den_hi, num_max, delta))
+            bound = max(bound, baseline_refreshed((lay.u_attn_domain, lay.u_ffn_domain), lay.pre_domain))
             shifts.append(delta)
+        bound = max(bound, baseline_refreshed((cal.u_final_domain,)))
         return cls(
             tuple(tuple(lay.z_domain) for lay in cal.layers),
             bound,
@@ -424,7 +426,10 @@ def approximation_depths(plans: list, final: NormPlan | None) -> list[int]:
         need += [atomic_depth(st) for p in extra for st in p.plan.steps]
         if rest:
             act = rest[0].act
-            need.append(act.stage_depth if isinstance(act, CompositeRelu) else step_depth(act.steps[0], True))
+            if isinstance(act, CompositeRelu):
+                need.append(act.stage_depth)
+            else:  # its first map is folded into W_1
+                need += [atomic_depth(st, mapped=(j == 0)) for j, st in enumerate(act.steps)]
         out.append(max(need))
     return out
 
@@ -639,6 +644,13 @@ class LayerPlan:
     u_ffn_domain: tuple[float, float] | None = None
 
     @property
+    def pipeline_plans(self) -> tuple:
+        """(exp, reciprocal, exp shift[, BaselinePlans]): one layer's entry of `Pipeline`'s plans."""
+        return (self.exp, self.reciprocal, self.exp_shift) + (
+            (self.baseline,) if self.act is not None else ()
+        )
+
+    @property
     def baseline(self) -> BaselinePlans | None:
         """What `Pipeline` runs for a baseline block: the 1/sqrt plans with their input scales
         (he_aero/ckks/norm.py: fitted on var + eps over the geometric centre of the calibrated domain)."""
@@ -694,10 +706,7 @@ class ExecutionPlan:
     @property
     def plans(self) -> list[tuple]:
         """Per layer (exp, reciprocal, exp shift[, BaselinePlans]): what `Pipeline` takes."""
-        return [
-            (lay.exp, lay.reciprocal, lay.exp_shift) + ((lay.baseline,) if lay.act is not None else ())
-            for lay in self.layers
-        ]
+        return [lay.pipeline_plans for lay in self.layers]
 
     @property
     def final_norm_plan(self) -> NormPlan | None:
@@ -857,8 +866,10 @@ class ExecutionPlan:
         if shape.layer_norm:
             final = _read_norm(reader, data, "final_norm", "u_final_domain", "")
             final = {"final_norm": final["final_norm"], "u_final_domain": final["u_final_domain"]}
-        elif "final_norm" in data:
-            raise HeAeroError(f"{where}: field 'final_norm' in a plan for a {shape.variant} model")
+        else:
+            for key in ("final_norm", "u_final_domain"):
+                if key in data:
+                    raise HeAeroError(f"{where}: field {key!r} in a plan for a {shape.variant} model")
         refresh = reader.need(data, "refresh")
         bound = reader.need(refresh, "activation_bound", "refresh.")
         if (
@@ -907,6 +918,14 @@ class ExecutionPlan:
         if block < shape.t_max or block & (block - 1) or block > params.slots:
             raise HeAeroError(
                 f"{where}: field 'layout.block' {block} must be a power of two holding the context"
+            )
+        plans = [lay.pipeline_plans for lay in layers]
+        final_plan = None if not final else NormPlan.for_domain(final["final_norm"], final["u_final_domain"])
+        deepest = approximation_depths(plans, final_plan)
+        if max(deepest) > probe.usable_levels():
+            raise HeAeroError(
+                f"{where}: an approximation step needs {max(deepest)} levels between refreshes (per layer: "
+                f"{deepest}), the ring leaves {probe.usable_levels()}"
             )
         informational = _informational(data, where)
         return cls(
@@ -1102,12 +1121,13 @@ def _outside(what: str, values, dom) -> list[tuple[float, str]]:
 
 
 def baseline_refreshed(u_domains=(), pre_domain=None) -> float:
-    """The largest value a baseline block puts through a refresh, from its domains: var + eps up to u_hi and
-    its 1/sqrt up to 1/sqrt(u_lo) per LayerNorm domain, |pre| for the FFN's pre-activations; 0 for none."""
+    """The largest value a baseline block puts through a refresh, from its domains: per LayerNorm domain the
+    scaled var + eps and its 1/sqrt (he_aero/ckks/norm.py `refreshed_peak`), |pre| for the FFN's
+    pre-activations; 0 for none."""
     out = [0.0]
     for dom in u_domains:
         if dom is not None:
-            out += [dom[1], 1 / math.sqrt(dom[0])]
+            out.append(refreshed_peak(dom))
     if pre_domain is not None:
         out += [abs(pre_domain[0]), abs(pre_domain[1])]
     return max(out)
@@ -1117,11 +1137,16 @@ def _read_norm(reader, raw: dict, name: str, dom_name: str, ctx: str) -> dict:
     """A 1/sqrt plan and the var + eps domain its first polynomial must cover."""
     try:
         plan = Plan.from_dict(reader.need(raw, name, ctx))
+        if plan.function == "inv_sqrt":
+            _check_claim(plan)
     except ApproxError as exc:
         raise HeAeroError(f"{reader.where}: {ctx}{name}: {exc}") from exc
     dom = reader.pair(reader.need(raw, dom_name, ctx), f"{ctx}{dom_name}")
     a, b = plan.steps[0].domain
-    g = u_scale(dom) if dom[0] > 0 else 1.0  # the plan reads (var + eps) / g (he_aero/ckks/norm.py)
+    try:  # the plan reads (var + eps) / g (he_aero/ckks/norm.py)
+        g = u_scale(dom)
+    except HeAeroError as exc:
+        raise HeAeroError(f"{reader.where}: field '{ctx}{dom_name}': {exc}") from exc
     if (
         plan.function != "inv_sqrt"
         or not 0 < dom[0]
@@ -1137,12 +1162,14 @@ def _read_norm(reader, raw: dict, name: str, dom_name: str, ctx: str) -> dict:
 
 def _read_baseline(reader, raw: dict, ctx: str, shape: ModelShape) -> dict:
     """A baseline block's activation and LayerNorm plans with their domains (`LayerPlan` fields), required
-    exactly when the model shape has them."""
-    keys = ("act", "pre_domain", "norm_attn", "u_attn_domain", "norm_ffn", "u_ffn_domain")
+    exactly when the model shape has them (and refused when it has not). Each approximation must meet its
+    claimed error (checked on a grid, `_check_claim`)."""
+    keys = {"act": shape.unfused, "pre_domain": shape.unfused}
+    keys.update(dict.fromkeys(("norm_attn", "u_attn_domain", "norm_ffn", "u_ffn_domain"), shape.layer_norm))
+    extra = [k for k, wanted in keys.items() if k in raw and not wanted]
+    if extra:
+        raise HeAeroError(f"{reader.where}: field {ctx}{extra[0]!r} in a plan for a {shape.variant} model")
     if not shape.unfused:
-        extra = [k for k in keys if k in raw]
-        if extra:
-            raise HeAeroError(f"{reader.where}: field {ctx}{extra[0]!r} in a plan for a softmax-only model")
         return {}
     out: dict = {}
     pre = reader.pair(reader.need(raw, "pre_domain", ctx), f"{ctx}pre_domain")
@@ -1150,23 +1177,40 @@ def _read_baseline(reader, raw: dict, ctx: str, shape: ModelShape) -> dict:
     try:
         if shape.variant == "baseline":
             act = Plan.from_dict(raw_act)
-            ok = act.function == "gelu" and all(st.op == "poly" for st in act.steps)
-            ok = ok and act.steps[0].domain[0] <= pre[0] and act.steps[0].domain[1] >= pre[1]
+            if act.function != "gelu" or any(st.op != "poly" for st in act.steps):
+                raise ApproxError("expected a GELU plan of polynomial steps only")
+            covers = act.steps[0].domain[0] <= pre[0] and act.steps[0].domain[1] >= pre[1]
         else:
             act = CompositeRelu.from_dict(raw_act)
-            ok = act.bound >= max(abs(pre[0]), abs(pre[1]))
+            covers = act.bound >= max(abs(pre[0]), abs(pre[1]))
+        _check_claim(act)
     except ApproxError as exc:
         raise HeAeroError(f"{reader.where}: {ctx}act: {exc}") from exc
-    if not ok:
-        raise HeAeroError(
-            f"{reader.where}: {ctx}act must approximate {'GELU' if shape.variant == 'baseline' else 'ReLU'} "
-            f"on a domain covering pre_domain {list(pre)}"
-        )
+    if not covers:
+        raise HeAeroError(f"{reader.where}: {ctx}act's domain does not cover pre_domain {list(pre)}")
     out.update(act=act, pre_domain=pre)
     if shape.layer_norm:
         out.update(_read_norm(reader, raw, "norm_attn", "u_attn_domain", ctx))
         out.update(_read_norm(reader, raw, "norm_ffn", "u_ffn_domain", ctx))
     return out
+
+
+MAX_ACT_ERROR = 0.5
+"""Largest claimed error a plan file's GELU / ReLU may carry (absolute; the plan stage fits 2e-3): a larger
+claim is a file that approximates nothing."""
+
+
+def _check_claim(approx) -> None:
+    """ApproxError unless a GELU / 1/sqrt plan or a composite ReLU meets its own claimed error on a grid (and
+    the claim is plausible): an edited file would otherwise run coefficients that approximate nothing."""
+    if isinstance(approx, CompositeRelu):
+        approx.check_claim()
+        limit = MAX_ACT_ERROR
+    else:
+        approx.check_error_claim()
+        limit = MAX_ACT_ERROR if approx.function == "gelu" else 0.5  # 1/sqrt: relative
+    if not approx.max_error <= limit:
+        raise ApproxError(f"max_error: {approx.max_error:g} is no approximation (at most {limit:g})")
 
 
 def _canonical(data: dict) -> bytes:

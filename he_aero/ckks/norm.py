@@ -52,14 +52,27 @@ class NormPlan:
 
 
 def u_scale(u_domain) -> float:
-    """g = sqrt(lo hi): the geometric centre of a var + eps range (the 1/sqrt plan reads u / g)."""
-    return math.sqrt(float(u_domain[0]) * float(u_domain[1]))
+    """g = sqrt(lo hi): the geometric centre of a var + eps range (the 1/sqrt plan reads u / g).
+    HeAeroError unless 0 < lo < hi give a positive finite g (sqrt of each: lo hi may underflow)."""
+    lo, hi = float(u_domain[0]), float(u_domain[1])
+    g = math.sqrt(lo) * math.sqrt(hi) if 0 < lo < hi else math.nan
+    if not (math.isfinite(g) and g > 0):
+        raise HeAeroError(f"var + eps range [{lo:g}, {hi:g}]: no positive finite scale (need 0 < lo < hi)")
+    return g
+
+
+def refreshed_peak(u_domain, rel_error: float = 0.01) -> float:
+    """The largest value a LayerNorm on `u_domain` puts through a refresh: u / g up to sqrt(hi / lo) (and the
+    Newton step's h = u / 2g below it), the 1/sqrt iterates up to (hi / lo)^(1/4), with `rel_error` of room
+    for the iterates' overshoot. The calibration and the plan both size the refresh bound with it."""
+    ratio = float(u_domain[1]) / float(u_domain[0])
+    return max(math.sqrt(ratio), ratio**0.25) * (1.0 + rel_error)
 
 
 def check_inv_sqrt_plan(norm, name: str) -> None:
     """HeAeroError unless `norm` is a `NormPlan` of a 1/sqrt plan on a positive domain (what `normalise`
     needs)."""
-    ok = isinstance(norm, NormPlan) and norm.plan.function == "inv_sqrt" and norm.plan.domain[0] > 0
+    ok = isinstance(norm, NormPlan) and norm.plan.function == "inv_sqrt" and norm.plan.steps[0].domain[0] > 0
     if not ok or not (math.isfinite(norm.u_scale) and norm.u_scale > 0):
         raise HeAeroError(
             f"{name}: a LayerNorm needs a 1/sqrt plan (NormPlan) on a positive domain of var + eps"
@@ -98,7 +111,7 @@ def normalise(
         cs.append(ev.sub(ev.mul_scalar(x, 1.0 / root), mean, layout))
     u = block_sum(ev, ev.add_many([ev.mul(c, c) for c in cs]), f, blk)
     rows = layout.row_mask()  # 1 on real rows
-    u_pad = plan.domain[0]
+    u_pad = plan.steps[0].domain[0]  # what the first polynomial reads (the plan loader checks it)
     eps_s = eps * alpha * alpha
     u = ev.add_plain(u, (name, "eps", layout.n_tokens), lambda: eps_s * rows + u_pad * (1.0 - rows))
     (r,) = run_plan_batch(ev, plan, [u], refresher=ref, name=f"{name} 1/sqrt")

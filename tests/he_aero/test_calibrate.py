@@ -285,6 +285,7 @@ def test_baseline_variants_calibrate_their_layernorm_and_ffn_ranges(variant):
     their pre-activation domain; each holds what the reference forward measures, and the file round-trips."""
     import torch
 
+    from he_aero.ckks.norm import refreshed_peak
     from models.decoder import Decoder, DecoderConfig
     from models.linear_view import LinearView, embed, layer_forward
 
@@ -308,7 +309,7 @@ def test_baseline_variants_calibrate_their_layernorm_and_ffn_ranges(variant):
                 <= inter["u_attn"].max()
                 <= lc.u_attn_domain[1]
             )
-            assert 1 / np.sqrt(lc.u_attn_domain[0]) <= cal.activation_bound  # r = 1/sqrt(u) is refreshed
+            assert refreshed_peak(lc.u_attn_domain) <= cal.activation_bound  # (var + eps) / g is refreshed
         x = inter["x_out"]
     assert (cal.u_final_domain is not None) == norm
     again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
@@ -321,8 +322,21 @@ def test_baseline_variants_calibrate_their_layernorm_and_ffn_ranges(variant):
     bad["layers"][0]["pre_domain"] = [1.0, 1.0]
     with pytest.raises(HeAeroError, match="pre_domain"):
         Calibration.from_dict(bad)
+    bad = cal.to_dict()
+    del bad["layers"][1]["pre_domain"]  # the optional ranges are exactly the variant's, in every layer
+    with pytest.raises(HeAeroError, match=r"layers\[1\].pre_domain': a .* model needs it"):
+        Calibration.from_dict(bad)
+    # GELU and ReLU models share their parameters (and may share weights): the variant must match too
+    other = "relu" if norm else "baseline"
+    with pytest.raises(HeAeroError, match=f"made for a {variant} model, the checkpoint is {other}"):
+        cal.check_checkpoint({"weights_sha256": "0" * 64, "config": {**cal.model_config, "variant": other}})
     if norm:
         bad = cal.to_dict()
         bad["layers"][1]["u_ffn_domain"] = [-1.0, 2.0]
         with pytest.raises(HeAeroError, match="must lie above 0"):
+            Calibration.from_dict(bad)
+    else:
+        bad = cal.to_dict()
+        bad["u_final_domain"] = [0.5, 2.0]
+        with pytest.raises(HeAeroError, match="u_final_domain': a lnfree-relu model has no"):
             Calibration.from_dict(bad)

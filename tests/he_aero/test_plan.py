@@ -287,15 +287,31 @@ def test_baseline_variant_plans_round_trip_and_are_checked_at_load(tiny_variant,
             ExecutionPlan.from_dict(data)
 
     refused(lambda d: d["layers"][0].pop("act"), "missing field layers\\[0\\].'act'")
-    refused(lambda d: d["layers"][1].update(pre_domain=[-1e3, 1e3]), "covering pre_domain")
+    refused(lambda d: d["layers"][1].update(pre_domain=[-1e3, 1e3]), "does not cover pre_domain")
+    refused(lambda d: d["layers"][1].update(pre_domain=["-1", 1.0]), "two numbers")
     refused(lambda d: d["checkpoint"]["shape"].update(variant="softmax-only"), "softmax-only model")
+    if model.cfg.variant == "baseline":  # a GELU file whose coefficients approximate nothing
+
+        def constant(d):
+            act = d["layers"][0]["act"]
+            act["coefficients"] = act["steps"][0]["coefficients"] = [5.0] + [0.0] * (act["degree"])
+
+        refused(constant, "max_error|steps give")
+        square = {"op": "square", "times": 1}
+        refused(lambda d: d["layers"][0]["act"]["steps"].append(square), "polynomial steps only|depth")
+    else:  # a ReLU file with edited stages, or one whose stages do not fit between refreshes
+        refused(lambda d: d["layers"][0]["act"]["stages"][0].__setitem__(1, 3.0), "max_error")
+        refused(lambda d: d["layers"][0]["act"].update(eps=5.0), "must lie in \\(0, 1\\)")
     if norm:
         refused(lambda d: d["layers"][0].update(norm_ffn=d["layers"][0]["exp"]), "1/sqrt plan")
         refused(lambda d: d.pop("final_norm"), "missing field 'final_norm'")
         u_lo = plan.layers[0].u_attn_domain[0]
         refused(lambda d: d["layers"][0].update(u_attn_domain=[u_lo / 100, 2.0]), "covers the positive")
-    else:
+        refused(lambda d: d["layers"][0].update(u_attn_domain=[1e-200, 1e-150]), "covers the positive")
+    else:  # fields of a LayerNorm in a plan for a model without one
         refused(lambda d: d.update(final_norm=d["layers"][0]["exp"]), "final_norm")
+        refused(lambda d: d.update(u_final_domain=[0.5, 2.0]), "u_final_domain")
+        refused(lambda d: d["layers"][0].update(u_attn_domain=[0.5, 2.0]), "u_attn_domain")
 
 
 def test_the_server_refuses_a_plan_for_another_variant(tiny, tiny_variant):
