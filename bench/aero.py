@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--runs: no checkpoint for {', '.join(missing)} in {', '.join(map(str, runs))} "
                     "(make ablation-sink trains them)")  # fmt: skip
         for r in todo:  # before any work: every run must fit its checkpoint's context
-            context = json.loads((found[r.name] / "config.json").read_text())["block_size"]
+            context = json.loads((found[r.name] / "config.json").read_text())["config"]["block_size"]
             if a.prefill > context or a.decode_after + a.decode > context:
                 p.error(f"--prefill / --decode-after + --decode must fit {found[r.name]}'s {context} tokens")
         rows = []

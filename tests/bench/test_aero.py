@@ -59,7 +59,10 @@ def test_checkpoint_lookup_and_usage_errors(tmp_path, capsys):
     (ckpt / "model.safetensors").write_bytes(b"")
     assert aero.checkpoint_dir([tmp_path / "b", tmp_path / "a"], "sink relu") == ckpt
     assert aero.checkpoint_dir([tmp_path / "a"], "sink baseline") is None
+    (ckpt / "config.json").write_text(json.dumps({"config": {"block_size": 16}}))  # the checkpoint's layout
+    short = ["--runs", str(tmp_path / "a"), "--only", "SM+LN+R", "--out", str(tmp_path), "--prefill", "32"]
     for argv, where in (
+        (short, "must fit"),
         (["--prompts", "0"], "--prompts"),
         (["--out", str(tmp_path / "missing")], "--out"),
         (["--runs", str(tmp_path / "a"), "--out", str(tmp_path)], "--runs: no checkpoint"),
