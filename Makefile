@@ -51,12 +51,12 @@ ablation: $(STAMP) ## AERO ablation, equal size/steps/seed -> docs/ablation.{md,
 SINK_ROWS = --only "sink baseline" --only "sink relu" --only "sink lnfree-relu" --only "sink softmax-only" \
 	--only "default recipe" --only "sink softmax-only+ER pruned"
 .PHONY: ablation-sink bench-aero
-ablation-sink: $(STAMP) ## every variant with the shipped model's sink attention (the cost table's models) -> runs/ablation-sink
+ablation-sink: $(STAMP) ## every variant with sink attention (the cost table's models) -> models/checkpoints/ablation-sink
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.ablation --steps $(ABLATION_STEPS) --layers $(ABLATION_LAYERS) \
-		$(SINK_ROWS) --runs runs/ablation-sink --docs runs/ablation-sink
+		$(SINK_ROWS) --runs models/checkpoints/ablation-sink --docs runs/ablation-sink
 
 bench-aero: $(STAMP) ## every variant encrypted: depth, refreshes, bytes, time, top-1 -> docs/he-costs.{md,json}
-	$(BIN)/python -m bench.aero --runs runs/ablation-sink --out docs
+	$(BIN)/python -m bench.aero --runs models/checkpoints/ablation-sink --out docs
 
 calibrate-default: $(STAMP) ## calibrate the shipped model on training text -> he_aero/data/default-calibration.json
 	$(BIN)/he-aero calibrate --force --out he_aero/data/default-calibration.json

@@ -1,10 +1,11 @@
 """AERO's claim under CKKS: every ablation variant encrypted at one shape -> docs/he-costs.{md,json}.
 
-    python -m bench.aero --runs runs/ablation-sink [--runs DIR ...] [--prompts 4] [--decode 2] --out docs
+    python -m bench.aero [--runs DIR ...] [--prompts 4] [--decode 2] --out docs
 
-`make bench-aero` runs it on the checkpoints of `make ablation-sink` (bench/ablation.py's "sink" rows and the
-default recipe: every variant with the shipped model's sink attention and range penalty, so attention is the
-same in every row and the table isolates what LayerNorm, GELU / ReLU and the unfused FFN cost).
+`make bench-aero` runs it on the checkpoints of `make ablation-sink` in models/checkpoints/ablation-sink/
+(bench/ablation.py's "sink" rows and the default recipe: every variant with the shipped model's sink
+attention and range penalty, so attention is the same in every row and the table isolates what LayerNorm,
+GELU / ReLU and the unfused FFN cost).
 
 Each row goes through the product's own stages, as a user's model would: `he_aero.calibrate.calibrate`
 (training text, degenerate windows), `he_aero.plan.compile_plan` (the planner compares the rings and picks
@@ -34,6 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "ablation-sink"
+"""Where `make ablation-sink` trains the rows' models (committed, so the table reruns without training)."""
 WAN_BITS_PER_SECOND = 100e6
 WAN_ROUND_TRIP_SECONDS = 0.080
 """AERO's network: SecretFlow/BumbleBee over a 100 Mbit/s WAN with 80 ms latency."""
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         saved = {r["variant"]: r for f in a.from_json for r in json.loads(f.read_text())["rows"]}
         rows = [saved[r.name] for r in ROWS if r.name in saved]
     else:
-        runs = a.runs or [Path("runs/ablation-sink")]
+        runs = a.runs or [CHECKPOINTS]
         todo = [r for r in ROWS if a.only is None or r.name in a.only]
         found = {r.name: checkpoint_dir(runs, r.ablation_row) for r in todo}
         missing = [f"{n} ({r.ablation_row})" for r in todo for n in [r.name] if found[n] is None]
