@@ -95,3 +95,22 @@ def test_from_json_rewrites_the_table(tmp_path):
     assert result["savings_vs_baseline"]["softmax-only"]["comm"] == 4.0
     text = (tmp_path / "he-costs.md").read_text()
     assert "| softmax-only | 2.500 |" in text and "| softmax-only | 4.0x | 4.0x |" in text
+
+
+def test_committed_checkpoints_are_the_rows_models():
+    """models/checkpoints/ablation-sink holds the rows' models as `make ablation-sink` trains them: each
+    present one has its row's variant, entropy regulariser, pruning and sink attention, at one shape."""
+    present = [(r, aero.checkpoint_dir([aero.CHECKPOINTS], r.ablation_row)) for r in aero.ROWS]
+    present = [(r, d) for r, d in present if d is not None]
+    assert present, "no committed cost-table checkpoint"
+    shapes = set()
+    for row, ckpt in present:
+        cfg = json.loads((ckpt / "config.json").read_text())["config"]
+        assert (cfg["variant"], cfg["entropy_reg"], cfg["pruned_ffns"]) == (
+            row.variant,
+            row.entropy_reg,
+            row.pruned_ffns,
+        )
+        assert cfg["attention"] == "sink" and cfg["range_weight"] > 0
+        shapes.add((cfg["n_layer"], cfg["d_model"], cfg["n_head"], cfg["block_size"]))
+    assert len(shapes) == 1
