@@ -106,6 +106,9 @@ def measure(row: Row, ckpt: Path, args) -> dict:
     print(f"{row.name}: {took}", flush=True)
     # speed() decodes after a prefill of its first length: a short prompt, then the full-length prefill
     sp = speed([args.decode_after, args.prefill], args.decode, session=session)
+    # the speed run's caches (every token count's diagonals, the decode step's plaintexts) are not needed
+    # again: at N=16384 they and the acceptance prefills' held 19.6 GB before this (killed by the OOM killer)
+    session.server.ev.clear_cache()
     acc = accept(args.prompts, 0, args.bpb_windows, session=session)
     prefill = sp["prefill"][-1]
     dec = sp["decode"]
