@@ -199,11 +199,21 @@ def markdown(result: dict) -> str:
     if not rows:
         return "# What AERO buys under CKKS: every variant encrypted\n\nNo rows were measured.\n"
     r0 = rows[0]
+    how = (
+        f"Written by `make bench-aero` (`python -m bench.aero`) in {result['seconds'] / 60:.0f} min on "
+        f"{result['machine']['cpus']} CPUs."
+    )
+    if result.get("merged_from"):
+        how = (
+            f"Merged by `python -m bench.aero --from-json` from rows measured in separate runs "
+            f"({', '.join(result['merged_from'])}) on {result['machine']['cpus']} CPUs shared with other "
+            "jobs: operation counts, refresh rounds and bytes are exact; seconds carry the load of the "
+            "moment (compare ratios of seconds with care)."
+        )
     lines = [
         "# What AERO buys under CKKS: every variant encrypted",
         "",
-        f"Written by `make bench-aero` (`python -m bench.aero`) in {result['seconds'] / 60:.0f} min on "
-        f"{result['machine']['cpus']} CPUs. Every row: {r0['layers']} layers, d={r0['d_model']}, context "
+        f"{how} Every row: {r0['layers']} layers, d={r0['d_model']}, context "
         f"{r0['context']}, sink attention with the range penalty, {r0['train_steps']} training steps, seed 0 "
         "(bench/ablation.py). Each model is calibrated, planned (the planner picks the ring) and run through "
         "an in-process client/server session with the hiding refresh. Prefill: "
@@ -307,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         "wan": {"bits_per_second": WAN_BITS_PER_SECOND, "round_trip_seconds": WAN_ROUND_TRIP_SECONDS},
         "seconds": round(time.perf_counter() - t0, 1),
         "machine": _machine(),
+        "merged_from": [f.name for f in a.from_json] if a.from_json else None,
     }
     (a.out / "he-costs.json").write_text(json.dumps(result, indent=1) + "\n")
     (a.out / "he-costs.md").write_text(markdown(result))
