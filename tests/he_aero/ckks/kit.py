@@ -41,3 +41,23 @@ class Kit:
     def refresh_client(self, blobs: list[bytes]) -> list[bytes]:
         """The client's half of a refresh round with these keys (the `Refresher` callback)."""
         return refresh_reply(self.keys, blobs)
+
+
+def layer_steps(layer, params: CkksParams, layout, bound: float, cache_length: int) -> set[int]:
+    """The rotation steps an `EncryptedLayer` uses: a symbolic prefill on `layout` and a symbolic decode step
+    against a cache of `cache_length` tokens (the keys a `Kit` for the layer needs)."""
+    from he_aero.ckks.attention import KVCache
+    from he_aero.ckks.refresh import Refresher
+
+    steps = set()
+    for lay in (layout, layout.with_tokens(1)):
+        ev = Evaluator(params)
+        ref = Refresher(ev, None, bound, TEST_MASK_BITS)
+        xs = [Ct(None, params.levels, lay)] * lay.n_ct
+        if lay.n_tokens == 1:
+            blank = [Ct(None, params.levels)] * lay.n_ct
+            layer.decode(ev, ref, xs, KVCache(blank, list(blank), cache_length), lay)
+        else:
+            layer.prefill(ev, ref, xs, lay)
+        steps |= ev.stats.steps_used
+    return steps

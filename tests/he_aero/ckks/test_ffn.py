@@ -8,8 +8,6 @@ import pytest
 
 from approx.plans import plan_fit
 from approx.sign import relu_composite
-from he_aero.ckks.attention import KVCache
-from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.ffn import EncryptedFFN
 from he_aero.ckks.layer import BaselinePlans, EncryptedLayer
 from he_aero.ckks.packing import feature_layout, pack, unpack
@@ -18,7 +16,7 @@ from he_aero.errors import HeAeroError
 from he_aero.plan import Ranges, fit_plans
 from models.linear_view import LayerView, layer_forward
 from tests.conftest import assert_close_bits
-from tests.he_aero.ckks.kit import TEST_MASK_BITS, Kit
+from tests.he_aero.ckks.kit import TEST_MASK_BITS, Kit, layer_steps
 from tests.he_aero.ckks.test_norm import DEEP, norm_plan
 
 T, D, H, BLOCK, BOUND = 8, 32, 2, 16, 16.0
@@ -63,18 +61,7 @@ def setup(request):
     exp_plan, recip_plan = fit_plans((-6.0, 3.0), (1.0, 64.0), Ranges(((-6.0, 3.0),)), 4)
     layer = EncryptedLayer(0, lay, exp_plan, recip_plan, baseline=_plans(lay, x))
     layout = feature_layout(DEEP.slots, T, D, block=BLOCK)
-    steps = set()
-    for lay_ in (layout, layout.with_tokens(1)):  # symbolic runs list the rotation keys
-        ev = Evaluator(DEEP)
-        ref = Refresher(ev, None, BOUND, TEST_MASK_BITS)
-        xs = [Ct(None, DEEP.levels, lay_)] * lay_.n_ct
-        if lay_.n_tokens == 1:
-            cache = KVCache([Ct(None, DEEP.levels)] * lay_.n_ct, [Ct(None, DEEP.levels)] * lay_.n_ct, T)
-            layer.decode(ev, ref, xs, cache, lay_)
-        else:
-            layer.prefill(ev, ref, xs, lay_)
-        steps |= ev.stats.steps_used
-    return lay, x, layer, layout, Kit(DEEP, steps)
+    return lay, x, layer, layout, Kit(DEEP, layer_steps(layer, DEEP, layout, BOUND, T))
 
 
 def test_baseline_block_prefill_then_decode_match_numpy(setup):

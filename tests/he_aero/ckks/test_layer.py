@@ -4,7 +4,6 @@
 import numpy as np
 import pytest
 
-from he_aero.ckks.attention import KVCache
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.packing import feature_layout, pack, unpack
@@ -12,7 +11,7 @@ from he_aero.ckks.refresh import Refresher
 from he_aero.plan import Ranges, fit_plans
 from models.linear_view import LayerView, LinearView, view_forward
 from tests.conftest import assert_close_bits
-from tests.he_aero.ckks.kit import SMALL, TEST_MASK_BITS, Kit
+from tests.he_aero.ckks.kit import SMALL, TEST_MASK_BITS, Kit, layer_steps
 
 T, D, H, BLOCK = 8, 32, 2, 16
 BOUND = 16.0
@@ -47,18 +46,7 @@ def setup():
     exp_plan, recip_plan = fit_plans((-6.0, 3.0), (1.0, 1.0 + BLOCK), Ranges(((-6.0, 3.0),)), SMALL.levels)
     layer = EncryptedLayer(0, lay, exp_plan, recip_plan)
     layout = feature_layout(SMALL.slots, T, D, block=BLOCK)
-    steps = set()
-    for lay_ in (layout, layout.with_tokens(1)):  # symbolic runs list the rotation keys
-        ev = Evaluator(SMALL)
-        ref = Refresher(ev, None, BOUND, TEST_MASK_BITS)
-        xs = [Ct(None, SMALL.levels, lay_)] * lay_.n_ct
-        if lay_.n_tokens == 1:
-            cache = KVCache([Ct(None, SMALL.levels)] * lay_.n_ct, [Ct(None, SMALL.levels)] * lay_.n_ct, T)
-            layer.decode(ev, ref, xs, cache, lay_)
-        else:
-            layer.prefill(ev, ref, xs, lay_)
-        steps |= ev.stats.steps_used
-    kit = Kit(SMALL, steps)
+    kit = Kit(SMALL, layer_steps(layer, SMALL, layout, BOUND, T))  # symbolic runs list the rotation keys
     return lay, x, layer, layout, kit
 
 
