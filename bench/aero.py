@@ -78,6 +78,15 @@ def checkpoint_dir(runs: list[Path], ablation_row: str) -> Path | None:
     return None
 
 
+def _relative(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it (the JSON must not carry this machine's
+    absolute paths)."""
+    try:
+        return str(path.resolve().relative_to(CHECKPOINTS.parents[2]))
+    except ValueError:
+        return str(path)
+
+
 def wan_seconds(compute_s: float, n_bytes: float, rounds: float) -> float:
     """compute + transfer at WAN_BITS_PER_SECOND + (rounds + 1) round trips (the exchange itself and each
     refresh round)."""
@@ -129,7 +138,7 @@ def measure(row: Row, ckpt: Path, args) -> dict:
         "ablation_row": row.ablation_row,
         "entropy_reg": row.entropy_reg,
         "pruned_ffns": row.pruned_ffns,
-        "checkpoint": str(ckpt),
+        "checkpoint": _relative(ckpt),
         "layers": model.cfg.n_layer,
         "d_model": model.cfg.d_model,
         "context": model.cfg.block_size,
