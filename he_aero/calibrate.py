@@ -166,6 +166,19 @@ def _activation_maxima(view, windows: np.ndarray) -> tuple[list[dict[str, float]
     return out, spans, final.get("u")
 
 
+def baseline_refreshed(u_domains=(), pre_domain=None) -> float:
+    """The largest value a baseline block puts through a refresh, from its domains: per LayerNorm domain the
+    scaled var + eps and its 1/sqrt (he_aero/ckks/norm.py `refreshed_peak`), |pre| for the FFN's
+    pre-activations; 0 for none."""
+    out = [0.0]
+    for dom in u_domains:
+        if dom is not None:
+            out.append(refreshed_peak(dom))
+    if pre_domain is not None:
+        out += [abs(pre_domain[0]), abs(pre_domain[1])]
+    return max(out)
+
+
 def widen_positive(lo: float, hi: float, margin: float) -> tuple[float, float]:
     """`widen` for a positive range that 1/sqrt reads: the floor keeps at least half its value (1/sqrt
     diverges at 0, and var + eps >= eps > 0 always)."""
@@ -277,11 +290,16 @@ class Calibration:
                     f"field 'activations[{i}]' must hold a number >= 0 for each of {', '.join(ACTIVATIONS)}"
                 )
 
+    @property
+    def variant(self) -> str:
+        """The model variant of the config this calibration is bound to (softmax-only when unstated)."""
+        cfg = self.model_config if isinstance(self.model_config, dict) else {}
+        return cfg.get("variant", "softmax-only")
+
     def _check_variant_fields(self) -> None:
         """The optional ranges are exactly those of the model's variant (`OPTIONAL_LAYER_FIELDS`): FFN
         pre-activations for unfused FFNs, var + eps for LayerNorms (and before the LM head)."""
-        cfg = self.model_config if isinstance(self.model_config, dict) else {}
-        variant = cfg.get("variant", "softmax-only")
+        variant = self.variant
         norm, unfused = variant in ("baseline", "relu"), variant != "softmax-only"
         want = {"pre_domain": unfused, "u_attn_domain": norm, "u_ffn_domain": norm}
         for i, lay in enumerate(self.layers):
@@ -299,9 +317,7 @@ class Calibration:
         """Refuse a checkpoint whose weights (or variant: GELU and ReLU models share their parameters) this
         calibration was not made for."""
         variant = (header.get("config") or {}).get("variant", "softmax-only")
-        mine = (self.model_config if isinstance(self.model_config, dict) else {}).get(
-            "variant", "softmax-only"
-        )
+        mine = self.variant
         if variant != mine:
             raise HeAeroError(
                 f"{where} was made for a {mine} model, the checkpoint is {variant}: {RECALIBRATE}"
@@ -497,23 +513,18 @@ def calibrate(
 
     m = config.margin
     layers = []
-    extra_peaks = []  # refreshed values of baseline blocks: var + eps, its 1/sqrt, the pre-activations
+    extra_peaks = [0.0]  # refreshed values of baseline blocks (`baseline_refreshed`)
     for lay_ranges, span in zip(ranges["layers"], spans, strict=True):
         heads = lay_ranges["heads"]
         z = widen(min(h["z"]["min"] for h in heads), max(h["z"]["max"] for h in heads), m)
         den_hi = widen(1.0, max(h["denominator"]["max"] for h in heads), m)[1]
         u_attn, u_ffn = (widen_positive(*span[k], m) if k in span else None for k in ("u_attn", "u_ffn"))
         pre = widen(*span["pre"], m) if "pre" in span else None
-        for u in (u_attn, u_ffn):
-            if u is not None:
-                extra_peaks.append(refreshed_peak(u))
-        if pre is not None:
-            extra_peaks.append(max(abs(pre[0]), abs(pre[1])))
+        extra_peaks.append(baseline_refreshed((u_attn, u_ffn), pre))
         # the sink's floor is exact: no margin below 1
         layers.append(LayerCalibration(z, (1.0, den_hi), u_attn, u_ffn, pre))
     u_final = widen_positive(*final, m) if final is not None else None
-    if u_final is not None:
-        extra_peaks.append(refreshed_peak(u_final))
+    extra_peaks.append(baseline_refreshed((u_final,)))
     logit_domain = widen(ranges["logits"]["min"], ranges["logits"]["max"], m)
     # The refresh mask hides values up to the plan's bound (docs/security.md). This part of it covers the
     # intermediates outside attention and the logits, times (1 + margin), sized on MEASURED values; the

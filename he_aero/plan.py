@@ -30,10 +30,11 @@ from approx.plans import Plan, plan_exp, plan_fit, plan_inv_sqrt, plan_reciproca
 from approx.sign import CompositeRelu, relu_composite
 from he_aero import __version__
 from he_aero.artifacts import interval, read_json
+from he_aero.calibrate import baseline_refreshed
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.hiding import MASK_BITS, SESSION_HIDING_BITS, RefreshHiding
 from he_aero.ckks.layer import BaselinePlans, EncryptedLayer
-from he_aero.ckks.norm import NormPlan, refreshed_peak, u_scale
+from he_aero.ckks.norm import NormPlan, u_scale
 from he_aero.ckks.packing import block_for, feature_layout, rows_count
 from he_aero.ckks.params import CkksParams, default_params
 from he_aero.ckks.pipeline import Pipeline, shape_only_view
@@ -1120,19 +1121,6 @@ def _outside(what: str, values, dom) -> list[tuple[float, str]]:
     return out
 
 
-def baseline_refreshed(u_domains=(), pre_domain=None) -> float:
-    """The largest value a baseline block puts through a refresh, from its domains: per LayerNorm domain the
-    scaled var + eps and its 1/sqrt (he_aero/ckks/norm.py `refreshed_peak`), |pre| for the FFN's
-    pre-activations; 0 for none."""
-    out = [0.0]
-    for dom in u_domains:
-        if dom is not None:
-            out.append(refreshed_peak(dom))
-    if pre_domain is not None:
-        out += [abs(pre_domain[0]), abs(pre_domain[1])]
-    return max(out)
-
-
 def _read_norm(reader, raw: dict, name: str, dom_name: str, ctx: str) -> dict:
     """A 1/sqrt plan and the var + eps domain its first polynomial must cover."""
     try:
@@ -1208,7 +1196,7 @@ def _check_claim(approx) -> None:
         limit = MAX_ACT_ERROR
     else:
         approx.check_error_claim()
-        limit = MAX_ACT_ERROR if approx.function == "gelu" else 0.5  # 1/sqrt: relative
+        limit = MAX_ACT_ERROR  # absolute for GELU, relative for 1/sqrt: 0.5 is no approximation either way
     if not approx.max_error <= limit:
         raise ApproxError(f"max_error: {approx.max_error:g} is no approximation (at most {limit:g})")
 
