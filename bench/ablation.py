@@ -12,10 +12,13 @@ Run `make ablation` (or `python -m bench.ablation --steps N`; `--only ROW` for s
 | softmax-only+ER pruned | softmax-only | softmax | yes | yes | 1 | no |
 | default recipe | softmax-only | sink | yes | yes | 0 | yes |
 | sink baseline, sink relu, ... | as above | sink | as above | as above | as above | yes |
+| sink softmax-only+ER fixed-theta LAMBDA | softmax-only | sink | yes, theta fixed at 0.5, weight LAMBDA | yes | 0 | yes |
 
 "default recipe" is the recipe of the shipped default model (HE-friendly ranges), at the ablation's budget;
 the "sink" rows give every variant that attention, for the encrypted cost table (the same attention in every
-row).
+row). The "fixed-theta" rows test the entropy regulariser with thresholds that cannot follow each head's entropy
+(the learned ones do, which leaves the paper's penalty at 0), at weights 1e-2 and 1e-1 instead of the paper's
+1e-5: its penalty is a squared deviation in nats, averaged over heads, next to a cross-entropy of ~1.4 nats.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class Row:
     temperature: bool = False
     pruned: int = 0
     range_penalty: bool = False
+    entropy_lambda: float = DecoderConfig.entropy_lambda  # the paper's weight unless a row says otherwise
+    theta_fixed: bool = False  # entropy thresholds fixed at their initial value (not learned)
 
 
 ROWS = (
@@ -64,6 +69,8 @@ ROWS = (
     Row("sink lnfree-relu", "lnfree-relu", "sink", range_penalty=True),
     Row("sink softmax-only", "softmax-only", "sink", range_penalty=True),
     Row("sink softmax-only+ER pruned", "softmax-only", "sink", True, True, 1, True),
+    Row("sink softmax-only+ER fixed-theta 1e-2", "softmax-only", "sink", True, True, 0, True, 1e-2, True),
+    Row("sink softmax-only+ER fixed-theta 1e-1", "softmax-only", "sink", True, True, 0, True, 1e-1, True),
 )
 
 
@@ -118,6 +125,8 @@ def run(
             d_model=d_model,
             block_size=context,
             entropy_reg=row.entropy_reg,
+            entropy_lambda=row.entropy_lambda,
+            entropy_theta_learned=not row.theta_fixed,
             learn_temperature=row.temperature,
             pruned_ffns=row.pruned,
             range_weight=DecoderConfig.range_weight if row.range_penalty else 0.0,
@@ -136,6 +145,8 @@ def run(
                 "variant": row.variant,
                 "attention": row.attention,
                 "entropy_reg": row.entropy_reg,
+                "entropy_lambda": row.entropy_lambda if row.entropy_reg else None,
+                "entropy_theta": ("fixed" if row.theta_fixed else "learned") if row.entropy_reg else None,
                 "temperature": row.temperature,
                 "pruned_ffns": row.pruned,
                 "range_penalty": row.range_penalty,

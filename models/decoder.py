@@ -23,7 +23,9 @@ Attention (`DecoderConfig.attention`):
 
 Training-only terms (no inference cost), all returned by `Decoder.loss`:
 
-- the entropy regulariser (per-head learnable threshold fraction theta of log T, margin gamma, weight lambda);
+- the entropy regulariser (per-head threshold fraction theta of log T, margin gamma, weight lambda); theta is
+  learned as in the papers, or fixed (`entropy_theta_learned=False`): a learned threshold can simply follow
+  each head's entropy, which leaves the penalty at 0 (docs/ablation.md);
 - a range penalty that keeps z (and, with the sink, log of the denominator) inside a bound, so the
   polynomial approximations of exp and 1/x in the encrypted runtime have narrow domains.
 
@@ -44,6 +46,7 @@ from models.errors import ModelError
 
 VARIANTS = ("baseline", "relu", "lnfree-relu", "softmax-only")
 ATTENTIONS = ("softmax", "sink")
+LATER_FIELDS = ("entropy_theta_learned",)  # see DecoderConfig.to_dict
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class DecoderConfig:
     entropy_lambda: float = 1e-5
     entropy_gamma: float = 0.2
     entropy_theta_init: float = 0.5
+    entropy_theta_learned: bool = True  # False: theta stays at entropy_theta_init (a buffer, not a parameter)
     range_weight: float = 1000.0  # 0: off. A row mean: rare out-of-range rows need a large weight
     z_min: float = -24.0  # bound on z = q.k - c_h (every causal pair)
     z_max: float = 4.0
@@ -106,7 +110,13 @@ class DecoderConfig:
         return self.variant in ("baseline", "relu")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as JSON; fields added after models were shipped are left out at their defaults, so
+        the config (and the calibrations and plans bound to it) of every earlier checkpoint keeps its hash."""
+        data = asdict(self)
+        for name in LATER_FIELDS:
+            if data[name] == getattr(DecoderConfig, name):
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> DecoderConfig:
@@ -136,8 +146,13 @@ class CausalSelfAttention(nn.Module):
         # temperature = t_max ** tanh(temp_raw): bounded in [1/t_max, t_max], 1 at init.
         self.temp_raw = nn.Parameter(torch.zeros(h)) if cfg.learn_temperature else None
         # Entropy threshold fraction theta = sigmoid(theta_raw), kept in (0, 1).
-        theta0 = math.log(cfg.entropy_theta_init / (1 - cfg.entropy_theta_init))
-        self.theta_raw = nn.Parameter(torch.full((h,), theta0)) if cfg.entropy_reg else None
+        theta0 = torch.full((h,), math.log(cfg.entropy_theta_init / (1 - cfg.entropy_theta_init)))
+        if not cfg.entropy_reg:
+            self.theta_raw = None
+        elif cfg.entropy_theta_learned:
+            self.theta_raw = nn.Parameter(theta0)
+        else:
+            self.register_buffer("theta_raw", theta0)
         mask = torch.tril(torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool))
         self.register_buffer("mask", mask.view(1, 1, cfg.block_size, cfg.block_size), persistent=False)
 

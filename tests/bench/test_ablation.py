@@ -43,6 +43,8 @@ def test_rows_are_the_issue_variants():
     assert {v for v, _, _ in sink} == {"baseline", "relu", "lnfree-relu", "softmax-only"}
     assert ("softmax-only", True, 1) in sink and ("softmax-only", True, 0) in sink
     assert all(r.range_penalty for r in ROWS if r.attention == "sink")
+    fixed = [r for r in ROWS if r.theta_fixed]  # the regulariser with thresholds that cannot follow entropy
+    assert fixed and all(r.entropy_reg and r.entropy_lambda > DecoderConfig.entropy_lambda for r in fixed)
 
 
 def test_smoke_run_writes_json_and_markdown(tmp_path):

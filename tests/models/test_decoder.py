@@ -100,6 +100,34 @@ def test_entropy_penalty_zero_inside_margin():
     assert attn.entropy_penalty(probs, T).item() == 0.0
 
 
+def test_fixed_entropy_threshold_is_not_trained_and_still_penalises(tmp_path):
+    """entropy_theta_learned=False: theta is a saved buffer the optimiser never sees, so it cannot follow
+    the entropy; the penalty then pushes the heads' entropy itself."""
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(**TINY, entropy_theta_learned=False, entropy_theta_init=0.1, entropy_lambda=1.0)
+    model = Decoder(cfg)
+    attn = model.blocks[0].attn
+    assert "blocks.0.attn.theta_raw" not in dict(model.named_parameters())
+    assert "blocks.0.attn.theta_raw" in model.state_dict()
+    theta0 = attn.theta_raw.clone()
+    idx = torch.randint(0, 256, (4, 12))
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss, parts = model.loss(idx, idx)
+        first = parts["entropy_pen"] if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.equal(attn.theta_raw, theta0)
+    assert first > 0 and parts["entropy_pen"] < first  # the entropy moved toward the fixed threshold
+    save_checkpoint(model, tmp_path)
+    loaded, _ = load_checkpoint(tmp_path)
+    assert torch.equal(loaded.blocks[0].attn.theta_raw, theta0)
+
+
 def test_range_penalty_zero_inside_bounds_positive_outside():
     model = Decoder(DecoderConfig(**TINY))
     idx = torch.randint(0, 256, (2, 12))
