@@ -12,13 +12,14 @@ Run `make ablation` (or `python -m bench.ablation --steps N`; `--only ROW` for s
 | softmax-only+ER pruned | softmax-only | softmax | yes | yes | 1 | no |
 | default recipe | softmax-only | sink | yes | yes | 0 | yes |
 | sink baseline, sink relu, ... | as above | sink | as above | as above | as above | yes |
-| sink softmax-only+ER fixed-theta LAMBDA | softmax-only | sink | yes, theta fixed at 0.5, weight LAMBDA | yes | 0 | yes |
+| sink softmax-only+ER fixed-theta W | softmax-only | sink | fixed theta 0.5, weight W | yes | 0 | yes |
 
 "default recipe" is the recipe of the shipped default model (HE-friendly ranges), at the ablation's budget;
 the "sink" rows give every variant that attention, for the encrypted cost table (the same attention in every
-row). The "fixed-theta" rows test the entropy regulariser with thresholds that cannot follow each head's entropy
-(the learned ones do, which leaves the paper's penalty at 0), at weights 1e-2 and 1e-1 instead of the paper's
-1e-5: its penalty is a squared deviation in nats, averaged over heads, next to a cross-entropy of ~1.4 nats.
+row). The "fixed-theta" rows test the entropy regulariser with thresholds that cannot follow each head's
+entropy (the learned ones do, which leaves the paper's penalty at 0), at weights 1e-2 and 1e-1 instead of the
+paper's 1e-5: its penalty is a squared deviation in nats, averaged over heads, next to a cross-entropy of ~1.4
+nats.
 """
 
 from __future__ import annotations
