@@ -59,3 +59,40 @@ def test_smoke_run_writes_json_and_markdown(tmp_path):
     (row,) = json.loads((tmp_path / "ablation.json").read_text())
     assert row["row"] == "baseline" and row["steps"] == 1 and row["test_bits_per_byte"] > 0
     assert "python -m bench.ablation --steps 1" in (tmp_path / "ablation.md").read_text()
+
+
+def _row(name: str, attention: str, bpb: float, **extra) -> dict:
+    """A result row with just what `markdown` reads."""
+    rng = {"min": -1.0, "max": 1.0}
+    counts = dict.fromkeys(
+        ("exp_per_token", "reciprocals_per_token", "gelu_or_relu_per_token", "layernorms_per_token"), 0
+    )
+    return {
+        "row": name, "attention": attention, "test_bits_per_byte": bpb, "test_perplexity_per_byte": 2**bpb,
+        "parameters": 1, "flops_per_token": 1, "collapsed_fraction": 0.5, "overloaded_fraction": 0.0,
+        "ranges_summary": {"z": rng, "residual": rng}, "logits": rng, "paper_perplexity": None, "steps": 6000,
+        "layers": 3, "d_model": 128, "n_head": 4, "context": 64, "tokens_seen": 1, "test_bytes_evaluated": 1,
+        **counts, **extra,
+    }  # fmt: skip
+
+
+def test_markdown_compares_each_family_with_its_own_baseline():
+    from bench.ablation import markdown
+
+    fixed = dict(entropy_theta="fixed", entropy_lambda=1e-2)
+    rows = [
+        _row("baseline", "softmax", 2.0),
+        _row("softmax-only", "softmax", 2.5),
+        _row("softmax-only+ER", "softmax", 2.4),
+        _row("default recipe", "sink", 2.2),
+        _row("sink baseline", "sink", 2.0),
+        _row("sink softmax-only", "sink", 2.3),
+        _row("sink softmax-only+ER fixed-theta 1e-2", "sink", 2.1, **fixed),
+    ]
+    md = markdown(rows)
+    assert "| default recipe | 2.200 | +10.0% |" in md  # against the sink baseline, not the plain one
+    assert "| softmax-only+ER | 2.400 | +20.0% |" in md
+    assert "changes Softmax-only test bits/byte by -4.0%" in md  # plain: 2.4 / 2.5
+    assert "Softmax-only + ER against the GELU baseline: +10.0%" in md  # sink family
+    assert "weight 0.01: 2.100 bits/byte, -4.5% against learned thresholds" in md
+    assert "+5.0% against the sink baseline" in md
