@@ -62,6 +62,13 @@ ATTENTIONS = ("softmax", "sink")
     help="weight of the entropy regulariser in the loss",
 )
 @click.option(
+    "--entropy-thresholds",
+    type=click.Choice(["learned", "fixed"]),
+    default="learned",
+    show_default=True,
+    help="per-head entropy thresholds: learned (the papers) or fixed at 0.5 log T (cannot follow entropy)",
+)
+@click.option(
     "--pruned-ffns", type=click.IntRange(0), default=0, show_default=True, help="FFNs removed (from the end)"
 )
 @click.option(
@@ -127,6 +134,7 @@ def train(**kw) -> None:
         block_size=kw["context"],
         entropy_reg=kw["entropy_reg"],
         entropy_lambda=kw["entropy_lambda"],
+        entropy_theta_learned=kw["entropy_thresholds"] == "learned",
         pruned_ffns=kw["pruned_ffns"],
         learn_temperature=kw["temperature"],
         range_weight=kw["range_weight"],

@@ -149,3 +149,16 @@ def test_bad_checkpoint_is_a_usage_error_naming_the_option(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert exc.value.code == 2
     assert "'--checkpoint'" in err and "no such directory" in err and "Traceback" not in err
+
+
+def test_train_with_fixed_entropy_thresholds(tmp_path):
+    """`--entropy-thresholds fixed` reaches the checkpoint's config (thresholds the optimiser cannot move)."""
+    out = tmp_path / "run"
+    args = ["train", "--steps", "1", "--layers", "1", "--d-model", "16", "--heads", "2", "--context", "8",
+            "--test-bytes", "256", "--entropy-thresholds", "fixed", "--out", str(out)]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["entropy_theta_learned"] is False and config["entropy_reg"] is True
+    bad = CliRunner().invoke(cli, [*args[:-3], "--entropy-thresholds", "frozen", "--out", str(out)])
+    assert bad.exit_code == 2 and "'--entropy-thresholds'" in bad.output
