@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from he_aero.ckks.hiding import SESSION_HIDING_BITS
+
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "ablation-sink"
 """Where `make ablation-sink` trains the rows' models (committed, so the table reruns without training)."""
 WAN_BITS_PER_SECOND = 100e6
@@ -98,7 +100,8 @@ def measure(row: Row, ckpt: Path, args) -> dict:
     from bench.ablation import flops_and_nonlinearities
     from bench.infer import accept, speed
     from he_aero.calibrate import CalibrationConfig, calibrate
-    from he_aero.plan import compile_plan, layer_depths
+    from he_aero.client.policy import ClientPolicy
+    from he_aero.plan import PlanConfig, compile_plan, layer_depths
     from he_aero.session import Session
     from models.checkpoint import load_checkpoint
     from models.linear_view import LinearView
@@ -107,12 +110,15 @@ def measure(row: Row, ckpt: Path, args) -> dict:
     t0 = time.perf_counter()
     cal = calibrate(model, header, CalibrationConfig(samples=args.calibration_windows))
     t1 = time.perf_counter()
-    plan = compile_plan(header, cal)
+    hiding = args.session_hiding_bits
+    plan = compile_plan(header, cal, PlanConfig(session_hiding_bits=hiding))
     t2 = time.perf_counter()
-    session = Session(LinearView.from_model(model), header, plan)
+    # the client demands what the plan was made for (its default minimum is the plan's default)
+    session = Session(LinearView.from_model(model), header, plan, policy=ClientPolicy(hiding))
     t3 = time.perf_counter()
     took = f"calibrated {t1 - t0:.0f} s, planned {t2 - t1:.0f} s ({plan.summary()}), keys {t3 - t2:.0f} s"
     print(f"{row.name}: {took}", flush=True)
+    depths = layer_depths(plan.shape, plan.plans)  # symbolic: before the long encrypted runs, not after
     # speed() decodes after a prefill of its first length: a short prompt, then the full-length prefill
     sp = speed([args.decode_after, args.prefill], args.decode, session=session)
     # the speed run's caches (every token count's diagonals, the decode step's plaintexts) are not needed
@@ -151,8 +157,9 @@ def measure(row: Row, ckpt: Path, args) -> dict:
         "top1_tokens": forced["tokens"],
         "max_abs_logit_error": errors["max"] if errors else None,
         "ring_degree": plan.params.poly_modulus_degree,
+        "session_hiding_bits": hiding,
         "usable_levels": plan.usable_levels,
-        "depth_per_layer": layer_depths(plan.shape, plan.plans),
+        "depth_per_layer": depths,
         "refresh_rounds_per_token": per_token["refresh_rounds"],
         "refresh_rounds_prefill": prefill["refresh_rounds"],
         "bytes_per_token": int(token_bytes),
@@ -255,6 +262,14 @@ def markdown(result: dict) -> str:
             f"{nl['exp_per_token']}/{nl['reciprocals_per_token']}/{nl['gelu_or_relu_per_token']}/"
             f"{nl['layernorms_per_token']} |"
         )
+    weaker = [r for r in rows if r.get("session_hiding_bits", SESSION_HIDING_BITS) < SESSION_HIDING_BITS]
+    for r in weaker:
+        lines += [
+            "",
+            f"{r['variant']} was planned (and its client configured) for {r['session_hiding_bits']} bits of "
+            f"session hiding instead of the default {SESSION_HIDING_BITS}: at the default its calibrated "
+            "bound leaves too few refreshed polynomials for a full context (he-aero plan says by how much).",
+        ]
     if sav:
         lines += [
             "",
@@ -287,12 +302,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decode", type=int, default=2, help="decode steps after --decode-after tokens")
     p.add_argument("--decode-after", type=int, default=16, help="prompt length before the decode steps")
     p.add_argument("--calibration-windows", type=int, default=2048)
+    p.add_argument(
+        "--session-hiding-bits",
+        type=int,
+        default=SESSION_HIDING_BITS,
+        help="the plan's and the client's session hiding (a row whose bound needs less is refused otherwise)",
+    )
     p.add_argument("--out", type=Path, default=Path("docs"), help="folder for he-costs.{json,md}")
     p.add_argument("--from-json", type=Path, nargs="+", default=None, help="merge saved row lists, no runs")
     a = p.parse_args(argv)
     for name in ("prompts", "decode", "decode_after", "prefill", "calibration_windows"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 1 <= a.session_hiding_bits <= 128:
+        p.error("--session-hiding-bits must be in [1, 128]")
     if a.bpb_windows < 0:
         p.error("--bpb-windows must be >= 0")
     if not a.out.is_dir():

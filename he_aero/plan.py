@@ -591,9 +591,13 @@ def choose_ring(
     return RingChoice(cands, best, why)
 
 
+SYMBOLIC_LEVELS = 400  # chain of `layer_depths`; symbolic, so its length costs nothing
+
+
 def layer_depths(shape: ModelShape, plans: list) -> list[int]:
-    """Levels each layer consumes with no refresh at all (on an unbounded chain)."""
-    deep = CkksParams(8192, (60,) + (32,) * 60 + (60,), 32, insecure_for_tests=True)
+    """Levels each layer consumes with no refresh at all, on a symbolic chain deep enough for any plan the
+    loader accepts (a LayerNorm's Newton steps plus a composite ReLU's stages pass 60 levels in one layer)."""
+    deep = CkksParams(8192, (60,) + (32,) * SYMBOLIC_LEVELS + (60,), 32, insecure_for_tests=True)
     layout = feature_layout(deep.slots, shape.t_max, shape.d_model)
     view = shape.view()
     out = []

@@ -64,6 +64,7 @@ def test_checkpoint_lookup_and_usage_errors(tmp_path, capsys):
     for argv, where in (
         (short, "must fit"),
         (["--prompts", "0"], "--prompts"),
+        (["--session-hiding-bits", "0"], "--session-hiding-bits"),
         (["--out", str(tmp_path / "missing")], "--out"),
         (["--runs", str(tmp_path / "a"), "--out", str(tmp_path)], "--runs: no checkpoint"),
     ):
@@ -86,7 +87,7 @@ def test_from_json_rewrites_the_table(tmp_path):
     common.update(depth_per_layer=[30] * 3, refresh_rounds_prefill=52, layers=3, d_model=128, context=64)
     common.update(train_steps=6000, prefill_tokens=64, decode_steps=2, decode_after=16, nonlinearities=nl)
     rows = [_row("baseline (SM+LN+G)", "baseline", 4e7, 8.0, 40, **common)]
-    rows.append(_row("softmax-only", "softmax-only", 1e7, 2.0, 10, **common))
+    rows.append(_row("softmax-only", "softmax-only", 1e7, 2.0, 10, session_hiding_bits=39, **common))
     saved = tmp_path / "rows.json"
     saved.write_text(json.dumps({"rows": rows}))
     aero.main(["--from-json", str(saved), "--out", str(tmp_path)])
@@ -95,6 +96,9 @@ def test_from_json_rewrites_the_table(tmp_path):
     assert result["savings_vs_baseline"]["softmax-only"]["comm"] == 4.0
     text = (tmp_path / "he-costs.md").read_text()
     assert "| softmax-only | 2.500 |" in text and "| softmax-only | 4.0x | 4.0x |" in text
+    # a row planned below the default session hiding says so (the baseline row has no field: the default)
+    assert "softmax-only was planned (and its client configured) for 39 bits of session hiding" in text
+    assert "baseline (SM+LN+G) was planned" not in text
 
 
 def test_committed_checkpoints_are_the_rows_models():

@@ -15,6 +15,7 @@ from he_aero.cli import cli
 from he_aero.errors import HeAeroError
 from he_aero.plan import (
     DEFAULT_PLAN,
+    SYMBOLIC_LEVELS,
     ExecutionPlan,
     ModelShape,
     Ranges,
@@ -61,6 +62,22 @@ def test_depth_budget_error_names_each_layer_before_encryption(deep_plans):
     with pytest.raises(HeAeroError, match="depth budget on N=8192"):
         check_depth_budget(SHAPE, deep_plans, default_params(8192), refresh=True)
     check_depth_budget(SHAPE, deep_plans, default_params(16384), refresh=True)
+
+
+def test_layer_depths_counts_a_baseline_layer_deeper_than_60_levels():
+    """A LayerNorm + composite-ReLU layer (a trained SM+LN+R model's plans reach 84-92 levels) used to run off
+    the end of layer_depths' 60-level symbolic chain after a whole encrypted benchmark run."""
+    from approx.sign import relu_composite
+    from he_aero.ckks.layer import BaselinePlans
+    from he_aero.plan import fit_inv_sqrt
+
+    act = relu_composite(64.0, 1e-4, max_stage_depth=2)  # 18 sign stages of degree 3
+    norm = fit_inv_sqrt((0.1, 10.0), 1e-4, 2)  # refreshable Newton steps
+    exp = plan_exp((-6.0, 3.0), max_abs_error=1e-4, squarings=0)
+    recip = plan_reciprocal((1.0, 17.0), max_rel_error=1e-4, newton=0)
+    shape = ModelShape(32, 2, 1, 8, variant="relu")
+    (depth,) = layer_depths(shape, [(exp, recip, 0.0, BaselinePlans(act, norm, norm))])
+    assert 60 < depth < SYMBOLIC_LEVELS
 
 
 def test_bad_shapes_and_ranges_are_refused():
