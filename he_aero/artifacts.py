@@ -11,6 +11,12 @@ from pathlib import Path
 
 from he_aero.errors import HeAeroError
 
+MAX_PLAN_ERROR = 1e-2
+"""Largest error a plan may claim for any approximation: relative for exp, 1/x and 1/sqrt, absolute for GELU
+and ReLU (the plan stage fits 1e-4 and 2e-3). `PlanConfig` and `he-aero plan` refuse larger targets, so every
+compiled plan loads; a plan file cannot make edited coefficients acceptable by claiming an error that leaves
+the output meaningless (a GELU claimed at 0.45 decoded a different token)."""
+
 
 def read_json(path: Path, noun: str, default: Path, remake: str):
     """The parsed JSON of artifact file `path`; `noun` starts each error ("calibration", "plan") and

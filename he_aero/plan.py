@@ -29,7 +29,7 @@ from approx.errors import ApproxError
 from approx.plans import Plan, plan_exp, plan_fit, plan_inv_sqrt, plan_reciprocal
 from approx.sign import CompositeRelu, relu_composite
 from he_aero import __version__
-from he_aero.artifacts import interval, read_json
+from he_aero.artifacts import MAX_PLAN_ERROR, interval, read_json
 from he_aero.calibrate import baseline_refreshed
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.hiding import MASK_BITS, SESSION_HIDING_BITS, RefreshHiding
@@ -191,8 +191,8 @@ class PlanConfig:
     def __post_init__(self):
         for name in ("exp_max_rel_error", "recip_max_rel_error", "norm_max_rel_error", "act_max_abs_error"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 < v < 1):
-                raise HeAeroError(f"plan {name}: expected a number in (0, 1), got {v!r}")
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 < v <= MAX_PLAN_ERROR):
+                raise HeAeroError(f"plan {name}: expected a number in (0, {MAX_PLAN_ERROR:g}], got {v!r}")
         for name, lo, hi in (
             ("mask_bits", 1, 127),
             ("session_hiding_bits", 1, 128),
@@ -848,6 +848,8 @@ class ExecutionPlan:
             try:
                 exp = Plan.from_dict(reader.need(raw, "exp", ctx))
                 recip = Plan.from_dict(reader.need(raw, "reciprocal", ctx))
+                for approx in (exp, recip):
+                    _check_claim(approx)
             except ApproxError as exc:
                 raise HeAeroError(f"{where}: layers[{i}] plan: {exc}") from exc
             if exp.function != "exp" or recip.function != "reciprocal":
@@ -1187,22 +1189,16 @@ def _read_baseline(reader, raw: dict, ctx: str, shape: ModelShape) -> dict:
     return out
 
 
-MAX_ACT_ERROR = 0.5
-"""Largest claimed error a plan file's GELU / ReLU may carry (absolute; the plan stage fits 2e-3): a larger
-claim is a file that approximates nothing."""
-
-
 def _check_claim(approx) -> None:
-    """ApproxError unless a GELU / 1/sqrt plan or a composite ReLU meets its own claimed error on a grid (and
-    the claim is plausible): an edited file would otherwise run coefficients that approximate nothing."""
+    """ApproxError unless an approximation (exp, 1/x, GELU, 1/sqrt plan or composite ReLU) meets its own
+    claimed error on a grid and the claim is at most MAX_PLAN_ERROR: an edited file would otherwise run
+    coefficients that approximate nothing."""
     if isinstance(approx, CompositeRelu):
         approx.check_claim()
-        limit = MAX_ACT_ERROR
     else:
         approx.check_error_claim()
-        limit = MAX_ACT_ERROR  # absolute for GELU, relative for 1/sqrt: 0.5 is no approximation either way
-    if not approx.max_error <= limit:
-        raise ApproxError(f"max_error: {approx.max_error:g} is no approximation (at most {limit:g})")
+    if not approx.max_error <= MAX_PLAN_ERROR:
+        raise ApproxError(f"max_error: {approx.max_error:g} is above the {MAX_PLAN_ERROR:g} a plan may claim")
 
 
 def _canonical(data: dict) -> bytes:

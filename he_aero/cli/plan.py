@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from he_aero.artifacts import MAX_PLAN_ERROR
 from he_aero.ckks.hiding import SESSION_HIDING_BITS
 from he_aero.cli.options import Outputs, blame, checkpoint_option, force_option, output_option
 
@@ -25,14 +26,14 @@ from he_aero.cli.options import Outputs, blame, checkpoint_option, force_option,
 )
 @click.option(
     "--exp-error",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=click.FloatRange(0, MAX_PLAN_ERROR, min_open=True),
     default=1e-4,
     show_default=True,
     help="certified relative error of the exp plans",
 )
 @click.option(
     "--recip-error",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=click.FloatRange(0, MAX_PLAN_ERROR, min_open=True),
     default=1e-4,
     show_default=True,
     help="certified relative error of the 1/x plans",

@@ -151,6 +151,12 @@ def test_cli_plan_describes_the_shipped_model_and_writes_a_file(tmp_path):
     assert bad.exit_code == 2 and "--ring" in bad.output
 
 
+def _narrower_exp(raw: dict) -> dict:
+    """An honest exp plan (it meets its claim) fitted on less than the layer's range."""
+    a, b = raw["steps"][0]["domain"]
+    return plan_exp((a + 0.5 * (b - a), b), max_abs_error=1e-4, squarings=0).to_dict()
+
+
 @pytest.mark.parametrize(
     "edit, field",
     [
@@ -167,7 +173,9 @@ def test_cli_plan_describes_the_shipped_model_and_writes_a_file(tmp_path):
         (lambda d: d.update(format_version=True), "format_version"),
         (lambda d: d["ckks"]["coeff_mod_bit_sizes"].__setitem__(0, 50.5), "coeff_mod_bit_sizes"),
         (lambda d: d["checkpoint"].update(weights_sha256="z" * 64), "checkpoint.weights_sha256"),
-        (lambda d: d["layers"][0]["exp"]["steps"][0].update(domain=[0, 1]), "layers[0].exp"),
+        (lambda d: d["layers"][0]["exp"]["steps"][0].update(domain=[0, 1]), "layers[0] plan: max_error"),
+        (lambda d: d["layers"][0].update(exp=_narrower_exp(d["layers"][0]["exp"])), "layers[0].exp"),
+        (lambda d: d["layers"][0]["exp"].update(max_error=0.02), "above the 0.01 a plan may claim"),
         (lambda d: d.update(stages=5), "stages"),
         (lambda d: d.update(estimates="x"), "estimates"),
         (lambda d: d["comparison"].update(rings=[{"feasible": True}]), "comparison"),
@@ -314,6 +322,13 @@ def test_baseline_variant_plans_round_trip_and_are_checked_at_load(tiny_variant,
             act["coefficients"] = act["steps"][0]["coefficients"] = [5.0] + [0.0] * (act["degree"])
 
         refused(constant, "max_error|steps give")
+
+        def scaled_with_a_matching_claim(d):  # found by review: it decoded another token, silently
+            act = d["layers"][0]["act"]
+            act["coefficients"] = act["steps"][0]["coefficients"] = [1.3 * c for c in act["coefficients"]]
+            act["max_error"] = 0.45
+
+        refused(scaled_with_a_matching_claim, "above the 0.01 a plan may claim")
         square = {"op": "square", "times": 1}
         refused(lambda d: d["layers"][0]["act"]["steps"].append(square), "polynomial steps only|depth")
     else:  # a ReLU file with edited stages, or one whose stages do not fit between refreshes
@@ -351,3 +366,15 @@ def test_baseline_ranges_outside_the_plan_are_reported_before_encryption(tiny_va
     narrow = dataclasses.replace(lay, pre_domain=(lay.pre_domain[0] / 10, lay.pre_domain[1] / 10))
     found = dataclasses.replace(plan, layers=(narrow, *plan.layers[1:])).domain_violations(view, tokens)
     assert found and any("layer 0: FFN pre-activation" in line for line in found)
+
+
+def test_error_targets_above_what_a_plan_may_claim_are_refused():
+    """The plan stage cannot compile a plan its own loader would refuse (MAX_PLAN_ERROR)."""
+    from he_aero.plan import PlanConfig
+
+    for name in ("exp_max_rel_error", "recip_max_rel_error", "norm_max_rel_error", "act_max_abs_error"):
+        with pytest.raises(HeAeroError, match=name):
+            PlanConfig(**{name: 0.02})
+    PlanConfig(act_max_abs_error=0.01)
+    res = CliRunner().invoke(cli, ["plan", "--exp-error", "0.5"])
+    assert res.exit_code == 2 and "'--exp-error'" in res.output
