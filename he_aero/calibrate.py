@@ -49,7 +49,7 @@ KIND = "he-aero calibration"
 DEFAULT_CALIBRATION = Path(__file__).parent / "data" / "default-calibration.json"
 SPLIT = "train"  # the only split calibration ever reads
 MARGIN_RULE = "[lo, hi] -> [lo - m (hi - lo), hi + m (hi - lo)]; denominator floor 1"
-RECALIBRATE = "re-run `he-aero calibrate CHECKPOINT --out FILE`"
+RECALIBRATE = "re-run `he-aero calibrate --checkpoint CHECKPOINT --out FILE`"
 
 
 @dataclass(frozen=True)
@@ -326,7 +326,7 @@ class Calibration:
         if sha != self.weights_sha256:
             raise HeAeroError(
                 f"{where} was made for checkpoint weights {self.weights_sha256[:12]}..., not {sha[:12]}...: "
-                "run `he-aero calibrate CHECKPOINT --out FILE` and pass --calibration FILE"
+                "run `he-aero calibrate --checkpoint CHECKPOINT --out FILE` and pass --calibration FILE"
             )
 
     @property

@@ -186,8 +186,9 @@ def encrypt_infer(
         plan = load_plan(plan_file)
     with blame("--checkpoint"):
         model, header = load_checkpoint(path)
-    with blame("--plan"):  # refused before any key is made, naming the option
+    with blame("--plan", shipped_default=plan_file is None):  # before any key is made, naming the option
         plan.check_checkpoint(header)
+    with blame("--plan"):
         if not plan.params.is_secure and not insecure:
             plan.params.require_secure()
     if not plan.params.is_secure:

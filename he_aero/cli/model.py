@@ -66,7 +66,8 @@ ATTENTIONS = ("softmax", "sink")
     type=click.Choice(["learned", "fixed"]),
     default="learned",
     show_default=True,
-    help="per-head entropy thresholds: learned (the papers) or fixed at 0.5 log T (cannot follow entropy)",
+    help="the entropy regulariser's per-head targets: learned (as in AERO; they can drift to each head's "
+    "entropy and switch the penalty off) or fixed at 0.5 log T (the heads must move instead)",
 )
 @click.option(
     "--pruned-ffns", type=click.IntRange(0), default=0, show_default=True, help="FFNs removed (from the end)"

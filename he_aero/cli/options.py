@@ -150,8 +150,11 @@ class Outputs:
 
 # --- library errors that concern one option ----------------------------------------------------------------
 @contextlib.contextmanager
-def blame(option: str):
-    """Library errors raised inside this block concern `option`: a usage error (exit 2) naming it."""
+def blame(option: str, shipped_default: bool = False):
+    """Library errors raised inside this block concern `option`: a usage error (exit 2) naming it.
+
+    shipped_default : the option was not given and the shipped model's file stood in for it; the message
+        says so (otherwise it blames a file the user never named)."""
     from approx.errors import ApproxError
     from he_aero.errors import HeAeroError
     from models.errors import ModelError
@@ -159,7 +162,8 @@ def blame(option: str):
     try:
         yield
     except (HeAeroError, ModelError, ApproxError) as exc:
-        raise click.BadParameter(str(exc), param_hint=f"'{option}'") from exc
+        why = f"not given, so the shipped model's file was used: {exc}" if shipped_default else str(exc)
+        raise click.BadParameter(why, param_hint=f"'{option}'") from exc
 
 
 # --- the prompt --------------------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def plan(
         header = read_header(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)
     with blame("--calibration"):
         cal = load_calibration(calibration)
+    with blame("--calibration", shipped_default=calibration is None):
+        cal.check_checkpoint(header)  # before any fitting, naming the option
     config = PlanConfig(
         exp_max_rel_error=exp_error,
         recip_max_rel_error=recip_error,

@@ -79,7 +79,7 @@ def test_file_round_trip_and_checkpoint_binding(tiny, tmp_path):
     assert back.to_dict() == json.loads(path.read_text()) == cal.to_dict()
     assert back.layers == cal.layers and back.sha256 == cal.sha256
     back.check_checkpoint(header)
-    with pytest.raises(HeAeroError, match="he-aero calibrate CHECKPOINT"):
+    with pytest.raises(HeAeroError, match="he-aero calibrate --checkpoint CHECKPOINT"):
         back.check_checkpoint({**header, "weights_sha256": "0" * 64})
 
 

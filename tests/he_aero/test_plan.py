@@ -378,3 +378,19 @@ def test_error_targets_above_what_a_plan_may_claim_are_refused():
     PlanConfig(act_max_abs_error=0.01)
     res = CliRunner().invoke(cli, ["plan", "--exp-error", "0.5"])
     assert res.exit_code == 2 and "'--exp-error'" in res.output
+
+
+def test_plan_cli_names_the_calibration_that_does_not_fit_the_checkpoint(tiny, tmp_path):
+    """Found by review: `plan --checkpoint OTHER` without --calibration fell back to the shipped calibration
+    and failed later (exit 1) blaming a calibration the user never named."""
+    ckpt = str(tiny[0])
+    res = CliRunner().invoke(cli, ["plan", "--checkpoint", ckpt])
+    assert (
+        res.exit_code == 2
+        and "'--calibration': not given, so the shipped model's file was used" in res.output
+    )
+    from he_aero.calibrate import DEFAULT_CALIBRATION
+
+    res = CliRunner().invoke(cli, ["plan", "--checkpoint", ckpt, "--calibration", str(DEFAULT_CALIBRATION)])
+    assert res.exit_code == 2 and "'--calibration'" in res.output and "not given" not in res.output
+    assert "he-aero calibrate --checkpoint CHECKPOINT" in res.output

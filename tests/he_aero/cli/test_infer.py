@@ -106,6 +106,8 @@ def test_cli_bad_input(cli_files, tmp_path, monkeypatch, capsys):
             "compiled for checkpoint",
         ),
         (["--checkpoint", ckpt, "--plan", str(d / "prompt.txt")], 2, "'--plan'"),
+        # found by review: without --plan the shipped one stands in, and the message must say so
+        (["--checkpoint", ckpt], 2, "'--plan': not given, so the shipped model's file was used"),
         (["--checkpoint", str(tmp_path / "none"), "--plan", plan], 2, "'--checkpoint'"),
         (["--checkpoint", ckpt, "--plan", plan], 2, "below 128-bit security"),
     ):
