@@ -44,6 +44,8 @@ WAN_ROUND_TRIP_SECONDS = 0.080
 """AERO's network: SecretFlow/BumbleBee over a 100 Mbit/s WAN with 80 ms latency."""
 
 PAPER_SAVINGS = {  # GPT-2 L=12, T=128, 2PC, against SM+LN+G (../shared/reference/aero.md)
+    "SM+LN+R": {"comm": 2.68, "latency": 1.35, "note": "9.44 GB, 6.06 min against 25.32 GB, 8.21 min"},
+    "softmax-only": {"comm": 3.94, "latency": 1.72, "note": "SM+ScFuFFN"},
     "softmax-only+ER": {"comm": 3.94, "latency": 1.72, "note": "EReg(SM(t)+ScFuFFN)"},
     "softmax-only+ER pruned": {"comm": 4.00, "latency": 1.94, "note": "6 deepest FFNs pruned"},
 }
