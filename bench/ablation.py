@@ -248,6 +248,16 @@ FAMILIES = (
 )
 
 
+SINK_TWINS = (  # (plain-softmax row, the same variant with sink attention + range penalty)
+    ("baseline", "sink baseline"),
+    ("relu", "sink relu"),
+    ("lnfree-relu", "sink lnfree-relu"),
+    ("softmax-only", "sink softmax-only"),
+    ("softmax-only+ER", "default recipe"),
+    ("softmax-only+ER pruned", "sink softmax-only+ER pruned"),
+)
+
+
 def gap_summary(results: list[dict]) -> list[str]:
     """Sentences under the table: per attention family, what the entropy regulariser changes and the gap of
     Softmax-only + ER to the GELU baseline (issue target: within 15% bits/byte); then the fixed-threshold rows
@@ -271,6 +281,17 @@ def gap_summary(results: list[dict]) -> list[str]:
             f"bits/byte by {pct(er, so):+.1f}% (heads {heads(so)} -> {heads(er)}; paper: -7.8% perplexity, "
             f"3.48 -> 3.21). Softmax-only + ER against the GELU baseline: {pct(er, base):+.1f}% bits/byte "
             f"(target: within 15%; paper +19% perplexity, +17.9% in log-perplexity).",
+        ]
+    pairs = [(plain, sink) for plain, sink in SINK_TWINS if plain in by and sink in by]
+    if pairs:
+        costs = ", ".join(
+            f"{plain} {by[plain]['test_bits_per_byte']:.3f} -> {by[sink]['test_bits_per_byte']:.3f} "
+            f"({pct(sink, plain):+.1f}%)"
+            for plain, sink in pairs
+        )
+        lines += [
+            "",
+            f"What sink attention + the range penalty (CKKS-friendly ranges) costs each variant: {costs}.",
         ]
     fixed = [r for r in results if r.get("entropy_theta") == "fixed"]
     if fixed and "default recipe" in by:

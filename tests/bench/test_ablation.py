@@ -96,3 +96,4 @@ def test_markdown_compares_each_family_with_its_own_baseline():
     assert "Softmax-only + ER against the GELU baseline: +10.0%" in md  # sink family
     assert "weight 0.01: 2.100 bits/byte, -4.5% against learned thresholds" in md
     assert "+5.0% against the sink baseline" in md
+    assert "costs each variant: baseline 2.000 -> 2.000 (+0.0%), softmax-only 2.500 -> 2.300 (-8.0%)" in md
