@@ -192,7 +192,9 @@ def markdown(results: list[dict]) -> str:
         f"{r0['steps']} steps of batch 32 ({r0['tokens_seen']:,} byte tokens), AdamW lr 6e-3, seed 0, "
         "one CPU thread. Test split: CPython 3.11.7 stdlib files chosen by path hash "
         f"({r0['test_bytes_evaluated']:,} bytes). Ranges (min..max) measured on 64 KiB of the validation "
-        "split; z = q.k - c_h over all causal pairs (c_h = 0 for plain softmax). Per token: exp / "
+        "split; z = q.k - c_h over all causal pairs (c_h = 0 for plain softmax); the denominator ratio is "
+        "the range a 1/x approximation must cover in the worst head (any constant subtracted from a head's "
+        "logits leaves it unchanged). Per token: exp / "
         "reciprocal / GELU-or-ReLU / LayerNorm counts at "
         "full context. Heads collapsed / overloaded: mean attention entropy below log T / 4 / above "
         "3 log T / 4 (with the sink, of the distribution over [sink, keys]). Rows whose name starts with "
@@ -201,8 +203,9 @@ def markdown(results: list[dict]) -> str:
         "value; compare the gaps).",
         "",
         "| row | test bits/byte | vs its baseline | ppl/byte | params | MFLOPs/token | exp/recip/act/LN "
-        "| heads collapsed/overloaded | z | residual | final logits | paper ppl |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| heads collapsed/overloaded | z | worst head's denominator max/min | residual | final logits "
+        "| paper ppl |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         paper = "-" if r["paper_perplexity"] is None else f"{r['paper_perplexity']:.2f}"
@@ -227,6 +230,7 @@ def markdown(results: list[dict]) -> str:
             counts,
             f"{r['collapsed_fraction']:.2f} / {r['overloaded_fraction']:.2f}",
             _fmt_range(r["ranges_summary"]["z"]),
+            f"{r['ranges_summary'].get('denominator', {}).get('worst_head_ratio', float('nan')):.1e}",
             _fmt_range(r["ranges_summary"]["residual"]),
             _fmt_range(r["logits"]),
             paper,
