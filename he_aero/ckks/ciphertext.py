@@ -485,3 +485,9 @@ class Evaluator:
     def to_bytes(a: Ct) -> bytes:
         """The ciphertext serialised (what crosses the wire)."""
         return to_bytes(a.data)
+
+
+def real_parts(ev: Evaluator, pending: list[Ct]) -> list[Ct]:
+    """2 Re(.) of pending products (callers fold the 1/2 into the product), rescaled: one conjugation each,
+    whose key-switching noise is negligible on a pending product (`Evaluator.project_real`)."""
+    return [ev.rescale(ev.project_real(c)) for c in pending]

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from he_aero.ckks.attention import KVCache
-from he_aero.ckks.ciphertext import Ct, Evaluator
+from he_aero.ckks.ciphertext import Ct, Evaluator, real_parts
 from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.linalg import PlainLinear, block_spread, block_sum
 from he_aero.ckks.norm import NormPlan, check_inv_sqrt_plan, normalise
@@ -206,7 +206,7 @@ class Pipeline:
         """2 Re(.) of pending products, rescaled. Where (why): on the client's tokens right after the
         embedding product (imaginary probes in the one-hot would otherwise carry probe x W through the
         circuit) and on the logits, the only values the client decrypts unmasked (docs/security.md)."""
-        return [ev.rescale(ev.project_real(c)) for c in pending]
+        return real_parts(ev, pending)
 
     def _embed(self, ev: Evaluator, onehot: list[Ct], position: int, n: int) -> list[Ct]:
         """x = onehot @ tok_emb + pos_emb[position : position + n] in the features layout."""

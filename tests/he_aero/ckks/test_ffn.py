@@ -91,3 +91,23 @@ def test_a_baseline_block_needs_matching_plans(setup):
     fused = dataclasses.replace(lay, act=None, w_mix=np.eye(D), b_mix=np.zeros(D))
     with pytest.raises(HeAeroError, match="softmax-only one none"):
         EncryptedLayer(0, fused, exp_plan, recip_plan, baseline=_plans(lay, x))
+
+
+def test_the_activation_reads_real_parts_so_imaginary_noise_cannot_grow(setup):
+    """Found on a trained SM+R model: W_1's rotations leave imaginary noise in the slots, and each sign
+    stage multiplies an imaginary part by up to |p'(1)| ~ 3, so a 13-stage composite ReLU turned 6e-5 into
+    1e27. Here the inputs carry an imaginary part of 1e-3 (far more) and many stages; the FFN projects W_1's
+    products to their real parts first, and matches numpy."""
+    lay, x, _, layout, kit = setup
+    if lay.act != "relu" or lay.norm_ffn:
+        pytest.skip("one case: ReLU without LayerNorm (its FFN reads X_SA as it comes)")
+    pre = x[:T] @ lay.w_1 + lay.b_1
+    act = relu_composite(1.25 * np.abs(pre).max(), 1e-4, max_stage_depth=2)  # degree-3 stages, as at N=8192
+    assert len(act.stages) >= 10
+    ffn = EncryptedFFN("t", lay, act, None)
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
+    noise = np.random.default_rng(1).normal(size=(T, D)) * 1e-3
+    cts = [kit.enc(v + 1j * w, layout) for v, w in zip(pack(x[:T], layout), pack(noise, layout), strict=True)]
+    out = unpack([kit.dec(c) for c in ffn(kit.ev, ref, cts, layout)], layout)
+    want = x[:T] + np.maximum(pre, 0.0) @ lay.w_2 + lay.b_2
+    assert_close_bits(out, want, 7, "relu FFN with imaginary noise")
