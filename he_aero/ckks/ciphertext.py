@@ -489,5 +489,10 @@ class Evaluator:
 
 def real_parts(ev: Evaluator, pending: list[Ct]) -> list[Ct]:
     """2 Re(.) of pending products (callers fold the 1/2 into the product), rescaled: one conjugation each,
-    whose key-switching noise is negligible on a pending product (`Evaluator.project_real`)."""
+    whose key-switching noise is negligible on a pending product (`Evaluator.project_real`).
+
+    Where (why): on the client's tokens right after the embedding product (imaginary probes in the one-hot
+    would otherwise carry probe x W through the circuit), on the logits, the only values the client decrypts
+    unmasked (docs/security.md), and on a baseline FFN's pre-activations (iterated sign stages would grow the
+    rotations' imaginary noise: he_aero/ckks/ffn.py)."""
     return [ev.rescale(ev.project_real(c)) for c in pending]

@@ -188,7 +188,7 @@ class Pipeline:
     # --- stages --------------------------------------------------------------------------------------------
     def _linear(self, which: str, n_tokens: int) -> PlainLinear:
         """The embedding and LM head maps with their weights HALVED: their pending products are projected to
-        the real part (`_real`), which doubles them."""
+        the real part (`real_parts`), which doubles them."""
         key = (which, n_tokens)
         if key not in self._linears:
             if which == "embed":  # onehot (n, vocab) @ tok_emb (vocab, d) / 2
@@ -201,16 +201,9 @@ class Pipeline:
                 )
         return self._linears[key]
 
-    @staticmethod
-    def _real(ev: Evaluator, pending: list[Ct]) -> list[Ct]:
-        """2 Re(.) of pending products, rescaled. Where (why): on the client's tokens right after the
-        embedding product (imaginary probes in the one-hot would otherwise carry probe x W through the
-        circuit) and on the logits, the only values the client decrypts unmasked (docs/security.md)."""
-        return real_parts(ev, pending)
-
     def _embed(self, ev: Evaluator, onehot: list[Ct], position: int, n: int) -> list[Ct]:
         """x = onehot @ tok_emb + pos_emb[position : position + n] in the features layout."""
-        xs = self._real(ev, self._linear("embed", n)(ev, onehot, rescale=False))
+        xs = real_parts(ev, self._linear("embed", n)(ev, onehot, rescale=False))
         pos = pack(self.view.pos_emb[position : position + n], self.layout(n))
         return [
             ev.add_plain(x, ("pos", position, n, i), lambda v=v: v)
@@ -232,7 +225,7 @@ class Pipeline:
         terms = [(ct, ("embed-rows", c), lambda c=c: chunk(c)) for c, ct in enumerate(onehot)]
         y = block_sum(ev, ev.dot_plain(terms, layout), B, 1)
         half_mask = lambda: 0.5 * layout.row_mask() * (np.arange(self.params.slots) < self.d * B)  # noqa: E731
-        (x,) = self._real(ev, [ev.mul_plain(y, ("row0/2", "features"), half_mask, rescale=False)])
+        (x,) = real_parts(ev, [ev.mul_plain(y, ("row0/2", "features"), half_mask, rescale=False)])
         pos = pack(self.view.pos_emb[position : position + 1], layout)[0]
         return [ev.add_plain(x, ("pos", position, 1, 0), lambda: pos, layout)]
 
@@ -258,7 +251,7 @@ class Pipeline:
             z = ev.mul_plain(z, ("block0/2", width), half_mask, rescale=False)
             bias = np.zeros(self.params.slots)
             bias[:width] = self.view.lm_bias[c * B : c * B + width] / 2
-            out += self._real(ev, [ev.add_plain(z, ("lm-rows-bias/2", c), lambda b=bias: b)])
+            out += real_parts(ev, [ev.add_plain(z, ("lm-rows-bias/2", c), lambda b=bias: b)])
         return out
 
     def _head(self, ev: Evaluator, ref: Refresher, xs: list[Ct], rows: bool, layout) -> list[Ct]:
@@ -269,7 +262,7 @@ class Pipeline:
         if rows:
             return self._lm_rows(ev, ref, xs)
         lm = self._linear("lm", layout.n_tokens)
-        return self._real(ev, lm(ev, ref.ensure(xs, 1, "lm head"), rescale=False))
+        return real_parts(ev, lm(ev, ref.ensure(xs, 1, "lm head"), rescale=False))
 
     # --- the run -------------------------------------------------------------------------------------------
     def run(
