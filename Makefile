@@ -14,10 +14,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install he-aero with its dev tools
+install: $(STAMP) ## create .venv and install he-aero with its dev tools and Ray
 
 demo: $(STAMP) ## the main job: private (encrypted) inference on the shipped default model
 	$(BIN)/he-aero encrypt-infer $(PROMPT) --verify

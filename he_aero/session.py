@@ -38,6 +38,7 @@ class Session:
     policy : the client's security policy (default: 128-bit rings, the default hiding minimum).
     allow_insecure_for_tests : let the server run a test-only insecure ring (the client's policy must allow
         it too).
+    pool : the server's worker processes (`Server`'s `pool`, e.g. he_aero/server/ray_pool.py `RayPool`).
     """
 
     def __init__(
@@ -48,13 +49,14 @@ class Session:
         channel: Channel | None = None,
         policy: ClientPolicy | None = None,
         allow_insecure_for_tests: bool = False,
+        pool=None,
     ):
         self.view = view
         self.channel = channel or Channel()
         self.seconds: Counter = Counter()
         self._phase = "setup"
         t0 = time.perf_counter()
-        self.server = Server(view, header, plan, allow_insecure_for_tests=allow_insecure_for_tests)
+        self.server = Server(view, header, plan, allow_insecure_for_tests=allow_insecure_for_tests, pool=pool)
         self.seconds["server_setup"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         self.client = Client(self.channel.send_to_client(self.server.offer(), "setup"), policy)

@@ -29,6 +29,7 @@ head's blocks, numerator and denominator are row sums (log2(B) rotations each) l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,77 +123,117 @@ def attention_prefill(
     k: list[Ct],
     v: list[Ct],
     layout: FeatureLayout,
+    fan_out: Callable[[str, list[tuple]], list] | None = None,
 ) -> list[Ct]:
     """Causal sink attention of T = layout.n_tokens tokens; q, k, v in the features layout (heads in
-    consecutive d_k-block groups). Returns the heads' outputs concatenated, features layout."""
+    consecutive d_k-block groups). Returns the heads' outputs concatenated, features layout.
+
+    The score and weighted-value loops of each feature ciphertext share no ciphertext with the others'
+    (`lag_scores`, `weighted_values`): `fan_out(part, calls)` runs them, in place by default or on worker
+    processes (he_aero/ckks/parallel.py); refreshes and the lockstep exp / 1/x stages stay here."""
+    if fan_out is None:
+        fan_out = lambda part, calls: [PARTS[part](ev, spec, *c) for c in calls]  # noqa: E731
+    groups, n_ct = -(-layout.n_tokens // spec.head_dim(layout)), layout.n_ct
+    both = ref.ensure(list(q) + list(k), 2, f"{spec.name} scores")
+    per_ct = fan_out("scores", [(both[a], both[n_ct + a], a, layout) for a in range(n_ct)])
+    lag_cts = [c for cts in per_ct for c in cts]  # lag_cts[a * groups + g] (SLOT-LAYOUT "lags")
+    valids = [
+        ((spec.name, "valid", layout.n_tokens, a, g), _lag_valid(spec, layout, a, g).ravel())
+        for a in range(n_ct)
+        for g in range(groups)
+    ]
+    # exp on valid slots only, all lag ciphertexts in lockstep
+    weights = run_plan_batch(ev, spec.exp_plan, None, lag_cts, valids, ref, f"{spec.name} exp")
+    stage = ref.ensure(weights + list(v), 2, f"{spec.name} A.V")
+    weights, vs = stage[: len(weights)], stage[len(weights) :]
+    calls = [(weights[a * groups : (a + 1) * groups], vs[a], a, layout) for a in range(n_ct)]
+    nums, dens = zip(*fan_out("values", calls), strict=True)
+    return _normalise(ev, ref, spec, list(nums), list(dens), layout)
+
+
+def _lag_valid(spec: AttentionSpec, layout: FeatureLayout, a: int, g: int) -> np.ndarray:
+    """(heads per ciphertext, d_k, B): 1 on the slots of lag group g of feature ciphertext a that hold a
+    score (rows i >= r and i < T of block h d_k + rho, r = g d_k + rho; real heads only)."""
+    dk = spec.head_dim(layout)
+    blk, T = layout.block, layout.n_tokens
+    hpc = layout.per_ct // dk
+    real = min(hpc, spec.n_head - a * hpc)  # heads present in this ciphertext (the rest is padding)
+    rows = np.arange(blk)
+    valid = np.zeros((hpc, dk, blk))
+    for rho in range(min(dk, T - g * dk)):
+        r = g * dk + rho
+        valid[:real, rho, :] = (rows >= r) & (rows < T)
+    return valid
+
+
+def lag_scores(ev: Evaluator, spec: AttentionSpec, qa: Ct, ka: Ct, a: int, layout: FeatureLayout) -> list[Ct]:
+    """The shifted, affinely mapped scores of feature ciphertext a's heads, one ciphertext per lag group
+    (SLOT-LAYOUT "lags", module docstring), from its q and k (2 levels)."""
     dk = spec.head_dim(layout)
     blk, f, T = layout.block, layout.per_ct, layout.n_tokens
     hpc, groups = f // dk, -(-T // dk)
-    rows = np.arange(blk)
     alpha, _ = affine(spec.exp_plan.steps[0])
-    n_ct = layout.n_ct
-    # --- scores by lag (SLOT-LAYOUT "lags"): lag_cts[a * groups + g] --------------------------------------
-    both = ref.ensure(list(q) + list(k), 2, f"{spec.name} scores")
-    lag_cts, valids = [], []
-    for a in range(n_ct):
-        qa, ka = both[a], both[n_ct + a]
-        real = min(hpc, spec.n_head - a * hpc)  # heads present in this ciphertext (the rest is padding)
-        qrot = [qa]  # qrot[rho] = rot(Q, -rho B): a chain of rotations by -B (on the pending product)
-        while len(qrot) < min(dk, T):
-            qrot.append(ev.rotate(qrot[-1], -blk))
-        qrot = [ev.rescale(c) for c in qrot]
-        kstart = ka
-        for g in range(groups):
-            if g:
-                kstart = ev.rotate(kstart, -dk)  # rot(K, -g d_k)
-            kcur = kstart
-            valid = np.zeros((hpc, dk, blk))
-            terms = []
-            for rho in range(min(dk, T - g * dk)):
-                r = g * dk + rho
-                if rho:
-                    kcur = ev.rotate(kcur, -(blk + 1))  # now rot(K, -(r + rho B))
-                valid[:real, rho, :] = (rows >= r) & (rows < T)
-                hs = ev.rescale(block_sum(ev, ev.mul(qrot[rho], ev.rescale(kcur), rescale=False), dk, blk))
-                mask = np.zeros((hpc, dk, blk))
-                mask[:, rho, :] = alpha * valid[:, rho, :]
-                terms.append((hs, (spec.name, "lagmask", T, a, r), lambda m=mask: m.ravel()))
-            z = ev.dot_plain(terms)
-            vflat = valid.ravel()
-            const = lambda vf=vflat, a=a: _head_const(spec, a, hpc, dk, blk, vf)  # noqa: E731
-            lag_cts.append(ev.add_plain(z, (spec.name, "zconst", T, a, g), const))
-            valids.append(((spec.name, "valid", T, a, g), vflat))
-    # --- exp on valid slots only, all lag ciphertexts in lockstep -------------------------------------------
-    weights = run_plan_batch(ev, spec.exp_plan, None, lag_cts, valids, ref, f"{spec.name} exp")
-    # --- weights x values ---------------------------------------------------------------------------------
-    # Lag r's weights stay in block h d_k + rho and are spread over the d_k blocks that follow (a window
-    # shifted by rho); V is shifted by rho blocks to match (the same rotation chain as K). The per-rho
-    # numerators and denominators are rotated back by a Horner scheme in rotations by B: 2 keys in all.
-    stage = ref.ensure(weights + list(v), 2, f"{spec.name} A.V")
-    weights, vs = stage[: len(weights)], stage[len(weights) :]
-    nums, dens_all = [], []
-    for a in range(n_ct):
-        pairs: list[list] = [[] for _ in range(min(dk, T))]
-        dens: list[list] = [[] for _ in range(min(dk, T))]
-        vstart = vs[a]
-        for g in range(groups):
-            if g:
-                vstart = ev.rotate(vstart, -dk)
-            vcur = vstart
-            for rho in range(min(dk, T - g * dk)):
-                if rho:
-                    vcur = ev.rotate(vcur, -(blk + 1))  # rot(V, -(r + rho B))
-                sel = np.zeros((hpc, dk, blk))
-                sel[:, rho, :] = 1.0
-                key = (spec.name, "lagsel", rho)
-                w = ev.mul_plain(weights[a * groups + g], key, lambda s=sel: s.ravel(), rescale=False)
-                w = block_spread(ev, w, dk, blk)  # still pending: the spread's rotations add little noise
-                pairs[rho].append((ev.rescale(w), ev.rescale(vcur)))
-                dens[rho].append(w)
-        nums.append(ev.rescale(horner(ev, [ev.dot(p, rescale=False) for p in pairs], blk)))
-        den = ev.rescale(horner(ev, [ev.add_many(d) for d in dens], blk))
-        dens_all.append(ev.add_scalar(den, spec.sink_weight))
-    return _normalise(ev, ref, spec, nums, dens_all, layout)
+    qrot = [qa]  # qrot[rho] = rot(Q, -rho B): a chain of rotations by -B (on the pending product)
+    while len(qrot) < min(dk, T):
+        qrot.append(ev.rotate(qrot[-1], -blk))
+    qrot = [ev.rescale(c) for c in qrot]
+    out, kstart = [], ka
+    for g in range(groups):
+        if g:
+            kstart = ev.rotate(kstart, -dk)  # rot(K, -g d_k)
+        kcur = kstart
+        valid = _lag_valid(spec, layout, a, g)
+        terms = []
+        for rho in range(min(dk, T - g * dk)):
+            r = g * dk + rho
+            if rho:
+                kcur = ev.rotate(kcur, -(blk + 1))  # now rot(K, -(r + rho B))
+            hs = ev.rescale(block_sum(ev, ev.mul(qrot[rho], ev.rescale(kcur), rescale=False), dk, blk))
+            mask = np.zeros((hpc, dk, blk))
+            mask[:, rho, :] = alpha * valid[:, rho, :]
+            terms.append((hs, (spec.name, "lagmask", T, a, r), lambda m=mask: m.ravel()))
+        z = ev.dot_plain(terms)
+        vflat = valid.ravel()
+        const = lambda vf=vflat, a=a: _head_const(spec, a, hpc, dk, blk, vf)  # noqa: E731
+        out.append(ev.add_plain(z, (spec.name, "zconst", T, a, g), const))
+    return out
+
+
+def weighted_values(
+    ev: Evaluator, spec: AttentionSpec, weights: list[Ct], va: Ct, a: int, layout: FeatureLayout
+) -> tuple[Ct, Ct]:
+    """(numerator, denominator) of feature ciphertext a's heads from its lag groups' exp weights and its V.
+
+    Lag r's weights stay in block h d_k + rho and are spread over the d_k blocks that follow (a window
+    shifted by rho); V is shifted by rho blocks to match (the same rotation chain as K). The per-rho
+    numerators and denominators are rotated back by a Horner scheme in rotations by B: 2 keys in all."""
+    dk = spec.head_dim(layout)
+    blk, f, T = layout.block, layout.per_ct, layout.n_tokens
+    hpc, groups = f // dk, -(-T // dk)
+    pairs: list[list] = [[] for _ in range(min(dk, T))]
+    dens: list[list] = [[] for _ in range(min(dk, T))]
+    vstart = va
+    for g in range(groups):
+        if g:
+            vstart = ev.rotate(vstart, -dk)
+        vcur = vstart
+        for rho in range(min(dk, T - g * dk)):
+            if rho:
+                vcur = ev.rotate(vcur, -(blk + 1))  # rot(V, -(r + rho B))
+            sel = np.zeros((hpc, dk, blk))
+            sel[:, rho, :] = 1.0
+            key = (spec.name, "lagsel", rho)
+            w = ev.mul_plain(weights[g], key, lambda s=sel: s.ravel(), rescale=False)
+            w = block_spread(ev, w, dk, blk)  # still pending: the spread's rotations add little noise
+            pairs[rho].append((ev.rescale(w), ev.rescale(vcur)))
+            dens[rho].append(w)
+    num = ev.rescale(horner(ev, [ev.dot(p, rescale=False) for p in pairs], blk))
+    den = ev.rescale(horner(ev, [ev.add_many(d) for d in dens], blk))
+    return num, ev.add_scalar(den, spec.sink_weight)
+
+
+PARTS = {"scores": lag_scores, "values": weighted_values}
+"""attention_prefill's independent parts by name (what `fan_out` is asked to run)."""
 
 
 def _normalise(ev, ref, spec, nums, dens, layout) -> list[Ct]:

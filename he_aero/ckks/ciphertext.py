@@ -135,6 +135,7 @@ class Evaluator:
         self.stats = OpStats()
         self._cache: dict = {}
         self.requests: dict = {}  # symbolic runs: (key, level, for_mul) -> make, every plaintext asked for
+        self.executor = None  # runs independent parts on other processes (he_aero/ckks/parallel.py)
         if not self.symbolic:
             self._ops = SealOps(server)
             self._timer = _Timer(self)

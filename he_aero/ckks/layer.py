@@ -20,12 +20,13 @@ import numpy as np
 
 from approx.plans import Plan
 from approx.sign import CompositeRelu
-from he_aero.ckks.attention import AttentionSpec, KVCache, attention_decode, attention_prefill
+from he_aero.ckks.attention import PARTS, AttentionSpec, KVCache, attention_decode, attention_prefill
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.ffn import EncryptedFFN
 from he_aero.ckks.linalg import PlainLinear
 from he_aero.ckks.norm import NormPlan, check_inv_sqrt_plan, normalise
 from he_aero.ckks.packing import FeatureLayout
+from he_aero.ckks.parallel import run_parts, split, workers
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 
@@ -93,6 +94,7 @@ class EncryptedLayer:
             float(shift),
         )
         self._linears: dict = {}
+        self.address = index  # how worker processes find this layer (he_aero/ckks/parallel.py)
 
     def _linear(self, which: str, layout: FeatureLayout) -> PlainLinear:
         key = (which, layout)
@@ -104,6 +106,28 @@ class EncryptedLayer:
             }[which]
             self._linears[key] = PlainLinear(f"{self.name}.{which}", w, b, layout)
         return self._linears[key]
+
+    def _product(self, ev, which: str, layout: FeatureLayout, xs: list[Ct], rescale: bool = True) -> list[Ct]:
+        """A plaintext-weight product; at prefill its output ciphertexts are split over the executor's
+        workers ("linear" parts: he_aero/ckks/parallel.py). Decode products are small: they stay here."""
+        lin = self._linear(which, layout)
+        if layout.n_tokens == 1:
+            return lin(ev, xs, rescale=rescale)
+        chunks = split(lin.out_layout.n_ct, workers(ev))
+        parts = run_parts(ev, self, "linear", [(which, layout, xs, tuple(c), rescale) for c in chunks])
+        return [c for part in parts for c in part]
+
+    def run_part(self, ev: Evaluator, part: str, *args):
+        """One independent part of the prefill (he_aero/ckks/parallel.py): "linear" with (which, layout, xs,
+        outputs, rescale) gives those output ciphertexts of the product `which` ("qkv", "o", "mix");
+        "scores" and "values" run attention's parts (attention.PARTS) with this layer's spec.
+        HeAeroError for any other part."""
+        if part == "linear":
+            which, layout, xs, outputs, rescale = args
+            return self._linear(which, layout)(ev, xs, rescale=rescale, outputs=outputs)
+        if part in PARTS:
+            return PARTS[part](ev, self.spec, *args)
+        raise HeAeroError(f"{self.name}: no part {part!r}")
 
     def _fused_qkv(self, layout: FeatureLayout) -> tuple[np.ndarray, np.ndarray]:
         """[W_q | W_k | W_v], each padded to whole ciphertexts so Q, K and V land in separate ciphertexts."""
@@ -129,7 +153,7 @@ class EncryptedLayer:
         h = ref.ensure(h, 1, f"{self.name} qkv")
         if self.norm_attn is None:
             xs = h  # the residual refreshed with the projection's input (one round)
-        qkv = self._linear("qkv", layout)(ev, h, rescale=False)  # pending: attention rotates them first
+        qkv = self._product(ev, "qkv", layout, h, rescale=False)  # pending: attention rotates them first
         n = layout.n_ct
         for c in qkv:
             c.layout = layout
@@ -137,14 +161,14 @@ class EncryptedLayer:
 
     def _finish(self, ev, ref, xs, heads, layout):
         heads = ref.ensure(heads, 1, f"{self.name} w_o")
-        o = self._linear("o", layout)(ev, heads)
+        o = self._product(ev, "o", layout, heads)
         x_sa = [ev.add(x, y, layout) for x, y in zip(xs, o, strict=True)]
         if self.ffn is not None:
             return self.ffn(ev, ref, x_sa, layout)
         if self.pruned:
             return x_sa
         x_sa = ref.ensure(x_sa, 1, f"{self.name} w_mix")
-        return self._linear("mix", layout)(ev, x_sa)
+        return self._product(ev, "mix", layout, x_sa)
 
     def prefill(
         self, ev: Evaluator, ref: Refresher, xs: list[Ct], layout: FeatureLayout
@@ -152,7 +176,8 @@ class EncryptedLayer:
         """The layer on T = layout.n_tokens encrypted tokens; returns (X_out, this layer's K/V cache)."""
         self._check(xs, layout)
         xs, q, k, v = self._qkv(ev, ref, xs, layout)
-        heads = attention_prefill(ev, ref, self.spec, q, k, v, layout)
+        fan_out = lambda part, calls: run_parts(ev, self, part, calls)  # noqa: E731
+        heads = attention_prefill(ev, ref, self.spec, q, k, v, layout, fan_out)
         cache = KVCache([ev.rescale(c) for c in k], [ev.rescale(c) for c in v], layout.n_tokens)
         return self._finish(ev, ref, xs, heads, layout), cache
 

@@ -20,6 +20,7 @@ of every diagonal and of the bias are 0, so padding rows stay exactly 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -80,9 +81,13 @@ class PlainLinear:
         vals[: part.size] = part
         return np.repeat(vals, self.layout.block) * self.row_mask
 
-    def __call__(self, ev: Evaluator, xs: list[Ct], rescale: bool = True) -> list[Ct]:
+    def __call__(
+        self, ev: Evaluator, xs: list[Ct], rescale: bool = True, outputs: Sequence[int] | None = None
+    ) -> list[Ct]:
         """X W + b. The giant-step rotations act on the products before their rescale (small key-switching
-        noise); `rescale=False` returns the outputs still pending, for callers that rotate them further."""
+        noise); `rescale=False` returns the outputs still pending, for callers that rotate them further.
+        `outputs`: only these output ciphertexts (default all), in the order given: they share nothing but
+        the baby steps, so separate processes can compute separate outputs (he_aero/ckks/parallel.py)."""
         if len(xs) != self.layout.n_ct:
             raise HeAeroError(f"{self.name}: expected {self.layout.n_ct} ciphertexts, got {len(xs)}")
         xs = [ev.rescale(x) for x in xs]
@@ -95,7 +100,10 @@ class PlainLinear:
         baby = [[x] for x in xs]  # baby[a][v] = rot(X_a, v B), built as a chain of rotations by B (one key)
         outs = []
         tok = self.layout.n_tokens
-        for b in range(self.out_layout.n_ct):
+        n_out = self.out_layout.n_ct
+        for b in range(n_out) if outputs is None else outputs:
+            if not 0 <= b < n_out:
+                raise HeAeroError(f"{self.name}: no output ciphertext {b} (the product has {n_out})")
             partials = []
             for u in range(self.giants):
                 terms = []

@@ -33,6 +33,7 @@ from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.linalg import PlainLinear, block_spread, block_sum
 from he_aero.ckks.norm import NormPlan, check_inv_sqrt_plan, normalise
 from he_aero.ckks.packing import FeatureLayout, pack, rows_count
+from he_aero.ckks.parallel import InPlace, run_parts, split, workers
 from he_aero.ckks.params import CkksParams
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
@@ -166,6 +167,7 @@ class Pipeline:
             check_inv_sqrt_plan(final_norm, "final LayerNorm")
             self.final_norm = final_norm
         self._linears: dict = {}
+        self.address = "pipeline"  # how worker processes find this object (he_aero/ckks/parallel.py)
 
     @property
     def stage_names(self) -> list[str]:
@@ -201,9 +203,27 @@ class Pipeline:
                 )
         return self._linears[key]
 
+    def _product(self, ev: Evaluator, which: str, n: int, xs: list[Ct], rescale: bool) -> list[Ct]:
+        """The embedding or LM-head product of n tokens; at prefill its output ciphertexts are split over
+        the executor's workers (he_aero/ckks/parallel.py), as a layer's are."""
+        lin = self._linear(which, n)
+        if n == 1:
+            return lin(ev, xs, rescale=rescale)
+        chunks = split(lin.out_layout.n_ct, workers(ev))
+        parts = run_parts(ev, self, "linear", [(which, n, xs, tuple(c), rescale) for c in chunks])
+        return [c for part in parts for c in part]
+
+    def run_part(self, ev: Evaluator, part: str, *args):
+        """An independent part of the embedding or LM head: "linear" with (which, n_tokens, xs, outputs,
+        rescale), `which` "embed" or "lm" (he_aero/ckks/parallel.py). HeAeroError for any other part."""
+        if part != "linear":
+            raise HeAeroError(f"pipeline: no part {part!r}")
+        which, n, xs, outputs, rescale = args
+        return self._linear(which, n)(ev, xs, rescale=rescale, outputs=outputs)
+
     def _embed(self, ev: Evaluator, onehot: list[Ct], position: int, n: int) -> list[Ct]:
         """x = onehot @ tok_emb + pos_emb[position : position + n] in the features layout."""
-        xs = real_parts(ev, self._linear("embed", n)(ev, onehot, rescale=False))
+        xs = real_parts(ev, self._product(ev, "embed", n, onehot, rescale=False))
         pos = pack(self.view.pos_emb[position : position + n], self.layout(n))
         return [
             ev.add_plain(x, ("pos", position, n, i), lambda v=v: v)
@@ -261,8 +281,8 @@ class Pipeline:
             xs = normalise(ev, ref, self.final_norm, xs, layout, eps, "ln_f")
         if rows:
             return self._lm_rows(ev, ref, xs)
-        lm = self._linear("lm", layout.n_tokens)
-        return real_parts(ev, lm(ev, ref.ensure(xs, 1, "lm head"), rescale=False))
+        xs = ref.ensure(xs, 1, "lm head")
+        return real_parts(ev, self._product(ev, "lm", layout.n_tokens, xs, rescale=False))
 
     # --- the run -------------------------------------------------------------------------------------------
     def run(
@@ -322,9 +342,11 @@ class Pipeline:
         layout = None if rows else self.layout(n, self.vocab)
         return [Ct(None, ev.top, layout) for _ in range(self.token_cts(rows, n))]
 
-    def symbolic_prefill(self, n_tokens: int, bound: float, mask_bits: int):
-        """(Evaluator, Refresher, caches, records) of a counted prefill of n_tokens."""
+    def symbolic_prefill(self, n_tokens: int, bound: float, mask_bits: int, workers: int = 1):
+        """(Evaluator, Refresher, caches, records) of a counted prefill of n_tokens, its independent parts
+        split as `workers` processes split them (he_aero/ckks/parallel.py `InPlace`)."""
         ev = Evaluator(self.params, None)
+        ev.executor = InPlace(workers) if workers > 1 else None
         ref = Refresher(ev, None, bound=bound, mask_bits=mask_bits)
         _, caches, records = self.run(ev, ref, self._symbolic_tokens(ev, False, n_tokens), 0, n_tokens, None)
         return ev, ref, caches, records

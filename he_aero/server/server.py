@@ -32,11 +32,13 @@ class Server:
     plan : the `he_aero.plan.ExecutionPlan` to run.
     allow_insecure_for_tests : accept a plan on a ring below 128-bit security (tests only; no command-line
         flag or peer message sets it).
+    pool : worker processes for the prefill's independent parts (an Executor with `attach(PublicKeys)`,
+        he_aero/server/ray_pool.py `RayPool`); None runs everything in this process.
 
     Raises HeAeroError when the plan does not fit the weights or its ring is insecure.
     """
 
-    def __init__(self, view, header: dict, plan, allow_insecure_for_tests: bool = False):
+    def __init__(self, view, header: dict, plan, allow_insecure_for_tests: bool = False, pool=None):
         plan.check_checkpoint(header)
         vocab, d = view.tok_emb.shape
         got = (d, len(view.layers), view.pos_emb.shape[0], vocab)
@@ -53,6 +55,7 @@ class Server:
             view, plan.plans, plan.params, plan.block, plan.decode_rows, plan.final_norm_plan
         )
         self.context = self.pipeline.context
+        self.pool = pool
         self.ev: Evaluator | None = None
         self.session: bytes | None = None
         self.caches: list | None = None
@@ -99,14 +102,18 @@ class Server:
         missing = sorted(set(self.rotation_steps) - set(steps))
         if missing:
             raise HeAeroError(f"server: the client's keys lack rotation steps {missing[:8]}...")
+        keys = PublicKeys(self.params, *msg.parts, rotation_steps=steps)
         try:
-            ctx = public_context(PublicKeys(self.params, *msg.parts, rotation_steps=steps))
+            ctx = public_context(keys)
         except HeAeroError as exc:
             raise HeAeroError(f"server: SETUP: {exc}") from exc
         if not ctx.has_conjugation():
             raise HeAeroError("server: the client's keys lack the conjugation key (real projection)")
         self.session = msg.session
         self.ev = Evaluator(self.params, ctx)
+        if self.pool is not None:
+            self.pool.attach(keys)
+            self.ev.executor = self.pool
         self.prepare_decode()
         self.caches = None
         self.refreshed = 0

@@ -1,0 +1,109 @@
+"""Independent parts of a layer's prefill, run in place or on worker processes.
+
+Why: SEAL calls hold Python's GIL, so one process uses one core whatever its threads do; only processes use
+the others. A layer's prefill splits into parts that share no ciphertext (`EncryptedLayer.run_part`,
+he_aero/ckks/layer.py):
+    "linear"  output ciphertexts of a plaintext-weight product (`linalg.PlainLinear`, `outputs=`): they
+              share only the baby-step rotations of the input, which each part recomputes;
+    "scores"  per feature ciphertext (a group of heads), attention's score loop over the lags;
+    "values"  per feature ciphertext, attention's weighted-value loop (he_aero/ckks/attention.py).
+Refreshes (a round trip to the client) and the lockstep polynomial stages between them stay with the caller.
+
+The embedding and the LM head split their products the same way (`Pipeline.run_part`). A part is addressed
+by its owner's `address` (a layer's index, or "pipeline") and a part name, with ciphertexts and small
+picklable values as arguments, so any process holding the same `Pipeline` and the session's public keys can
+run it. An `Executor` returns
+what the parts return, in order, and adds the parts' operation counts to the caller's evaluator, so a
+parallel run counts exactly what the symbolic one does (the planner's figures). The in-process default is no
+executor at all; he_aero/server/ray_pool.py runs parts on Ray actors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from he_aero.ckks.backend import load_ciphertext, to_bytes
+from he_aero.ckks.ciphertext import Ct, Evaluator, OpStats
+
+
+class Executor(Protocol):
+    """Runs `owner.run_part(ev, part, *args)` for each args of `calls` (`owner`: an `EncryptedLayer` or the
+    `Pipeline`, known to other processes by `owner.address`), results in order, their operation counts
+    added to ev.stats."""
+
+    workers: int
+
+    def map(self, ev: Evaluator, owner, part: str, calls: list[tuple]) -> list: ...
+
+
+def run_parts(ev: Evaluator, owner, part: str, calls: list[tuple]) -> list:
+    """[owner.run_part(ev, part, *args) for args in calls], on `ev.executor` when there is one: same results,
+    same operation counts."""
+    if ev.executor is None:
+        return [owner.run_part(ev, part, *args) for args in calls]
+    return ev.executor.map(ev, owner, part, calls)
+
+
+@dataclass(frozen=True)
+class InPlace:
+    """An executor that runs every part in this process, in order, split as `workers` processes would split
+    them: what a symbolic run uses to count a parallel run (each "linear" part recomputes the baby-step
+    rotations of its input, so a product split k ways makes (k - 1) x its baby steps more rotations)."""
+
+    workers: int = 1
+
+    def map(self, ev: Evaluator, owner, part: str, calls: list[tuple]) -> list:
+        return [owner.run_part(ev, part, *args) for args in calls]
+
+
+def split(n: int, parts: int) -> list[range]:
+    """range(n) in at most `parts` contiguous chunks whose sizes differ by at most one."""
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [range(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+
+
+def workers(ev: Evaluator) -> int:
+    """How many processes `run_parts` may use (1 without an executor)."""
+    return 1 if ev.executor is None else ev.executor.workers
+
+
+# --- ciphertexts between processes of one server ---------------------------------------------------------
+@dataclass(frozen=True)
+class WireCt:
+    """A `Ct` between the server's own processes: SEAL's serialisation plus what `Ct` tracks beside it."""
+
+    blob: bytes
+    level: int
+    layout: object
+    pending: bool
+
+
+def to_wire(obj):
+    """`obj` with every `Ct` in it (nested lists and tuples) replaced by a `WireCt`."""
+    if isinstance(obj, Ct):
+        return WireCt(to_bytes(obj.data), obj.level, obj.layout, obj.pending)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_wire(o) for o in obj)
+    return obj
+
+
+def from_wire(ev: Evaluator, obj):
+    """Inverse of `to_wire` under ev's context. Only for bytes from the server's own workers: a client's
+    ciphertexts go through `Evaluator.load_client`, which checks them."""
+    if isinstance(obj, WireCt):
+        data = load_ciphertext(ev.server.seal_context, obj.blob, "a worker's ciphertext")
+        return Ct(data, obj.level, obj.layout, obj.pending)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(from_wire(ev, o) for o in obj)
+    return obj
+
+
+def add_counts(stats: OpStats, other: OpStats) -> None:
+    """Add another evaluator's operation counts to `stats` (not its seconds: they overlap in time)."""
+    for name in ("rotations", "ctct_mults", "pt_mults", "refresh_cts"):
+        getattr(stats, name).update(getattr(other, name))
+    for name in ("adds", "encodes", "refresh_rounds", "relins", "conjugations"):
+        setattr(stats, name, getattr(stats, name) + getattr(other, name))
+    stats.steps_used |= other.steps_used

@@ -1,0 +1,156 @@
+"""The server's work on Ray: actors that hold the model and one session's public keys and run a layer's
+independent parts (he_aero/ckks/parallel.py) side by side, on one machine or a cluster.
+
+Why Ray: SEAL holds Python's GIL, so a second core needs a second process, and a cluster needs processes on
+other machines; Ray gives both with one API (actors keep state between calls, arguments travel through its
+object store). Optional: `pip install he-aero[ray]`; without it the server runs every part in its own process.
+
+Lifecycle (each step before the next; a step out of order raises HeAeroError naming the missing one):
+    pool = RayPool(view, plan, workers=2, address=None)   # before a client arrives: Ray up, actors hold the
+                                                          # weights (the Pipeline), no keys yet
+    pool.attach(public_keys)                              # the session's SETUP: each actor builds the public
+                                                          # context once (keys travel once, by object ref)
+    ev.executor = pool                                    # Server.receive_setup does this
+    ...  EncryptedLayer.prefill fans its parts out through `pool.map`
+    pool.close()                                          # actors and their keys go away
+Ciphertexts travel as SEAL's serialisation (`parallel.WireCt`); the actors never see a secret key: they get
+what the server gets (public, relinearisation and rotation keys).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from he_aero.ckks.backend import PublicKeys, public_context
+from he_aero.ckks.ciphertext import Evaluator
+from he_aero.ckks.parallel import add_counts, from_wire, to_wire
+from he_aero.ckks.pipeline import Pipeline
+from he_aero.errors import HeAeroError
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise HeAeroError(
+            "Ray is not installed: pip install 'he-aero[ray]' (or run without --ray-address)"
+        ) from exc
+    return ray
+
+
+class PartWorker:
+    """One actor's state: the model's Pipeline (weights as the server prepares them) and, after `attach`,
+    an Evaluator over the session's public keys with its own cache of encoded plaintexts."""
+
+    def __init__(self, view, plan_dict: dict):
+        from he_aero.plan import ExecutionPlan
+
+        plan = ExecutionPlan.from_dict(plan_dict)
+        self.params = plan.params
+        self.pipeline = Pipeline(
+            view, plan.plans, plan.params, plan.block, plan.decode_rows, plan.final_norm_plan
+        )
+        self.ev: Evaluator | None = None
+
+    def attach(self, keys: PublicKeys) -> bool:
+        self.ev = Evaluator(self.params, public_context(keys))
+        return True
+
+    def run(self, address: int | str, part: str, args: tuple):
+        """(the part's result as wire ciphertexts, the operation counts it made); `address`: a layer's index
+        or "pipeline" (he_aero/ckks/parallel.py)."""
+        if self.ev is None:
+            raise HeAeroError("Ray worker: run before attach (the session's keys)")
+        owner = self.pipeline if address == "pipeline" else self.pipeline.layers[address]
+        self.ev.reset_stats()
+        out = owner.run_part(self.ev, part, *from_wire(self.ev, args))
+        return to_wire(out), self.ev.reset_stats()
+
+
+class RayPool:
+    """`workers` Ray actors running `PartWorker`; an `Executor` (he_aero/ckks/parallel.py) once attached.
+
+    Parameters
+    ----------
+    view : the model's LinearView (shipped to the actors once, through the object store).
+    plan : the ExecutionPlan the server runs.
+    workers : actors to start (>= 1); each asks Ray for one CPU.
+    address : a running Ray cluster ("auto", "ray://host:port", "host:port"); None starts a local Ray with
+        `workers` CPUs inside this process's lifetime (or joins the one this process already started).
+    start_timeout : seconds to wait for the actors to be placed and to load the model.
+
+    Raises HeAeroError when Ray is missing, cannot start or connect, cannot place the actors in time (too
+    few free CPUs), or an actor fails."""
+
+    def __init__(
+        self, view, plan, workers: int = 2, address: str | None = None, start_timeout: float = 120.0
+    ):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise HeAeroError(f"Ray pool: workers must be a positive integer, got {workers!r}")
+        ray = self._ray = _ray()
+        self.workers = workers
+        self._started = False
+        if not ray.is_initialized():
+            try:
+                if address is None:
+                    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
+                raise HeAeroError(
+                    f"Ray: cannot {'start' if address is None else 'reach ' + address}: {exc}"
+                ) from exc
+            self._started = True
+        actor = ray.remote(num_cpus=1)(PartWorker)
+        view_ref = ray.put(view)
+        self._actors = [actor.remote(view_ref, plan.to_dict()) for _ in range(workers)]
+        ready, _ = ray.wait(
+            [a.__ray_ready__.remote() for a in self._actors], num_returns=workers, timeout=start_timeout
+        )
+        if len(ready) < workers:
+            free = ray.available_resources().get("CPU", 0)
+            self.close()
+            raise HeAeroError(
+                f"Ray: {len(ready)} of {workers} workers started within {start_timeout:g} s; each needs one "
+                f"CPU and the cluster has {free:g} free (ask for fewer with --ray-workers)"
+            )
+        self._get(ready, "start")  # a worker that failed to load the model raises here
+        self._attached = False
+        self.parts_run = 0  # parts the actors have run (logs, tests)
+
+    def _get(self, refs, what: str):
+        try:
+            return self._ray.get(refs)
+        except HeAeroError:
+            raise
+        except Exception as exc:  # RayActorError, RayTaskError wrapping a worker's error, ...
+            raise HeAeroError(f"Ray worker failed to {what}: {exc}") from exc
+
+    def attach(self, keys: PublicKeys) -> None:
+        """Give every actor the session's public keys (sent once through the object store)."""
+        ref = self._ray.put(keys)
+        self._get([a.attach.remote(ref) for a in self._actors], "load the session's keys")
+        self._attached = True
+
+    def map(self, ev: Evaluator, owner, part: str, calls: list[tuple]) -> list:
+        """Each call on an actor (round robin), results in order; their counts added to ev.stats."""
+        if not self._attached:
+            raise HeAeroError("Ray pool: map before attach (the session's keys)")
+        actors = itertools.cycle(self._actors)
+        refs = [next(actors).run.remote(owner.address, part, to_wire(args)) for args in calls]
+        self.parts_run += len(calls)
+        out = []
+        for wire, stats in self._get(refs, f"run part {part!r} of {owner.address!r}"):
+            add_counts(ev.stats, stats)
+            out.append(from_wire(ev, wire))
+        return out
+
+    def close(self) -> None:
+        """Stop the actors (their keys and plaintexts go with them), and Ray if this pool started it."""
+        for a in self._actors:
+            self._ray.kill(a)
+        self._actors = []
+        self._attached = False
+        if self._started:
+            self._ray.shutdown()
+            self._started = False
