@@ -73,6 +73,19 @@ from he_aero.cli.options import blame, checkpoint_option, plan_option
     help="PEM private key of --tls-cert",
 )
 @click.option(
+    "--ray-workers",
+    type=click.IntRange(0),
+    default=None,
+    show_default="0, or 2 with --ray-address",
+    help="Ray actors per session for the prefill's independent parts (needs he-aero[ray]); 0: none",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    show_default="a private local Ray per session",
+    help="Ray cluster for --ray-workers: 'auto' (started with `ray start --head`), HOST:PORT or ray://HOST:PORT",
+)
+@click.option(
     "--allow-insecure-for-tests",
     "insecure",
     is_flag=True,
@@ -91,6 +104,8 @@ def serve(
     warm_workers,
     tls_cert,
     tls_key,
+    ray_workers,
+    ray_address,
     insecure,
 ) -> None:
     """Serve encrypted inference: hold the weights and the plan, run each client's session on its
@@ -125,6 +140,17 @@ def serve(
                 from he_aero.errors import HeAeroError
 
                 raise HeAeroError(f"cannot load the certificate and key: {exc}") from exc
+    if ray_workers is None:
+        ray_workers = 2 if ray_address is not None else 0
+    elif ray_workers == 0 and ray_address is not None:
+        raise click.BadParameter("--ray-address needs --ray-workers >= 1", param_hint="'--ray-workers'")
+    if ray_workers:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise click.BadParameter(
+                "Ray is not installed: pip install 'he-aero[ray]'", param_hint="'--ray-workers'"
+            ) from None
     max_bytes = int(max_message_mb * 1e6) if max_message_mb is not None else default_max_message_bytes(plan)
     config = ServiceConfig(
         host=host,
@@ -138,6 +164,8 @@ def serve(
         warm_workers=warm_workers,
         ssl=ssl_context,
         allow_insecure_for_tests=insecure,
+        ray_workers=ray_workers,
+        ray_address=ray_address,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=None)
     logging.getLogger("websockets").setLevel(logging.WARNING)

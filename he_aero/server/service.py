@@ -71,6 +71,10 @@ class ServiceConfig:
     ping_interval, ping_timeout : websockets keepalive (a vanished peer is noticed within their sum).
     ssl : an `ssl.SSLContext` for wss:// (None: plain ws://, e.g. behind a TLS reverse proxy).
     allow_insecure_for_tests : serve a plan on a ring below 128-bit security (tests only).
+    ray_workers : Ray actors per session for the prefill's independent parts (0: none, all in the session's
+        worker process; he_aero/server/ray_pool.py).
+    ray_address : the Ray cluster they run on ("auto", "host:port", "ray://host:port"); None starts a private
+        local Ray (ray_workers CPUs) in each session's worker process.
     """
 
     host: str = "127.0.0.1"
@@ -87,6 +91,8 @@ class ServiceConfig:
     ping_timeout: float | None = 20.0
     ssl: object | None = None
     allow_insecure_for_tests: bool = False
+    ray_workers: int = 0
+    ray_address: str | None = None
 
     def __post_init__(self):
         if not (0 <= self.port <= 65535):
@@ -99,6 +105,11 @@ class ServiceConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise HeAeroError(f"{name}: expected a positive number of seconds, got {value!r}")
+        workers = self.ray_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise HeAeroError(f"ray_workers: expected an integer >= 0, got {self.ray_workers!r}")
+        if self.ray_address is not None and not self.ray_workers:
+            raise HeAeroError("ray_address: give ray_workers >= 1 too (the actors to start there)")
         if self.max_message_bytes is not None and self.max_message_bytes < 1024:
             raise HeAeroError(f"max_message_bytes: expected >= 1024, got {self.max_message_bytes}")
 
@@ -111,6 +122,10 @@ class ServiceConfig:
             cmd += ["--plan", str(self.plan)]
         if self.allow_insecure_for_tests:
             cmd.append("--allow-insecure-for-tests")
+        if self.ray_workers:
+            cmd += ["--ray-workers", str(self.ray_workers)]
+        if self.ray_address is not None:
+            cmd += ["--ray-address", self.ray_address]
         return cmd
 
 

@@ -200,8 +200,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def load_server(checkpoint: str | None, plan_file: str | None, allow_insecure_for_tests: bool):
-    """The `Server` for a checkpoint (default: the shipped one) and its plan (default: the shipped one)."""
+def load_server(
+    checkpoint: str | None,
+    plan_file: str | None,
+    allow_insecure_for_tests: bool,
+    ray_workers: int = 0,
+    ray_address: str | None = None,
+):
+    """The `Server` for a checkpoint (default: the shipped one) and its plan (default: the shipped one),
+    with `ray_workers` Ray actors for the prefill's parts (0: none) on `ray_address` (None: a private local
+    Ray)."""
     from he_aero.plan import load_plan
     from he_aero.server.server import Server
     from models.checkpoint import load_checkpoint
@@ -209,9 +217,13 @@ def load_server(checkpoint: str | None, plan_file: str | None, allow_insecure_fo
 
     plan = load_plan(plan_file)
     model, header = load_checkpoint(checkpoint)
-    return Server(
-        LinearView.from_model(model), header, plan, allow_insecure_for_tests=allow_insecure_for_tests
-    )
+    view = LinearView.from_model(model)
+    pool = None
+    if ray_workers:
+        from he_aero.server.ray_pool import RayPool
+
+        pool = RayPool(view, plan, workers=ray_workers, address=ray_address)
+    return Server(view, header, plan, allow_insecure_for_tests=allow_insecure_for_tests, pool=pool)
 
 
 def main(argv: list[str] | None = None, make_server: Callable | None = None) -> int:
@@ -223,6 +235,8 @@ def main(argv: list[str] | None = None, make_server: Callable | None = None) -> 
     parser.add_argument("--idle-timeout", type=float, required=True)
     parser.add_argument("--refresh-timeout", type=float, required=True)
     parser.add_argument("--allow-insecure-for-tests", action="store_true")
+    parser.add_argument("--ray-workers", type=int, default=0)
+    parser.add_argument("--ray-address", default=None)
     args = parser.parse_args(argv)
     # The frames own the original standard output; anything a library prints goes to standard error.
     pipe = Pipe(0, os.dup(1))
@@ -234,11 +248,19 @@ def main(argv: list[str] | None = None, make_server: Callable | None = None) -> 
 
     try:
         t0 = time.perf_counter()
-        server = (make_server or load_server)(args.checkpoint, args.plan, args.allow_insecure_for_tests)
+        if make_server is not None:
+            server = make_server(args.checkpoint, args.plan, args.allow_insecure_for_tests)
+        else:
+            server = load_server(
+                args.checkpoint, args.plan, args.allow_insecure_for_tests, args.ray_workers, args.ray_address
+            )
     except (HeAeroError, ModelError) as exc:
         pipe.log(f"cannot load the model: {exc}")
         return EXIT_LOAD
     session = WorkerSession(server, pipe, args.idle_timeout, args.refresh_timeout)
+    pool = getattr(server, "pool", None)
+    if pool is not None:
+        pipe.log(f"{pool.workers} Ray workers ready")
     try:
         pipe.send(session.offer())
         pipe.log(f"model and plan loaded in {time.perf_counter() - t0:.1f} s")
@@ -251,6 +273,9 @@ def main(argv: list[str] | None = None, make_server: Callable | None = None) -> 
         traceback.print_exc()
         session._error("internal", "session closed: internal server error (see the server's log)")
         return EXIT_INTERNAL
+    finally:
+        if pool is not None:  # the session's keys leave the actors with the session
+            pool.close()
 
 
 if __name__ == "__main__":

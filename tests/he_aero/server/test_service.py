@@ -7,9 +7,11 @@ ERROR frame, close the session, end its worker and leave the server serving.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -260,3 +262,24 @@ def test_sigterm_with_a_session_open_stops_cleanly(files, keyed, tmp_path):
     assert all(gone(p) for p in workers | srv.worker_pids())
     assert "stopped" in srv.log()
     assert list(srv.tmpdir.iterdir()) == []
+
+
+def test_a_service_with_ray_workers_serves_correct_logits(files, keyed, tmp_path, tiny, monkeypatch):
+    """`he-aero serve --ray-workers 2`: each session's worker process starts a private local Ray with two
+    actors before its client arrives (and says so in the log); a client's prefill matches the plaintext
+    model."""
+    from models.linear_view import view_forward
+
+    client, setup = keyed  # keys for the same plan (a worker does not care whose keys it gets)
+    # Ray's sockets live under its temp folder, whose path must stay below 108 bytes (AF_UNIX)
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    srv = Served(tmp_path, *files, "--ray-workers", "2")
+    try:
+        srv.wait_log(r"2 Ray workers ready", timeout=120)
+        out = prefill(srv.url, client, setup, PROMPT)
+        plain = view_forward(tiny[3], PROMPT)
+        assert out.flag is None and np.abs(out.logits - plain).max() < 0.05
+    finally:
+        assert srv.stop() == 0
+        shutil.rmtree(ray_tmp, ignore_errors=True)
