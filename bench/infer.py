@@ -203,18 +203,51 @@ def _stage_rows(records, counted) -> list[dict]:
             for r, c in zip(records, counted, strict=True)]  # fmt: skip
 
 
-def _counted(session, n_tokens: int, decode: bool) -> list:
-    """StageRecords of the same pass on a symbolic evaluator (no SEAL objects): a prefill of n_tokens, or one
-    decode step against a cache of n_tokens."""
+def _counted(session, n_tokens: int, decode: bool, workers: int = 1) -> list:
+    """StageRecords of the same pass on a symbolic evaluator (no SEAL objects): a prefill of n_tokens (its
+    parts split as `workers` processes split them), or one decode step against a cache of n_tokens."""
     pipe, plan = session.server.pipeline, session.server.plan
-    _, _, caches, records = pipe.symbolic_prefill(n_tokens, plan.activation_bound, plan.mask_bits)
+    _, _, caches, records = pipe.symbolic_prefill(n_tokens, plan.activation_bound, plan.mask_bits, workers)
     if decode:
         _, _, records = pipe.symbolic_decode(caches, plan.activation_bound, plan.mask_bits)
     return records
 
 
-def speed(lengths: list[int], decode: int, session=None, plan_path: Path | None = None) -> dict:
-    """Prefill timings per length, then `decode` decode steps after a prefill of lengths[0] tokens."""
+def _ray_prefills(session, prompts: list[list[int]], workers: int) -> dict:
+    """The same prefills with the server's parts on `workers` Ray actors (a local Ray of `workers` CPUs),
+    each cold like the single-process ones (actors encode their weight plaintexts on first use)."""
+    from he_aero.server.ray_pool import RayPool
+    from he_aero.session import Session
+
+    srv = session.server
+    t0 = time.perf_counter()
+    pool = RayPool(srv.view, srv.plan, workers=workers)
+    started = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        ray_session = Session(srv.view, srv.header, srv.plan, pool=pool)
+        setup = time.perf_counter() - t0
+        runs = []
+        for tokens in prompts:
+            ray_session.server.ev.clear_cache()
+            before = ray_session.channel.traffic.summary()
+            _, wall = ray_session.forward(tokens)
+            after = ray_session.channel.traffic.summary()
+            counted = _counted(ray_session, len(tokens), decode=False, workers=workers)
+            stages = _stage_rows(ray_session.server.records, counted)
+            runs.append({"tokens": len(tokens), **_phase_row(stages, wall, before, after)})
+            print(f"prefill {len(tokens)} on {workers} Ray workers: {wall:.1f} s", flush=True)
+    finally:
+        pool.close()
+    return {"workers": workers, "pool_start_seconds": round(started, 1), "setup_seconds": round(setup, 1),
+            "prefill": runs}  # fmt: skip
+
+
+def speed(
+    lengths: list[int], decode: int, session=None, plan_path: Path | None = None, ray_workers: int = 0
+) -> dict:
+    """Prefill timings per length, then `decode` decode steps after a prefill of lengths[0] tokens, then (with
+    `ray_workers`) the same prefills on Ray actors, in the same run, for the speed-up."""
     from models.data import load_split
 
     session, setup_s = (session, 0.0) if session is not None else _session(plan_path)
@@ -243,8 +276,21 @@ def speed(lengths: list[int], decode: int, session=None, plan_path: Path | None 
         stages = _stage_rows(srv.records, _counted(session, len(tokens) + i, decode=True))
         dec.append({"cache_length": len(tokens) + i + 1, **_phase_row(stages, wall, before, after)})
         print(f"decode {i + 1}: {wall:.1f} s", flush=True)
+    srv.ev.clear_cache()
+    ray = (
+        _ray_prefills(session, [list(text[start : start + n]) for n in lengths], ray_workers)
+        if ray_workers
+        else None
+    )
     p = srv.params
+    steady = [d["wall_seconds"] for d in dec[1:]]
     return {
+        # the issue's headline figures (issue 13); details below
+        "prefill_seconds": {str(r["tokens"]): r["wall_seconds"] for r in runs},
+        "decode_seconds_per_token": round(statistics.mean(steady), 2) if steady else None,
+        "first_decode_seconds": dec[0]["wall_seconds"] if dec else None,
+        "ray_speedup": None if ray is None else _speedups(runs, ray["prefill"])[str(lengths[-1])],
+        "ray": None if ray is None else {**ray, "speedup": _speedups(runs, ray["prefill"])},
         "plan_sha256": srv.plan.sha256,
         "plan": srv.plan.explain().splitlines(),
         "ring_degree": p.poly_modulus_degree,
@@ -258,6 +304,14 @@ def speed(lengths: list[int], decode: int, session=None, plan_path: Path | None 
         "decode_plaintext_mb": round(decode_plaintext_bytes / 1e6, 1),
         "plaintext_cache_mb_after_decode": round(srv.ev.cache_bytes() / 1e6, 1),
         "machine": _machine(),
+    }
+
+
+def _speedups(single: list[dict], parallel: list[dict]) -> dict:
+    """Single-process wall seconds / parallel wall seconds per prompt length."""
+    return {
+        str(a["tokens"]): round(a["wall_seconds"] / b["wall_seconds"], 2)
+        for a, b in zip(single, parallel, strict=True)
     }
 
 
@@ -449,6 +503,7 @@ def main(argv=None) -> None:
     s.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64])
     s.add_argument("--decode", type=int, default=3)
     s.add_argument("--plan", type=Path, default=None, help="plan file (default: the shipped plan)")
+    s.add_argument("--ray-workers", type=int, default=0, help="also run the prefills on this many Ray actors")
     s.add_argument("--out", type=Path, required=True)
     r = sub.add_parser("report")
     r.add_argument("--speed", type=Path, required=True)
@@ -462,6 +517,8 @@ def main(argv=None) -> None:
         context = load_plan(args.plan).shape.t_max
         if not all(1 <= n <= context for n in args.lengths):
             ap.error(f"--lengths: each must lie in [1, {context}] (the model's context), got {args.lengths}")
+        if args.ray_workers < 0:
+            ap.error(f"--ray-workers: expected >= 0, got {args.ray_workers}")
         if args.decode < 0 or args.lengths[0] + args.decode > context:
             ap.error(
                 f"--decode: {args.decode} steps after a prefill of {args.lengths[0]} tokens "
@@ -485,7 +542,7 @@ def main(argv=None) -> None:
                 plan_path=args.plan,
             )  # fmt: skip
         if args.cmd == "speed":
-            result = speed(args.lengths, args.decode, plan_path=args.plan)
+            result = speed(args.lengths, args.decode, plan_path=args.plan, ray_workers=args.ray_workers)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -444,12 +444,17 @@ def decode_rows_for(params: CkksParams, block: int, d_model: int, vocab: int) ->
     return d_model <= per_ct and rows_count(vocab, block) <= 2 * -(-vocab // per_ct)
 
 
-def _latency(stats, ref, params) -> float:
-    """Seconds: op counts by level x measured top-level latency x (primes at that level / primes at top)."""
-    n = params.poly_modulus_degree
-    # test-only small rings: the N=8192 costs scaled by N (an estimate; nothing is chosen on it)
-    lat = OP_LATENCY_MS.get(n) or {k: v * n / 8192 for k, v in OP_LATENCY_MS[8192].items()}
-    top = params.levels
+def _op_latency_ms(n: int) -> dict:
+    """OP_LATENCY_MS of ring degree n; test-only small rings get the N=8192 costs scaled by N (an estimate;
+    nothing is chosen on it)."""
+    return OP_LATENCY_MS.get(n) or {k: v * n / 8192 for k, v in OP_LATENCY_MS[8192].items()}
+
+
+def op_seconds(stats, params, latency_ms: dict | None = None) -> float:
+    """Seconds of the operations in `stats` (an OpStats) on one core: counts by level x the measured top-level
+    latency (`latency_ms`, default OP_LATENCY_MS of the ring) x (primes at that level / primes at the top),
+    plus additions."""
+    lat, top = latency_ms or _op_latency_ms(params.poly_modulus_degree), params.levels
 
     def scaled(counter, name, with_special):
         extra = 1 if with_special else 0
@@ -457,8 +462,18 @@ def _latency(stats, ref, params) -> float:
 
     ms = scaled(stats.rotations, "rotate", True) + scaled(stats.ctct_mults, "ctct_mult", True)
     ms += scaled(stats.pt_mults, "pt_mult", False) + stats.adds * lat["add"]
-    ms += ref.log.ciphertexts * (lat["decrypt"] + lat["encrypt"])  # client side of refreshes
     return ms / 1000.0
+
+
+def client_refresh_seconds(refreshed: int, params) -> float:
+    """The client's share of refreshing `refreshed` ciphertexts (a decryption and an encryption each)."""
+    lat = _op_latency_ms(params.poly_modulus_degree)
+    return refreshed * (lat["decrypt"] + lat["encrypt"]) / 1000.0
+
+
+def _latency(stats, ref, params) -> float:
+    """Seconds: the operations (`op_seconds`) plus the client's side of the refreshes."""
+    return op_seconds(stats, params) + client_refresh_seconds(ref.log.ciphertexts, params)
 
 
 def _phase_summary(ev, ref, params) -> dict:
