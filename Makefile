@@ -67,12 +67,14 @@ plan-default: $(STAMP) ## compile the shipped model's plan (ring, approximations
 ACCEPT_PROMPTS ?= 20
 DECODE_PROMPTS ?= 8
 BPB_WINDOWS ?= 8
-bench-he: $(STAMP) ## encrypted prefill 16/32/64, decode, op counts, accuracy on bench/data -> docs/he-bench.md
-	$(BIN)/python -m bench.infer speed --lengths 16 32 64 --decode 3 --out docs/he-bench.json
+RAY_WORKERS ?= 2
+bench-he: $(STAMP) ## prefill 16/32/64 (one process, Ray), decode, accuracy, simulated workers -> docs/he-bench.md
+	$(BIN)/python -m bench.infer speed --lengths 16 32 64 --decode 3 --ray-workers $(RAY_WORKERS) --out docs/he-bench.json
+	$(BIN)/python -m bench.workers --out docs/he-workers.json
 	$(BIN)/python -m bench.infer accept --prompts $(ACCEPT_PROMPTS) --decode-prompts $(DECODE_PROMPTS) \
 		--bpb-windows $(BPB_WINDOWS) --out docs/he-accept.json
 	$(BIN)/python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json \
-		--before docs/he-bench-before-flooding.json \
+		--before docs/he-bench-before-flooding.json --workers docs/he-workers.json \
 		--out docs/he-bench.md
 
 mutate: $(STAMP) ## mutation testing of the critical modules -> docs/mutation.md (about 30 min; not in test/CI)
