@@ -412,7 +412,8 @@ def _ray_lines(s: dict) -> list[str]:
         f"`RayPool` (he_aero/server/ray_pool.py): a local Ray of {ray['workers']} CPUs, "
         f"{ray['workers']} actors holding the model (started in {ray['pool_start_seconds']} s, before any "
         "client) and, from SETUP, the session's public keys. The actors run each product's output "
-        "ciphertexts and each head group's score and weighted-value loops; refreshes and the lockstep exp / 1/x stages stay in the server's process. "
+        "ciphertexts and each head group's score and weighted-value loops; refreshes and the lockstep "
+        "exp / 1/x stages stay in the server's process. "
         "Each prefill is cold on both sides.",
         "",
         "| tokens | one process s | Ray s | speed-up | refresh s (Ray run) | counts = symbolic split |",
