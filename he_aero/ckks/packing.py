@@ -83,7 +83,7 @@ def check_clean(cts, what: str) -> None:
     if dirty:
         raise HeAeroError(
             f"{what}: ciphertexts {dirty} hold garbage in rows >= n_tokens (a row sum's partial sums); this "
-            "stage needs them exactly 0: a row-0 mask (`linalg.keep_rows`) or the block-diagonal kernel first"
+            "stage needs them exactly 0: a row mask (`linalg.mask_rows`) or the block-diagonal kernel first"
         )
 
 

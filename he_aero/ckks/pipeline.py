@@ -17,8 +17,8 @@ the planner): far fewer rotations and products when the model's features fit one
 products instead of n_in * n_out * F) with a row-0 mask after it (the LOGITS hold the logits and ~0
 elsewhere: the client checks it), where that level costs no refresh round; the decode embedding keeps the
 block-diagonal kernel: its input is the client's one-hot, whose rows >= 1 the server cannot know to be 0
-(the block-diagonal kernel ignores them, the skewed one would mix them into x), and the skewed kernel's row
-mask would push layer 0's QKV one level lower (a refresh round).
+(the block-diagonal kernel ignores them, the skewed one would mix them into x), and a row mask after it
+would leave x one level lower, so layer 0's QKV would need a refresh round.
 
 The K/V cache stays encrypted on the server (one `KVCache` per layer, grown by `EncryptedLayer.decode`), so a
 new token costs one query against it, not a re-run of the prompt.
