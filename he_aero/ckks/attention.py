@@ -23,7 +23,10 @@ i >= r" and makes the key shift one slot rotation: rot(K, -r) puts k_{i-r} in ro
       out = numerator * recip(denominator).
 Decode (one new token at row 0 against a K/V cache holding rows 0..n-1 of the same layout): q is spread to all
 rows, scores for all cached keys come from one product and a head sum; the exp weights are spread over the
-head's blocks, numerator and denominator are row sums (log2(B) rotations each) landing in row 0.
+head's blocks, numerator and denominator are row sums (log2(B) rotations each) landing in row 0. The row
+sums leave partial sums in rows >= 1; the reciprocal's input map is a plaintext product by a row-0 mask
+(the level the map costs anyway) and its constants go to row 0 only, so 1/den, hence the output, is exactly 0
+there: a clean output, which the skewed decode kernel of w_o needs (he_aero/ckks/linalg.py).
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ import numpy as np
 from approx.plans import Plan
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.linalg import block_spread, block_sum, horner, rotate_binary
-from he_aero.ckks.packing import FeatureLayout
-from he_aero.ckks.poly import affine, run_plan_batch
+from he_aero.ckks.packing import FeatureLayout, check_clean
+from he_aero.ckks.poly import affine, run_plan_batch, shift_only
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 
@@ -86,6 +89,22 @@ class AttentionSpec:
         return dk
 
 
+DECODE_SCORE_LEVELS = 2
+"""Levels the decode scores take from q and the keys: q k (ct x ct), then the masked product with the exp
+map folded in."""
+DECODE_VALUE_LEVELS = 1
+"""Levels the decode's weighted values take from the values: weights x values."""
+
+
+def decode_refreshes_inputs(ref: Refresher, levels: int, cache: KVCache) -> bool:
+    """Whether `attention_decode` refreshes q and the keys (its scores) and the values (A.V) before using
+    them whenever q and the new k, v arrive at most `levels` above the refresh floor: then one level more or
+    less on them changes nothing downstream (the decode QKV's row mask, he_aero/ckks/layer.py). The cached
+    values count at their lowest (a new one joins them at the lower level of the two)."""
+    cached = min(c.level - c.pending for c in cache.v) - ref.min_level()
+    return levels < DECODE_SCORE_LEVELS and min(levels, cached) < DECODE_VALUE_LEVELS
+
+
 def _head_const(spec: AttentionSpec, a: int, hpc: int, dk: int, block: int, valid: np.ndarray) -> np.ndarray:
     """beta - alpha (c_h + delta) on the valid slots of each head's blocks (the folded affine map of the exp
     poly, and the shift)."""
@@ -109,6 +128,7 @@ class KVCache:
             raise HeAeroError(
                 f"K/V cache: keys, values, new key, new value hold {counts} ciphertexts, not equal"
             )
+        check_clean(list(k_new) + list(v_new), "K/V cache append")  # rows >= 1 would land on cached rows
         p = self.length  # row 0 -> row p: power-of-two rotations (keys shared with the row spreads)
         self.k = [ev.add(c, ev.rescale(rotate_binary(ev, n, -p))) for c, n in zip(self.k, k_new, strict=True)]
         self.v = [ev.add(c, ev.rescale(rotate_binary(ev, n, -p))) for c, n in zip(self.v, v_new, strict=True)]
@@ -236,19 +256,46 @@ PARTS = {"scores": lag_scores, "values": weighted_values}
 """attention_prefill's independent parts by name (what `fan_out` is asked to run)."""
 
 
-def _normalise(ev, ref, spec, nums, dens, layout) -> list[Ct]:
-    """out = numerator * (1 / denominator), all ciphertexts in lockstep."""
-    recips = run_plan_batch(ev, spec.recip_plan, dens, refresher=ref, name=f"{spec.name} 1/x")
+def _normalise(ev, ref, spec, nums, dens, layout, rows: bool = False) -> list[Ct]:
+    """out = numerator * (1 / denominator), all ciphertexts in lockstep.
+
+    rows : (decode) rows >= n_tokens of nums and dens hold garbage. The reciprocal's input map
+        t = alpha den + beta is then a plaintext product by alpha on rows < n_tokens only (the level its
+        scalar product costs) plus beta there, and the plan adds its constants there only (`valid`), so
+        1/den and the output are exactly 0 on the other rows (he_aero/ckks/poly.py, "Masking"). A map that
+        is a shift (no level to fold the mask into) leaves them dirty, and the output's layout says so."""
+    plan, step = spec.recip_plan, spec.recip_plan.steps[0]
+    mask = rows and not shift_only(step)
+    if mask:
+        valid, rows_key = layout.row_mask(), (spec.name, layout.n_tokens)
+        valids = [(("recip rows", *rows_key), valid)] * len(dens)
+        alpha, beta = affine(step)
+        # its own stage: the level the plan's first piece would have spent on the map (a round here or at
+        # the mapped poly falls where one fell on the unmapped poly)
+        dens = ref.ensure(dens, 1, f"{spec.name} 1/x map")
+        ts = [  # the keys hold the constants: a key names its plaintext's content (specs may share a name)
+            ev.add_plain(
+                ev.mul_plain(d, ("recip map", *rows_key, alpha), lambda: alpha * valid),
+                ("recip shift", *rows_key, beta),
+                lambda: beta * valid,
+            )
+            for d in dens
+        ]
+        recips = run_plan_batch(ev, plan, dens, ts, valids, ref, f"{spec.name} 1/x")
+    else:
+        recips = run_plan_batch(ev, plan, dens, refresher=ref, name=f"{spec.name} 1/x")
     stage = ref.ensure(nums + recips, 1, f"{spec.name} normalise")
     n = len(nums)
-    return [ev.mul(a, b, layout) for a, b in zip(stage[:n], stage[n:], strict=True)]
+    out = layout.with_clean(mask or not rows)
+    return [ev.mul(a, b, out) for a, b in zip(stage[:n], stage[n:], strict=True)]
 
 
 def attention_decode(
     ev: Evaluator, ref: Refresher, spec: AttentionSpec, q: list[Ct], cache: KVCache, layout: FeatureLayout
 ) -> list[Ct]:
-    """One query (row 0 of q) against all `cache.length` cached keys/values (the new token included).
-    Returns the output in row 0 (other rows hold bounded garbage; the next plaintext product masks them)."""
+    """One query (row 0 of q, rows >= 1 exactly 0) against all `cache.length` cached keys/values (the new
+    token included). Returns the output in row 0, rows >= 1 exactly 0 unless the reciprocal's map is a
+    shift (`_normalise`; the layout then says they hold garbage)."""
     dk = spec.head_dim(layout)
     blk, f, n = layout.block, layout.per_ct, cache.length
     if n > blk:
@@ -261,7 +308,8 @@ def attention_decode(
             f"{spec.name}: decode takes {n_ct} ciphertexts each of q, cached keys and cached values, got "
             f"{len(q)}, {len(cache.k)}, {len(cache.v)}"
         )
-    both = ref.ensure(list(q) + list(cache.k), 2, f"{spec.name} decode scores")
+    check_clean(q, f"{spec.name} decode q")  # its spread over the rows sums them all
+    both = ref.ensure(list(q) + list(cache.k), DECODE_SCORE_LEVELS, f"{spec.name} decode scores")
     zs, valids = [], []
     for a in range(n_ct):
         valid = np.zeros((hpc, dk, blk))
@@ -275,10 +323,10 @@ def attention_decode(
         valids.append(((spec.name, "dvalid", n, a), vflat))
     ws = run_plan_batch(ev, spec.exp_plan, None, zs, valids, ref, f"{spec.name} decode exp")
     ws = [block_spread(ev, w, dk, blk) for w in ws]  # exp weights broadcast over the head's features
-    stage = ref.ensure(ws + list(cache.v), 1, f"{spec.name} decode A.V")
+    stage = ref.ensure(ws + list(cache.v), DECODE_VALUE_LEVELS, f"{spec.name} decode A.V")
     nums = [
         ev.rescale(block_sum(ev, ev.mul(w, va, rescale=False), blk, 1))
         for w, va in zip(stage[:n_ct], stage[n_ct:], strict=True)
     ]
     dens = [ev.add_scalar(block_sum(ev, w, blk, 1), spec.sink_weight) for w in stage[:n_ct]]  # row 0: row sum
-    return _normalise(ev, ref, spec, nums, dens, layout)
+    return _normalise(ev, ref, spec, nums, dens, layout, rows=True)

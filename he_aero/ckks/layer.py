@@ -10,6 +10,18 @@ approximations come in a `BaselinePlans`.
 cache; `EncryptedLayer.decode` runs one new token (row 0 of its ciphertexts) against the cache and appends
 to it. Refreshes happen inside, through the `Refresher` (a callback to the client), whenever the next stage
 lacks levels; Q, K and V come from one fused plaintext product (the baby-step rotations of X are shared).
+
+Decode products (one token; docs/kernels.md "Decode products"): the skewed kernel (`linalg.SkewedLinear`:
+n_in * n_out products instead of n_in * n_out * F, one level) needs rows >= 1 of its input exactly 0 and
+leaves garbage there. It runs where that adds no level and no refresh round:
+- QKV, on a clean input, when a row-0 mask after it (`linalg.mask_rows`: the K/V cache and q's spread need
+  clean rows) takes a level that is lost anyway: no round more for the input (`Refresher.affords`), and q, k
+  and v one level lower change nothing because attention refreshes them before use either way
+  (`attention.decode_refreshes_inputs`). On the shipped ring (2 levels between refreshes) that holds for
+  every layer but the first, whose input (the embedding, one level below the top) it would cost a round.
+- w_o when w_mix follows: attention's decode output is clean (it masks the reciprocal), and w_mix's
+  block-diagonal kernel reads X_SA's garbage rows as 0 and gives a clean layer output. Not before an FFN
+  (its LayerNorm needs clean rows) nor in a pruned layer (X_SA is then the layer's output).
 """
 
 from __future__ import annotations
@@ -20,12 +32,19 @@ import numpy as np
 
 from approx.plans import Plan
 from approx.sign import CompositeRelu
-from he_aero.ckks.attention import PARTS, AttentionSpec, KVCache, attention_decode, attention_prefill
+from he_aero.ckks.attention import (
+    PARTS,
+    AttentionSpec,
+    KVCache,
+    attention_decode,
+    attention_prefill,
+    decode_refreshes_inputs,
+)
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.ffn import EncryptedFFN
-from he_aero.ckks.linalg import PlainLinear
+from he_aero.ckks.linalg import PlainLinear, SkewedLinear, mask_rows, skewable
 from he_aero.ckks.norm import NormPlan, check_inv_sqrt_plan, normalise
-from he_aero.ckks.packing import FeatureLayout
+from he_aero.ckks.packing import FeatureLayout, is_clean
 from he_aero.ckks.parallel import run_parts, split, workers
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
@@ -96,15 +115,17 @@ class EncryptedLayer:
         self._linears: dict = {}
         self.address = index  # how worker processes find this layer (he_aero/ckks/parallel.py)
 
-    def _linear(self, which: str, layout: FeatureLayout) -> PlainLinear:
-        key = (which, layout)
+    def _linear(self, which: str, layout: FeatureLayout, skewed: bool = False) -> PlainLinear | SkewedLinear:
+        """The map `which` on `layout`: the block-diagonal kernel, or the one-token skewed one."""
+        key = (which, layout, skewed)
         if key not in self._linears:
             w, b = {
                 "qkv": self._fused_qkv(layout),
                 "o": (self.view.w_o, self.view.b_o),
                 "mix": (self.view.w_mix, self.view.b_mix),
             }[which]
-            self._linears[key] = PlainLinear(f"{self.name}.{which}", w, b, layout)
+            kernel = SkewedLinear if skewed else PlainLinear
+            self._linears[key] = kernel(f"{self.name}.{which}", w, b, layout)
         return self._linears[key]
 
     def _product(self, ev, which: str, layout: FeatureLayout, xs: list[Ct], rescale: bool = True) -> list[Ct]:
@@ -146,23 +167,36 @@ class EncryptedLayer:
         if len(xs) != layout.n_ct:
             raise HeAeroError(f"{self.name}: expected {layout.n_ct} ciphertexts, got {len(xs)}")
 
-    def _qkv(self, ev, ref, xs, layout):
+    def _qkv(self, ev, ref, xs, layout, cache: KVCache | None = None):
+        """(residual, q, k, v), q k v pending; `cache`: a decode step's (module docstring)."""
         h = xs
         if self.norm_attn is not None:
             h = normalise(ev, ref, self.norm_attn, xs, layout, self.view.norm_eps, f"{self.name} ln1")
-        h = ref.ensure(h, 1, f"{self.name} qkv")
+        skewed = (
+            cache is not None
+            and skewable(h, layout)
+            and ref.affords(h, 2)
+            and decode_refreshes_inputs(ref, ref.headroom(h, 2) - 1, cache)  # what the old kernel leaves
+        )
+        h = ref.ensure(h, 2 if skewed else 1, f"{self.name} qkv")
         if self.norm_attn is None:
             xs = h  # the residual refreshed with the projection's input (one round)
-        qkv = self._product(ev, "qkv", layout, h, rescale=False)  # pending: attention rotates them first
+        # pending: attention rotates them first
+        if skewed:
+            qkv = mask_rows(ev, self._linear("qkv", layout, True)(ev, h), layout, rescale=False)
+        else:
+            qkv = self._product(ev, "qkv", layout, h, rescale=False)
+            for c in qkv:
+                c.layout = layout
         n = layout.n_ct
-        for c in qkv:
-            c.layout = layout
         return xs, qkv[:n], qkv[n : 2 * n], qkv[2 * n :]
 
-    def _finish(self, ev, ref, xs, heads, layout):
+    def _finish(self, ev, ref, xs, heads, layout, decode: bool = False):
         heads = ref.ensure(heads, 1, f"{self.name} w_o")
-        o = self._product(ev, "o", layout, heads)
-        x_sa = [ev.add(x, y, layout) for x, y in zip(xs, o, strict=True)]
+        skewed = decode and self.ffn is None and not self.pruned and skewable(heads, layout)
+        o = self._linear("o", layout, True)(ev, heads) if skewed else self._product(ev, "o", layout, heads)
+        sa = layout.with_clean(is_clean(xs) and is_clean(o))  # a skewed w_o leaves garbage in rows >= 1
+        x_sa = [ev.add(x, y, sa) for x, y in zip(xs, o, strict=True)]
         if self.ffn is not None:
             return self.ffn(ev, ref, x_sa, layout)
         if self.pruned:
@@ -188,10 +222,10 @@ class EncryptedLayer:
         if layout.n_tokens != 1:
             raise HeAeroError(f"{self.name}: decode takes one token, the layout has {layout.n_tokens}")
         self._check(xs, layout)
-        xs, q, k, v = self._qkv(ev, ref, xs, layout)
+        xs, q, k, v = self._qkv(ev, ref, xs, layout, cache)
         cache.append(ev, k, v)
         heads = attention_decode(ev, ref, self.spec, q, cache, layout)
-        return self._finish(ev, ref, xs, heads, layout)
+        return self._finish(ev, ref, xs, heads, layout, decode=True)
 
 
 def _is_identity(w, b) -> bool:

@@ -14,7 +14,11 @@ Cost per product: (g - 1) rotations per input ciphertext, (F/g - 1) per output c
 plaintext products (all-zero diagonals skipped, one rescale per giant step), one level. Only two rotation
 keys: the baby steps are a chain of rotations by B, the giant steps a Horner scheme in rotations by g B.
 Diagonals are encoded once per (layer, level, token count) and cached by the evaluator. Rows t >= n_tokens
-of every diagonal and of the bias are 0, so padding rows stay exactly 0.
+of every diagonal and of the bias are 0, so padding rows stay exactly 0, whatever the input holds there.
+
+One token (decode) has its data in row 0 of each block only; the kernel above still pays n_in * n_out * F
+products for it. `SkewedLinear` pays n_in * n_out (docstring there) when the input's rows >= 1 are exactly
+0, and leaves garbage in the output's rows >= 1; `mask_rows` clears them with one more level.
 """
 
 from __future__ import annotations
@@ -45,23 +49,16 @@ class PlainLinear:
     """
 
     def __init__(self, name: str, w: np.ndarray, b: np.ndarray | None, layout: FeatureLayout):
-        w = np.asarray(w, dtype=float)
-        if w.ndim != 2 or w.shape[0] != layout.n_features:
-            raise HeAeroError(
-                f"{name}: weight shape {w.shape} does not match {layout.n_features} input features"
-            )
-        if b is not None and np.asarray(b).shape != (w.shape[1],):
-            raise HeAeroError(f"{name}: bias shape {np.asarray(b).shape} != ({w.shape[1]},)")
-        self.name, self.w, self.layout = name, w, layout
-        self.b = None if b is None else np.asarray(b, dtype=float)
-        self.out_layout = layout.with_features(w.shape[1])
+        self.name, self.layout = name, layout
+        self.w, self.b = _checked(name, w, b, layout)
+        # its diagonals are 0 on rows >= n_tokens: the output is clean whatever the input holds there
+        self.out_layout = layout.with_features(self.w.shape[1]).with_clean(True)
         f = layout.per_ct
         self.g = baby_steps(f)
         self.giants = -(-f // self.g)
         # diag[a, b_, s, j] = W[a F + (j + s) % F, b_ F + j] (0 outside W)
         n_in, n_out = layout.n_ct, self.out_layout.n_ct
-        wpad = np.zeros((n_in * f, n_out * f))
-        wpad[: w.shape[0], : w.shape[1]] = w
+        wpad = _padded(self.w, n_in * f, n_out * f)
         j = np.arange(f)
         cols = np.arange(n_out)[:, None] * f + j[None, :]  # (n_out, F): output feature of block j
         self.diag = np.empty((n_in, n_out, f, f))
@@ -75,11 +72,7 @@ class PlainLinear:
         return np.roll(vec, self.g * u * self.layout.block)
 
     def _bias_vector(self, b: int) -> np.ndarray:
-        f = self.layout.per_ct
-        vals = np.zeros(f)
-        part = self.b[b * f : (b + 1) * f]
-        vals[: part.size] = part
-        return np.repeat(vals, self.layout.block) * self.row_mask
+        return np.repeat(_bias_part(self.b, b, self.layout.per_ct), self.layout.block) * self.row_mask
 
     def __call__(
         self, ev: Evaluator, xs: list[Ct], rescale: bool = True, outputs: Sequence[int] | None = None
@@ -94,9 +87,7 @@ class PlainLinear:
         level = ev.lowest(xs)
         xs = [ev.align(x, level) for x in xs]
         f, blk, g = self.layout.per_ct, self.layout.block, self.g
-        # (n_in, n_out, F): skip diagonals that would encode to the zero plaintext (SEAL refuses a product
-        # by it: "result ciphertext is transparent"); what they drop is below the plaintext resolution
-        nz = np.abs(self.diag).max(axis=3) * 2.0**ev.params.scale_bits >= 0.5
+        nz = _representable(ev, np.abs(self.diag).max(axis=3))  # (n_in, n_out, F): diagonals to multiply
         baby = [[x] for x in xs]  # baby[a][v] = rot(X_a, v B), built as a chain of rotations by B (one key)
         outs = []
         tok = self.layout.n_tokens
@@ -128,6 +119,163 @@ class PlainLinear:
             out.layout = self.out_layout
             outs.append(out)
         return outs
+
+
+class SkewedLinear:
+    """y = x W + b for ONE token (decode) in the features layout: n_in * n_out plaintext products, not
+    `PlainLinear`'s n_in * n_out * F. The input's rows >= 1 must be exactly 0 (refused otherwise); the
+    output holds y in row 0 and garbage in rows >= 1 (its layout says so: `FeatureLayout.clean` False).
+
+    With x_a (a features chunk, x_a[i] = x[a F + i]) in row 0 of each block of X_a, R = min(F, B) rows and
+    G = F / R skewed copies (B, F powers of two, F B = slots):
+
+    1. Skew. S_a = sum_{t<R} rot(X_a, t (B - 1)), built by doubling (S += rot(S, 2^k (B - 1)), k < log2 R).
+       A left rotation by t (B - 1) takes slot (j + t) B (row 0 of block j + t) to slot j B + t (row t of
+       block j), cyclically over the F B slots, so
+           SLOT-LAYOUT "skewed": slot j B + t of S_a holds x_a[(j + t) mod F] for t < R, 0 for t >= R.
+       Each rotation fills one row that was 0: hence exact zeros in rows >= 1 of X_a, or rows collide.
+       Copy g (F > B only) is rot(S_a, g R B): block j + g R moved to block j, slot j B + t holding
+       x_a[(j + g R + t) mod F] (a chain of rotations by R B, one key).
+    2. Product. out_b = sum_{a, g} copy_g(S_a) * D[a, b, g] with D[a, b, g][j B + t] =
+       W[a F + (j + g R + t) mod F, b F + j] for t < R (diagonal g R + t of block (a, b), placed in row t):
+       one `dot_plain`, one rescale.
+    3. Row sum. `block_sum(out_b, R, 1)` on the PENDING product (log2 R rotations by 1, 2, .., R / 2; key
+       switching noise ~2^-32 of the value before the rescale): row 0 of block j = y[b F + j]. Rows >= 1
+       get partial sums that cross into block j + 1. The bias is added on row 0 only.
+
+    Cost: log2(R) + G - 1 rotations per input ciphertext, log2(R) per output ciphertext, n_in * n_out * G
+    plaintext products (all-zero diagonals skipped), one level; rotation keys 2^k (B - 1) (k < log2 R), R B
+    (if F > B) and 1, 2, .., R / 2. The shipped ring (F = B = 64, d = 128): the fused QKV takes 48 rotations
+    and 12 products instead of 56 and 768.
+
+    Parameters as `PlainLinear` (layout.n_tokens must be 1).
+    """
+
+    def __init__(self, name: str, w: np.ndarray, b: np.ndarray | None, layout: FeatureLayout):
+        if layout.n_tokens != 1:
+            raise HeAeroError(f"{name}: the skewed kernel takes one token, the layout has {layout.n_tokens}")
+        self.name, self.layout = name, layout.with_clean(True)
+        self.w, self.b = _checked(name, w, b, layout)
+        self.out_layout = layout.with_features(self.w.shape[1]).with_clean(False)
+        f, blk = layout.per_ct, layout.block
+        self.rows = min(f, blk)
+        self.copies = f // self.rows
+        n_in, n_out = layout.n_ct, self.out_layout.n_ct
+        wpad = _padded(self.w, n_in * f, n_out * f)
+        j, t = np.arange(f)[:, None], np.arange(self.rows)[None, :]
+        cols = np.arange(n_out)[:, None, None] * f + j[None]  # (n_out, F, 1): output feature of block j
+        # diag[a, b_, g, j, t] = W[a F + (j + g R + t) % F, b_ F + j]
+        self.diag = np.empty((n_in, n_out, self.copies, f, self.rows))
+        for a in range(n_in):
+            for g in range(self.copies):
+                self.diag[a, :, g] = wpad[(a * f + (j + g * self.rows + t) % f)[None], cols]
+
+    def _diag_vector(self, a: int, b: int, g: int) -> np.ndarray:
+        vec = np.zeros((self.layout.per_ct, self.layout.block))  # SLOT-LAYOUT: skewed, (block j, row t)
+        vec[:, : self.rows] = self.diag[a, b, g]
+        return vec.ravel()
+
+    def _bias_vector(self, b: int) -> np.ndarray:
+        vec = np.zeros((self.layout.per_ct, self.layout.block))
+        vec[:, 0] = _bias_part(self.b, b, self.layout.per_ct)
+        return vec.ravel()
+
+    def _skew(self, ev: Evaluator, x: Ct) -> list[Ct]:
+        """The G skewed copies of x (step 1 of the class docstring)."""
+        blk, step = self.layout.block, 1
+        while step < self.rows:
+            x = ev.add(x, ev.rotate(x, step * (blk - 1)))
+            step *= 2
+        copies = [x]
+        while len(copies) < self.copies:
+            copies.append(ev.rotate(copies[-1], self.rows * blk))
+        return copies
+
+    def __call__(self, ev: Evaluator, xs: list[Ct], rescale: bool = True) -> list[Ct]:
+        """X W + b in row 0 (rows >= 1: garbage); `rescale=False` returns the outputs still pending."""
+        if len(xs) != self.layout.n_ct:
+            raise HeAeroError(f"{self.name}: expected {self.layout.n_ct} ciphertexts, got {len(xs)}")
+        if not skewable(xs, self.layout):
+            raise HeAeroError(
+                f"{self.name}: the skewed kernel needs one token with rows >= 1 exactly 0 (a clean "
+                f"{self.layout.block}-slot-block features layout); got layouts {[x.layout for x in xs]}"
+            )
+        xs = [ev.rescale(x) for x in xs]
+        level = ev.lowest(xs)
+        xs = [ev.align(x, level) for x in xs]
+        nz = _representable(ev, np.abs(self.diag).max(axis=(3, 4)))  # (n_in, n_out, G)
+        skewed: dict[int, list[Ct]] = {}  # made on first use: an input whose weights are all 0 costs nothing
+        outs = []
+        for b in range(self.out_layout.n_ct):
+            terms = []
+            for a, g in zip(*np.nonzero(nz[:, b]), strict=True):
+                a, g = int(a), int(g)
+                if a not in skewed:
+                    skewed[a] = self._skew(ev, xs[a])
+                make = lambda a=a, b=b, g=g: self._diag_vector(a, b, g)  # noqa: E731
+                terms.append((skewed[a][g], (self.name, "skewed", a, b, g), make))
+            if not terms:
+                raise HeAeroError(f"{self.name}: output ciphertext {b} has an all-zero weight block")
+            out = block_sum(ev, ev.dot_plain(terms, rescale=False), self.rows, 1)
+            if self.b is not None and np.any(self.b[b * self.layout.per_ct : (b + 1) * self.layout.per_ct]):
+                out = ev.add_plain(out, (self.name, "skewed-bias", b), lambda b=b: self._bias_vector(b))
+            if rescale:
+                out = ev.rescale(out)
+            out.layout = self.out_layout
+            outs.append(out)
+        return outs
+
+
+def skewable(xs: list[Ct], layout: FeatureLayout) -> bool:
+    """Whether `SkewedLinear` takes xs: one token in `layout`'s blocks, rows >= 1 exactly 0 (their layouts
+    say so, `FeatureLayout.clean`; a ciphertext without a `FeatureLayout` does not)."""
+    return all(
+        isinstance(x.layout, FeatureLayout)
+        and x.layout.clean
+        and (x.layout.slots, x.layout.block, x.layout.n_tokens) == (layout.slots, layout.block, 1)
+        for x in xs
+    )
+
+
+def mask_rows(ev: Evaluator, cts: list[Ct], layout: FeatureLayout, rescale: bool = True) -> list[Ct]:
+    """Rows t >= layout.n_tokens of every block set to 0 (one plaintext product, one level; the mask is
+    cached): what a consumer that needs clean rows reads after a `SkewedLinear`. The outputs carry `layout`,
+    clean; `rescale=False` leaves them pending."""
+    mask = layout.with_clean(True)
+    key = ("rows", layout.block, layout.n_tokens)
+    return [ev.mul_plain(c, key, mask.row_mask, mask, rescale) for c in cts]
+
+
+def _checked(name: str, w, b, layout: FeatureLayout) -> tuple[np.ndarray, np.ndarray | None]:
+    """(w, b) as float64, HeAeroError naming `name` unless w is (layout.n_features, d_out), b (d_out,)."""
+    w = np.asarray(w, dtype=float)
+    if w.ndim != 2 or w.shape[0] != layout.n_features:
+        raise HeAeroError(f"{name}: weight shape {w.shape} does not match {layout.n_features} input features")
+    if b is not None and np.asarray(b).shape != (w.shape[1],):
+        raise HeAeroError(f"{name}: bias shape {np.asarray(b).shape} != ({w.shape[1]},)")
+    return w, None if b is None else np.asarray(b, dtype=float)
+
+
+def _padded(w: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """w in the top left corner of a (rows, cols) zero matrix (whole ciphertexts of features)."""
+    out = np.zeros((rows, cols))
+    out[: w.shape[0], : w.shape[1]] = w
+    return out
+
+
+def _bias_part(bias: np.ndarray, b: int, per_ct: int) -> np.ndarray:
+    """The F bias values of output ciphertext b (0 past the end)."""
+    vals = np.zeros(per_ct)
+    part = bias[b * per_ct : (b + 1) * per_ct]
+    vals[: part.size] = part
+    return vals
+
+
+def _representable(ev: Evaluator, peaks: np.ndarray) -> np.ndarray:
+    """Which diagonals (by their largest |value|) encode to a nonzero plaintext. SEAL refuses a product by
+    the zero plaintext ("result ciphertext is transparent"); what a skipped one drops is below the
+    plaintext resolution."""
+    return peaks * 2.0**ev.params.scale_bits >= 0.5
 
 
 def horner(ev: Evaluator, parts: list[Ct | None], step: int) -> Ct:

@@ -32,7 +32,7 @@ import numpy as np
 from approx.plan import Plan
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.linalg import block_sum
-from he_aero.ckks.packing import FeatureLayout
+from he_aero.ckks.packing import FeatureLayout, check_clean
 from he_aero.ckks.poly import run_plan_batch
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
@@ -99,6 +99,7 @@ def normalise(
     plan, alpha = norm.plan, 1.0 / math.sqrt(norm.u_scale)
     if len(xs) != layout.n_ct:
         raise HeAeroError(f"{name}: expected {layout.n_ct} ciphertexts, got {len(xs)}")
+    check_clean(xs, name)  # garbage rows would leave the 1/sqrt plan's domain (u_pad stands for zero rows)
     d, f, blk = layout.n_features, layout.per_ct, layout.block
     xs = ref.ensure(xs, 2, f"{name} mean")
     total = block_sum(ev, ev.add_many(xs), f, blk)  # each row's feature sum, in every block

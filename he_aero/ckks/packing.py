@@ -3,7 +3,9 @@
 SLOT-LAYOUT "features" (the runtime's activation layout, chosen in docs/kernels.md):
     ciphertext c, slot j * B + t  holds  X[t, c * F + j]      (0 <= j < F, 0 <= t < B)
     B = block = a power of two >= the token count, F = slots / B features per ciphertext,
-    rows t >= n_tokens are exactly 0 (kernels keep them 0: padding must not leak into sums).
+    rows t >= n_tokens are exactly 0 (kernels keep them 0: padding must not leak into sums), unless the
+    layout says otherwise (`FeatureLayout.clean` False: they hold bounded garbage, e.g. a row sum's partial
+    sums, that only a row-masked plaintext product may read).
 Why: a rotation by s * B moves whole feature columns cyclically (F * B = slots), so X W is a block-diagonal
 BSGS with O(sqrt(F)) rotations; a rotation by r < B shifts every column down r tokens at once (the causal
 lag of attention), and a head's d_k consecutive blocks are summed by log2(d_k) rotations.
@@ -15,7 +17,7 @@ EVERY block j (the chunk replicated across blocks). Every slot layout the runtim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,12 +26,18 @@ from he_aero.errors import HeAeroError
 
 @dataclass(frozen=True)
 class FeatureLayout:
-    """The "features" slot layout (module docstring) for n_tokens x n_features at a given slot count."""
+    """The "features" slot layout (module docstring) for n_tokens x n_features at a given slot count.
+
+    clean : rows t >= n_tokens are exactly 0 (the layout's invariant). False on a ciphertext whose rows
+        t >= n_tokens hold bounded garbage (a decode row sum's partial sums): the K/V cache, q's spread over
+        the rows, a LayerNorm and the skewed decode kernel refuse it; the block-diagonal kernel reads it
+        (its diagonals are 0 on those rows) and gives a clean result."""
 
     slots: int
     block: int
     n_features: int
     n_tokens: int
+    clean: bool = True
 
     def __post_init__(self):
         b = self.block
@@ -50,14 +58,33 @@ class FeatureLayout:
         return -(-self.n_features // self.per_ct)
 
     def with_tokens(self, n_tokens: int) -> FeatureLayout:
-        return FeatureLayout(self.slots, self.block, self.n_features, n_tokens)
+        return replace(self, n_tokens=n_tokens)
 
     def with_features(self, n_features: int) -> FeatureLayout:
-        return FeatureLayout(self.slots, self.block, n_features, self.n_tokens)
+        return replace(self, n_features=n_features)
+
+    def with_clean(self, clean: bool) -> FeatureLayout:
+        return replace(self, clean=bool(clean))
 
     def row_mask(self) -> np.ndarray:
         """(slots,) 1 on rows t < n_tokens of every block."""
         return np.tile((np.arange(self.block) < self.n_tokens).astype(float), self.per_ct)
+
+
+def is_clean(cts) -> bool:
+    """No ciphertext's layout says its padding rows hold garbage (`FeatureLayout.clean`; a ciphertext
+    without a `FeatureLayout` counts as clean: nothing is known against it)."""
+    return all(getattr(c.layout, "clean", True) for c in cts)
+
+
+def check_clean(cts, what: str) -> None:
+    """HeAeroError naming `what` unless `is_clean(cts)`."""
+    dirty = [i for i, c in enumerate(cts) if not is_clean([c])]
+    if dirty:
+        raise HeAeroError(
+            f"{what}: ciphertexts {dirty} hold garbage in rows >= n_tokens (a row sum's partial sums); this "
+            "stage needs them exactly 0: a row mask (`linalg.mask_rows`) or the block-diagonal kernel first"
+        )
 
 
 def block_for(n_tokens: int) -> int:

@@ -12,7 +12,13 @@ the client looking up rows itself needs the embedding matrix (the model owner's 
 id needs a degree-255 interpolation per feature. The cost is the upload: vocab / F ciphertexts per message.
 
 Decode steps may use the "rows" layout for the one-token embedding and LM head (`decode_rows`, decided by
-the planner): far fewer rotations and products when the model's features fit one ciphertext.
+the planner): far fewer rotations and products when the model's features fit one ciphertext. In the
+"features" layout the decode LM head runs the skewed one-token kernel (`linalg.SkewedLinear`, n_in * n_out
+products instead of n_in * n_out * F) with a row-0 mask after it (the LOGITS hold the logits and ~0
+elsewhere: the client checks it), where that level costs no refresh round; the decode embedding keeps the
+block-diagonal kernel: its input is the client's one-hot, whose rows >= 1 the server cannot know to be 0
+(the block-diagonal kernel ignores them, the skewed one would mix them into x), and a row mask after it
+would leave x one level lower, so layer 0's QKV would need a refresh round.
 
 The K/V cache stays encrypted on the server (one `KVCache` per layer, grown by `EncryptedLayer.decode`), so a
 new token costs one query against it, not a re-run of the prompt.
@@ -30,9 +36,9 @@ import numpy as np
 from he_aero.ckks.attention import KVCache
 from he_aero.ckks.ciphertext import Ct, Evaluator, real_parts
 from he_aero.ckks.layer import EncryptedLayer
-from he_aero.ckks.linalg import PlainLinear, block_spread, block_sum
+from he_aero.ckks.linalg import PlainLinear, SkewedLinear, block_spread, block_sum, mask_rows, skewable
 from he_aero.ckks.norm import NormPlan, check_inv_sqrt_plan, normalise
-from he_aero.ckks.packing import FeatureLayout, pack, rows_count
+from he_aero.ckks.packing import FeatureLayout, check_clean, pack, rows_count
 from he_aero.ckks.parallel import InPlace, run_parts, split, workers
 from he_aero.ckks.params import CkksParams
 from he_aero.ckks.refresh import Refresher
@@ -188,17 +194,18 @@ class Pipeline:
         return rows_count(self.vocab, self.block) if rows else self.layout(n_tokens, self.vocab).n_ct
 
     # --- stages --------------------------------------------------------------------------------------------
-    def _linear(self, which: str, n_tokens: int) -> PlainLinear:
+    def _linear(self, which: str, n_tokens: int, skewed: bool = False) -> PlainLinear | SkewedLinear:
         """The embedding and LM head maps with their weights HALVED: their pending products are projected to
-        the real part (`real_parts`), which doubles them."""
-        key = (which, n_tokens)
+        the real part (`real_parts`), which doubles them. `skewed`: the one-token kernel (LM head only)."""
+        key = (which, n_tokens, skewed)
         if key not in self._linears:
             if which == "embed":  # onehot (n, vocab) @ tok_emb (vocab, d) / 2
                 self._linears[key] = PlainLinear(
                     "embed", self.view.tok_emb / 2, None, self.layout(n_tokens, self.vocab)
                 )
             else:  # (x (n, d) @ lm_head (d, vocab) + lm_bias) / 2
-                self._linears[key] = PlainLinear(
+                kernel = SkewedLinear if skewed else PlainLinear
+                self._linears[key] = kernel(
                     "lm", self.view.lm_head / 2, self.view.lm_bias / 2, self.layout(n_tokens)
                 )
         return self._linears[key]
@@ -254,6 +261,7 @@ class Pipeline:
         times Q_c[j B + t] = lm_head[j, c B + t], summed over blocks (log2 F rotations): logit c B + t lands
         in row t of block 0 of chunk c; a mask (one level) clears the partial sums elsewhere; + the bias."""
         B, F = self.block, self.params.slots // self.block
+        check_clean(xs, "lm head")  # the spread sums every row
         (x,) = ref.ensure(xs, 2, "lm head")
         spread = block_spread(ev, x, B, 1)
         out = []
@@ -274,13 +282,20 @@ class Pipeline:
             out += real_parts(ev, [ev.add_plain(z, ("lm-rows-bias/2", c), lambda b=bias: b)])
         return out
 
-    def _head(self, ev: Evaluator, ref: Refresher, xs: list[Ct], rows: bool, layout) -> list[Ct]:
-        """The final LayerNorm's normalise (baseline variants), then the LM head in the step's layout."""
+    def _head(
+        self, ev: Evaluator, ref: Refresher, xs: list[Ct], rows: bool, layout, decode: bool
+    ) -> list[Ct]:
+        """The final LayerNorm's normalise (baseline variants), then the LM head in the step's layout (a
+        decode step in "features": skewed where its row mask costs no round, module docstring)."""
         if self.final_norm is not None:
             eps = self.view.layers[-1].norm_eps
             xs = normalise(ev, ref, self.final_norm, xs, layout, eps, "ln_f")
         if rows:
             return self._lm_rows(ev, ref, xs)
+        if decode and skewable(xs, layout) and ref.affords(xs, 2):
+            lm = self._linear("lm", 1, skewed=True)
+            logits = real_parts(ev, lm(ev, ref.ensure(xs, 2, "lm head"), rescale=False))
+            return mask_rows(ev, logits, lm.out_layout)
         xs = ref.ensure(xs, 1, "lm head")
         return real_parts(ev, self._product(ev, "lm", layout.n_tokens, xs, rescale=False))
 
@@ -334,7 +349,7 @@ class Pipeline:
                     lvl,
                 )
         lvl = ev.lowest(xs)
-        logits = stage(head, lambda: self._head(ev, ref, xs, rows, layout), lvl)
+        logits = stage(head, lambda: self._head(ev, ref, xs, rows, layout, caches is not None), lvl)
         return logits, (new_caches if caches is None else caches), records
 
     # --- symbolic runs (no SEAL objects) -------------------------------------------------------------------

@@ -123,6 +123,23 @@ class Refresher:
         """Levels a stage may consume between two refreshes."""
         return self.ev.top - self._floor
 
+    def affords(self, cts: list[Ct], need: int, base: int = 1) -> bool:
+        """Whether `ensure(cts, need)` runs no round that `ensure(cts, base)` (base < need) would not: the
+        ciphertexts hold `need` levels above `min_level()` already, or one lacks even `base` (the round due
+        anyway refreshes them to the top, `usable_levels()` >= need). A stage takes an optional level this
+        way (the decode kernel's row mask) only where it costs no round; such a round may refresh more of
+        `cts` (those holding base but not need levels)."""
+        if need > self.usable_levels():
+            return False
+        have = min(c.level - c.pending for c in cts) - self.min_level()
+        return have >= need or (have < base and self.enabled)
+
+    def headroom(self, cts: list[Ct], need: int) -> int:
+        """Levels above `min_level()` the lowest of cts holds after `ensure(cts, need)` (refreshed ones hold
+        `usable_levels()`)."""
+        have = [c.level - c.pending - self.min_level() for c in cts]
+        return min(h if h >= need else self.usable_levels() for h in have)
+
     def ensure(self, cts: list[Ct], need: int, what: str = "stage") -> list[Ct]:
         """cts with at least `need` levels above `min_level()`, refreshing (one round) those without."""
         floor = self.min_level()

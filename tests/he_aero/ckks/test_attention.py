@@ -92,6 +92,38 @@ def test_decode_step_matches_numpy_on_the_last_row(setup):
     out = attention_decode(ev, ref, spec, [kit.enc(p, one) for p in pack(q[-1:], one)], cache, one)
     got = unpack([kit.dec(c) for c in out], layout)[0]  # row 0 holds the answer
     assert_close_bits(got, sink_attention(q, k, v, SINK)[-1], 8, "decode attention")
+    # rows >= 1: the row sums' partial sums times a reciprocal that is 0 there (its masked input map)
+    assert all(c.layout == one and c.layout.clean for c in out)
+    rows = np.concatenate([kit.dec(c).reshape(-1, BLOCK)[:, 1:] for c in out])
+    assert np.abs(rows).max() < 2**-10
+
+
+def test_decode_refuses_rows_that_hold_garbage(setup):
+    """q's spread sums all rows and a new key's rows >= 1 would land on cached ones: a ciphertext whose
+    layout says its rows >= 1 hold garbage is refused, and the cache is left as it was."""
+    spec, layout = setup[:2]
+    one = layout.with_tokens(1)
+    clean, dirty = [Ct(None, SMALL.levels, one)] * 2, [Ct(None, SMALL.levels, one.with_clean(False))] * 2
+    blank = [Ct(None, SMALL.levels)] * 2
+    cache = KVCache(list(blank), list(blank), T - 1)
+    ev = Evaluator(SMALL)
+    with pytest.raises(HeAeroError, match=r"^K/V cache append: ciphertexts \[2, 3\] hold garbage in rows"):
+        cache.append(ev, clean, dirty)
+    assert cache.length == T - 1 and cache.k == blank and cache.v == blank
+    with pytest.raises(HeAeroError, match=r"^att decode q: ciphertexts \[0, 1\] hold garbage in rows"):
+        attention_decode(ev, Refresher(ev, None, BOUND, TEST_MASK_BITS), spec, dirty, cache, one)
+
+
+def test_a_shift_map_reciprocal_leaves_the_decode_rows_dirty_and_says_so(setup):
+    """A 1/x domain of width 2 maps by a plaintext shift (no level): there is no product to fold the row
+    mask into, so the decode output keeps the row sums' garbage in rows >= 1 and its layout says so (w_o
+    then takes the block-diagonal kernel, which ignores those rows)."""
+    spec, layout = setup[:2]
+    _, recip = fit_plans((-6.0, 3.0), (1.0, 3.0), Ranges(((-6.0, 3.0),)), SMALL.levels)
+    assert interpret.shift_only(recip.steps[0])
+    one = layout.with_tokens(1)
+    out, _, _ = _symbolic(dataclasses.replace(spec, recip_plan=recip), one, True)
+    assert all(c.layout == one.with_clean(False) for c in out)
 
 
 @pytest.fixture(scope="module")
@@ -212,22 +244,26 @@ def test_each_stage_asks_the_refresher_for_the_levels_it_consumes(setup, decode)
     the stage consumes before the next `ensure`: the scores 2 (q k product, head-sum rescale, the masked
     plaintext product with the exp map folded in), the weighted values 2 in prefill (selection product,
     then weights x values) and 1 in decode (weights x values only), the normalisation 1; the exp input is
-    mapped (its affine map folded into the score mask)."""
+    mapped (its affine map folded into the score mask); in decode the 1/x input is mapped by its own stage
+    (1 level: the map as a row-0-masked plaintext product, so the output's rows >= 1 are 0)."""
     spec, layout = setup[:2]
     lay = layout.with_tokens(1) if decode else layout
     out, ref, _ = _symbolic(spec, lay, decode)
     assert len(out) == lay.n_ct and all(c.layout == lay for c in out)  # labelled, though inputs were not
+    assert all(c.layout.clean for c in out)
     d = "att decode" if decode else "att"
     want = [
         (f"{d} scores", 2),
         *_plan_stages(spec.exp_plan, f"{d} exp", True),
         (f"{d} A.V", 1 if decode else 2),
-        *_plan_stages(spec.recip_plan, "att 1/x", False),
+        *([("att 1/x map", 1)] if decode else []),
+        *_plan_stages(spec.recip_plan, "att 1/x", decode),
         ("att normalise", 1),
     ]
     assert [(t["stage"], t["need"]) for t in ref.trace] == want
     # the plans of `setup`: exp is one poly, 1/x a poly and 3 Newton iterations (one piece each)
-    names = [f"{d} scores", f"{d} exp poly", f"{d} A.V", "att 1/x poly", *["att 1/x newton"] * 3]
+    recip = ["att 1/x map"] * decode + ["att 1/x poly", *["att 1/x newton"] * 3]
+    names = [f"{d} scores", f"{d} exp poly", f"{d} A.V", *recip]
     assert [s for s, _ in want] == [*names, "att normalise"]
 
 

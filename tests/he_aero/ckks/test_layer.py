@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 
+from he_aero.ckks.attention import KVCache
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.packing import feature_layout, pack, unpack
@@ -65,6 +66,25 @@ def test_prefill_then_decode_match_numpy(setup):
     assert_close_bits(got, _reference(lay, x[: T + 1])[-1], 9, "decode step")
 
 
+def test_decode_with_the_skewed_qkv_matches_numpy(setup):
+    """The decode step where QKV takes the skewed kernel and its row mask (input 2 levels above the refresh
+    floor, cached values at the floor: `test_decode_takes_the_skewed_kernels_...`): the same token."""
+    lay, x, layer, layout, kit = setup
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
+    _, cache = layer.prefill(kit.ev, ref, [kit.enc(v, layout) for v in pack(x[:T], layout)], layout)
+    cache.k, cache.v = [kit.ev.align(c, 0) for c in cache.k], [kit.ev.align(c, 0) for c in cache.v]
+    one = layout.with_tokens(1)
+    xs = [kit.ev.align(kit.enc(v, one), 2) for v in pack(x[T : T + 1], one)]
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
+    y = layer.decode(kit.ev, ref, xs, cache, one)
+    assert ref.trace[0] == {"stage": "l0 qkv", "need": 2, "level_in": 2, "refreshed": 0}  # skewed
+    got = unpack([kit.dec(c) for c in y], one)[0]
+    assert_close_bits(got, _reference(lay, x[: T + 1])[-1], 9, "decode step, skewed QKV")
+    assert all(c.layout.clean for c in y)
+    rows = np.concatenate([kit.dec(c).reshape(-1, BLOCK)[:, 1:] for c in y])
+    assert np.abs(rows).max() < 2**-9  # the layer's output is clean for the next layer's skewed QKV
+
+
 def test_symbolic_run_predicts_levels_and_rounds(setup):
     lay, x, layer, layout, kit = setup
     sym = Evaluator(SMALL)
@@ -77,3 +97,68 @@ def test_symbolic_run_predicts_levels_and_rounds(setup):
     assert ref.log.rounds == sref.log.rounds and ref.log.ciphertexts == sref.log.ciphertexts
     assert kit.ev.stats.summary()["rotations"] == sym.stats.summary()["rotations"]
     assert [t["refreshed"] for t in ref.trace] == [t["refreshed"] for t in sref.trace]
+
+
+def test_symbolic_decode_counts_what_the_real_decode_does(setup):
+    """The decode step (skewed QKV and w_o, masks, K/V append) on ciphertexts and symbolically: the same
+    output levels, rounds, refreshed ciphertexts, rotations and products by level, rotation steps."""
+    lay, x, layer, layout, kit = setup
+    one = layout.with_tokens(1)
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
+    _, cache = layer.prefill(kit.ev, ref, [kit.enc(v, layout) for v in pack(x[:T], layout)], layout)
+    real = Evaluator(SMALL, kit.server)
+    rref = Refresher(real, kit.refresh_client, BOUND, TEST_MASK_BITS)
+    sym = Evaluator(SMALL)
+    sref = Refresher(sym, None, BOUND, TEST_MASK_BITS)
+    blank = KVCache([Ct(None, c.level) for c in cache.k], [Ct(None, c.level) for c in cache.v], T)
+    out = layer.decode(real, rref, [kit.enc(v, one) for v in pack(x[T : T + 1], one)], cache, one)
+    s_out = layer.decode(sym, sref, [Ct(None, SMALL.levels, one)] * one.n_ct, blank, one)
+    assert [c.level for c in out] == [c.level for c in s_out]
+    assert (rref.log.rounds, rref.log.ciphertexts) == (sref.log.rounds, sref.log.ciphertexts)
+    for field in ("rotations", "pt_mults", "ctct_mults", "steps_used"):
+        assert getattr(real.stats, field) == getattr(sym.stats, field), field
+    assert all(c.layout.clean for c in out)  # w_mix's block-diagonal kernel cleaned the skewed w_o's rows
+
+
+@pytest.mark.parametrize("cache_level", [0, SMALL.levels])
+@pytest.mark.parametrize("level", range(SMALL.levels + 1))
+def test_decode_takes_the_skewed_kernels_where_they_add_no_level_and_no_round(
+    setup, monkeypatch, level, cache_level
+):
+    """SMALL with the test mask: refresh floor 0, 4 levels between refreshes. QKV is skewed (and masked) only
+    where the mask's level is lost anyway: the input keeps exactly 2 levels (a refreshed one would hold 4, so
+    q and k, one level lower, would reach the scores without a refresh) and the cached values sit at the
+    floor (A.V refreshes them either way); w_o always. Refresh rounds, refreshed ciphertexts and output
+    levels equal those of the block-diagonal kernels everywhere."""
+    from he_aero.ckks import layer as layer_module
+
+    _, _, layer, layout, _ = setup
+    one = layout.with_tokens(1)
+
+    def run():
+        ev = Evaluator(SMALL)
+        ref = Refresher(ev, None, BOUND, TEST_MASK_BITS)
+        cache = KVCache([Ct(None, cache_level)] * one.n_ct, [Ct(None, cache_level)] * one.n_ct, T)
+        out = layer.decode(ev, ref, [Ct(None, level, one)] * one.n_ct, cache, one)
+        return ev, ref, [c.level for c in out]
+
+    ev, ref, levels = run()
+    skewed_qkv = level == 2 and cache_level == 0
+    assert next(t["need"] for t in ref.trace if t["stage"] == "l0 qkv") == 1 + skewed_qkv
+    monkeypatch.setattr(layer_module, "skewable", lambda xs, lay: False)
+    old_ev, old_ref, old_levels = run()
+    assert (ref.log.rounds, ref.log.ciphertexts) == (old_ref.log.rounds, old_ref.log.ciphertexts)
+    assert [t["refreshed"] for t in ref.trace if t["stage"] != "l0 qkv"] == [
+        t["refreshed"] for t in old_ref.trace if t["stage"] != "l0 qkv"
+    ]
+    assert levels == old_levels
+
+    def products(which, skewed):  # the kernel's plaintext products: its nonzero diagonals
+        lin = layer._linear(which, one, skewed)
+        return int((np.abs(lin.diag).max(axis=(3, 4) if skewed else 3) > 0).sum())
+
+    # saved: w_o's and QKV's products less the QKV masks, and, when the masked k, v arrive at the cache's
+    # level, the append's two alignments to it
+    saved = products("o", False) - products("o", True)
+    saved += skewed_qkv * (products("qkv", False) - products("qkv", True) - 3 * one.n_ct)
+    assert old_ev.stats.n_pt - ev.stats.n_pt == saved + 2 * one.n_ct * skewed_qkv

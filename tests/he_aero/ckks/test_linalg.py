@@ -1,14 +1,24 @@
-"""Plaintext matmul (BSGS block diagonals) and block sums against numpy."""
+"""Plaintext matmul (BSGS block diagonals), the one-token skewed kernel and block sums against numpy."""
+
+import math
 
 import numpy as np
 import pytest
 
 from he_aero.ckks.ciphertext import Ct, Evaluator
-from he_aero.ckks.linalg import PlainLinear, block_spread, block_sum, horner, rotate_binary
-from he_aero.ckks.packing import feature_layout, pack, unpack
+from he_aero.ckks.linalg import (
+    PlainLinear,
+    SkewedLinear,
+    block_spread,
+    block_sum,
+    horner,
+    mask_rows,
+    rotate_binary,
+)
+from he_aero.ckks.packing import check_clean, feature_layout, is_clean, pack, unpack
 from he_aero.errors import HeAeroError
 from tests.conftest import assert_close_bits
-from tests.he_aero.ckks.kit import BITS, SMALL
+from tests.he_aero.ckks.kit import BITS, SMALL, Kit
 
 RNG = np.random.default_rng(0)
 
@@ -179,3 +189,149 @@ def test_a_bias_of_the_wrong_shape_names_both_shapes():
     layout = feature_layout(SMALL.slots, 8, 32, block=8)
     with pytest.raises(HeAeroError, match=r"^bad: bias shape \(9,\) != \(8,\)$"):
         PlainLinear("bad", np.ones((32, 8)), np.ones(9), layout)
+
+
+# --- the one-token (decode) kernel: skewed rows ------------------------------------------------------------
+SKEW_CASES = [(16, 100, 70), (32, 64, 96), (64, 40, 20)]
+"""(block, d_in, d_out) at 1024 slots: F = 64 > B (R = 16 rows, 4 skewed copies), F = B = 32, F = 16 < B."""
+
+
+def _skewed_case(block, d_in, d_out, zero_block=True):
+    """A one-token layout and a SkewedLinear on random weights whose block (input ciphertext 0, output
+    ciphertext 0) is all zero (its products are skipped), with a bias."""
+    rng = np.random.default_rng(block)
+    layout = feature_layout(SMALL.slots, 1, d_in, block=block)
+    w = rng.normal(size=(d_in, d_out)) / np.sqrt(d_in)
+    if zero_block:
+        w[: layout.per_ct, : layout.per_ct] = 0.0
+    b = rng.normal(size=d_out)
+    return layout, SkewedLinear(f"skew{block}", w, b, layout), w, b
+
+
+@pytest.fixture(scope="module")
+def skew_kit():
+    """A Kit with the rotation keys of every case, listed by symbolic runs."""
+    steps = set()
+    for case in SKEW_CASES:
+        layout, lin, _, _ = _skewed_case(*case)
+        ev = Evaluator(SMALL)
+        lin(ev, [Ct(None, SMALL.levels, layout)] * layout.n_ct)
+        steps |= ev.stats.steps_used
+    return Kit(SMALL, steps)
+
+
+@pytest.mark.parametrize("case", SKEW_CASES)
+def test_skewed_product_matches_numpy_in_row_0_and_the_mask_clears_the_rest(skew_kit, case):
+    layout, lin, w, b = _skewed_case(*case)
+    x = np.random.default_rng(1).normal(size=(1, w.shape[0]))
+    ys = lin(skew_kit.ev, [skew_kit.enc(v, layout) for v in pack(x, layout)])
+    assert all(y.level == SMALL.levels - 1 and not y.layout.clean for y in ys)  # one level; says: garbage
+    slots = [skew_kit.dec(y) for y in ys]
+    assert_close_bits(unpack(slots, lin.out_layout), x @ w + b, BITS - 3, "row 0 of the skewed X W + b")
+    garbage = np.concatenate([s.reshape(-1, layout.block)[:, 1:] for s in slots])
+    assert np.abs(garbage).max() > 0.1  # the row sum's partial sums: why consumers must mask them
+    clean = mask_rows(skew_kit.ev, ys, lin.out_layout)
+    assert all(c.level == SMALL.levels - 2 and c.layout.clean for c in clean)
+    slots = [skew_kit.dec(c) for c in clean]
+    assert_close_bits(unpack(slots, lin.out_layout), x @ w + b, BITS - 3, "masked X W + b")
+    rows = np.concatenate([s.reshape(-1, layout.block)[:, 1:] for s in slots])
+    assert np.abs(rows).max() < 2**-14  # rows >= 1 back to 0
+
+
+@pytest.mark.parametrize("case", SKEW_CASES)
+def test_skewed_symbolic_run_counts_what_the_real_run_does(skew_kit, case):
+    """Rotations and products by level and rotation steps: the planner's count is the run's. (Additions
+    inside `dot_plain` are counted on real runs only, as for every kernel.)"""
+    layout, lin, w, _ = _skewed_case(*case)
+    real = Evaluator(SMALL, skew_kit.server)
+    x = np.random.default_rng(2).normal(size=(1, w.shape[0]))
+    mask_rows(real, lin(real, [skew_kit.enc(v, layout) for v in pack(x, layout)]), lin.out_layout)
+    sym = Evaluator(SMALL)
+    mask_rows(sym, lin(sym, [Ct(None, SMALL.levels, layout)] * layout.n_ct), lin.out_layout)
+    for field in ("rotations", "pt_mults", "ctct_mults", "steps_used"):
+        assert getattr(real.stats, field) == getattr(sym.stats, field), field
+
+
+@pytest.mark.parametrize(
+    "block, d_in, d_out, steps",
+    [
+        (32, 64, 96, {31, 62, 124, 248, 496, 1, 2, 4, 8, 16}),  # F = B: no copies
+        (16, 100, 70, {15, 30, 60, 120, 256, 1, 2, 4, 8}),  # F = 4 B: copies by R B = 256
+        (64, 40, 20, {63, 126, 252, 504, 1, 2, 4, 8}),  # F = B / 4: 16 rows skewed and summed
+    ],
+)
+def test_skewed_costs_and_keys(block, d_in, d_out, steps):
+    """log2(R) + G - 1 rotations per input ciphertext, log2(R) per output one, n_in n_out G products, the
+    keys 2^k (B - 1), R B (F > B) and 1 .. R / 2 (R = min(F, B), G = F / R)."""
+    layout, lin, _, _ = _skewed_case(block, d_in, d_out, zero_block=False)
+    ev = Evaluator(SMALL)
+    lin(ev, [Ct(None, SMALL.levels, layout)] * layout.n_ct)
+    n_in, n_out, log_r = layout.n_ct, lin.out_layout.n_ct, int(math.log2(lin.rows))
+    assert ev.stats.steps_used == steps
+    assert ev.stats.n_rotations == n_in * (log_r + lin.copies - 1) + n_out * log_r
+    assert ev.stats.n_pt == n_in * n_out * lin.copies
+
+
+def test_skewed_skips_an_all_zero_input_and_refuses_an_all_zero_output():
+    layout = feature_layout(SMALL.slots, 1, 64, block=32)  # F = 32: two input ciphertexts
+    w = np.ones((64, 40))
+    w[:32] = 0.0  # input ciphertext 0 meets only zero weights: not even skewed
+    ev = Evaluator(SMALL)
+    SkewedLinear("half", w, None, layout)(ev, [Ct(None, SMALL.levels, layout)] * 2)
+    assert ev.stats.n_pt == 2 and ev.stats.n_rotations == 5 + 2 * 5
+    w = np.zeros((64, 40))
+    w[:, :32] = 1.0  # output ciphertext 1 (features 32..39) has no weights
+    with pytest.raises(HeAeroError, match=r"^w_o: output ciphertext 1 has an all-zero weight block$"):
+        SkewedLinear("w_o", w, None, layout)(Evaluator(SMALL), [Ct(None, SMALL.levels, layout)] * 2)
+
+
+def test_skewed_refuses_what_it_cannot_compute():
+    """Rows >= 1 that may hold garbage (the layout says so, or no layout says anything), a layout of other
+    blocks, more than one token: refused by name, not computed into garbage."""
+    layout = feature_layout(SMALL.slots, 1, 32, block=32)
+    lin = SkewedLinear("w_q", np.ones((32, 32)), None, layout)
+    for bad in (layout.with_clean(False), None, feature_layout(SMALL.slots, 1, 32, block=16), "rows"):
+        with pytest.raises(HeAeroError, match=r"^w_q: the skewed kernel needs one token with rows >= 1"):
+            lin(Evaluator(SMALL), [Ct(None, SMALL.levels, bad)])
+    with pytest.raises(HeAeroError, match=r"^w_q: expected 1 ciphertexts, got 2$"):
+        lin(Evaluator(SMALL), [Ct(None, SMALL.levels, layout)] * 2)
+    with pytest.raises(HeAeroError, match=r"^w_q: the skewed kernel takes one token, the layout has 2$"):
+        SkewedLinear("w_q", np.ones((32, 32)), None, layout.with_tokens(2))
+
+
+def test_skewed_precondition_rows_above_0_must_be_0(skew_kit):
+    """Why the kernel refuses an unclean input: a value in row 1 (here labelled clean, which no kernel
+    does) collides with the skewed rows and changes row 0 of the result."""
+    layout, lin, w, b = _skewed_case(32, 64, 96)
+    x = np.random.default_rng(3).normal(size=(1, 64))
+    vecs = pack(x, layout)
+    vecs[0][1] = 1.0  # block 0, row 1
+    ys = lin(skew_kit.ev, [skew_kit.enc(v, layout) for v in vecs])
+    assert np.abs(unpack([skew_kit.dec(y) for y in ys], lin.out_layout) - (x @ w + b)).max() > 0.1
+
+
+def test_the_block_diagonal_kernel_cleans_what_it_reads(kit):
+    """Its diagonals are 0 on rows >= n_tokens: a dirty input (garbage in row 1) gives a clean output,
+    and its layout says so (what lets w_mix read the skewed w_o's X_SA)."""
+    layout = feature_layout(SMALL.slots, 1, 32, block=8)
+    w = RNG.normal(size=(32, 32)) / np.sqrt(32)
+    x = RNG.normal(size=(1, 32))
+    (v,) = pack(x, layout)
+    v.reshape(-1, 8)[:, 1:] = RNG.normal(size=(v.size // 8, 7))  # garbage in rows >= 1
+    lin = PlainLinear("cleaning", w, None, layout)
+    (y,) = lin(kit.ev, [kit.enc(v, layout.with_clean(False))])
+    assert y.layout.clean and y.layout == lin.out_layout
+    slots = kit.dec(y)
+    assert_close_bits(unpack([slots], layout), x @ w, BITS - 3, "X W")
+    assert np.abs(slots.reshape(-1, 8)[:, 1:]).max() < 2**-14
+
+
+def test_layouts_carry_cleanliness_and_stages_that_need_it_refuse_garbage():
+    layout = feature_layout(SMALL.slots, 1, 32, block=8)
+    dirty = layout.with_clean(False)
+    assert layout.clean and not dirty.clean and dirty != layout
+    assert not dirty.with_tokens(2).clean and not dirty.with_features(8).clean  # kept through changes
+    assert is_clean([Ct(None, 1, layout), Ct(None, 1), Ct(None, 1, "rows")])  # nothing said against
+    assert not is_clean([Ct(None, 1, layout), Ct(None, 1, dirty)])
+    with pytest.raises(HeAeroError, match=r"^stage: ciphertexts \[1\] hold garbage in rows >= n_tokens"):
+        check_clean([Ct(None, 1, layout), Ct(None, 1, dirty)], "stage")

@@ -79,3 +79,6 @@ def test_normalise_refuses_a_plan_of_another_function(setup):
         normalise(kit.ev, ref, setup[1].plan, xs, layout, EPS, "ln")  # a bare Plan: its scale is missing
     with pytest.raises(HeAeroError, match="expected 2 ciphertexts"):
         normalise(kit.ev, ref, setup[1], xs[:1], layout, EPS, "ln")
+    dirty = [Ct(c.data, c.level, layout.with_clean(False)) for c in xs]  # rows >= n_tokens: garbage
+    with pytest.raises(HeAeroError, match=r"^ln: ciphertexts \[0, 1\] hold garbage in rows >= n_tokens"):
+        normalise(kit.ev, ref, setup[1], dirty, layout, EPS, "ln")

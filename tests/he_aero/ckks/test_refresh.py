@@ -283,6 +283,27 @@ def test_ensure_keeps_a_ciphertext_with_exactly_enough_levels():
     assert [t["refreshed"] for t in ref.trace] == [0, 0]
 
 
+@pytest.mark.parametrize(
+    "levels, need, base, affords, headroom",
+    [
+        ([2, 3], 2, 1, True, 2),  # both hold 2 levels: no round either way
+        ([1, 3], 2, 1, False, 3),  # 1 level: enough for base, a round for need (the other kept)
+        ([0, 3], 2, 1, True, 3),  # a round is due for base anyway; it leaves the level-3 one alone
+        ([0, 0], 5, 1, False, 4),  # more than the ring gives between refreshes
+    ],
+)
+def test_affords_an_optional_level_only_where_it_costs_no_round(levels, need, base, affords, headroom):
+    ref = _symbolic()  # floor 0, 4 usable levels
+    cts = [Ct(None, lvl) for lvl in levels]
+    assert ref.affords(cts, need, base) is affords
+    if need <= ref.usable_levels():
+        assert ref.headroom(cts, need) == headroom
+        assert min(c.level for c in ref.ensure(cts, need)) - ref.min_level() == headroom
+    pending = [Ct(None, 3, pending=True)]  # 2 levels to give
+    assert ref.affords(pending, 2) and not ref.affords(pending, 3, 2)
+    assert not _symbolic(allow=False).affords([Ct(None, 0)], 2)  # no round at all: ensure will refuse
+
+
 def test_refresh_limits_are_clear_errors():
     wide = _symbolic(8.0, 60)  # floor 1
     with pytest.raises(HeAeroError, match="^refresh: mul: a ciphertext fell below level 1, its mask would"):
