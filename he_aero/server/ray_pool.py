@@ -20,6 +20,7 @@ what the server gets (public, relinearisation and rotation keys).
 from __future__ import annotations
 
 import itertools
+import time
 
 from he_aero.ckks.backend import PublicKeys, public_context
 from he_aero.ckks.ciphertext import Evaluator
@@ -117,6 +118,7 @@ class RayPool:
         self._get(ready, "start")  # a worker that failed to load the model raises here
         self._attached = False
         self.parts_run = 0  # parts the actors have run (logs, tests)
+        self.fan_outs: list[dict] = []  # per `map`: wall seconds and each part's seconds inside SEAL
 
     def _get(self, refs, what: str):
         try:
@@ -136,13 +138,17 @@ class RayPool:
         """Each call on an actor (round robin), results in order; their counts added to ev.stats."""
         if not self._attached:
             raise HeAeroError("Ray pool: map before attach (the session's keys)")
+        t0 = time.perf_counter()
         actors = itertools.cycle(self._actors)
         refs = [next(actors).run.remote(owner.address, part, to_wire(args)) for args in calls]
         self.parts_run += len(calls)
-        out = []
+        out, seal = [], []
         for wire, stats in self._get(refs, f"run part {part!r} of {owner.address!r}"):
             add_counts(ev.stats, stats)
+            seal.append(round(stats.seal_seconds, 3))
             out.append(from_wire(ev, wire))
+        wall = time.perf_counter() - t0
+        self.fan_outs.append({"owner": owner.address, "part": part, "wall": round(wall, 3), "seal": seal})
         return out
 
     def close(self) -> None:
