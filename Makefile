@@ -70,7 +70,7 @@ BPB_WINDOWS ?= 8
 RAY_WORKERS ?= 2
 bench-he: $(STAMP) ## prefill 16/32/64 (one process, Ray), decode, accuracy, simulated workers -> docs/he-bench.md
 	$(BIN)/python -m bench.infer speed --lengths 16 32 64 --decode 3 --ray-workers $(RAY_WORKERS) --out docs/he-bench.json
-	$(BIN)/python -m bench.workers --out docs/he-workers.json
+	$(BIN)/python -m bench.workers --out docs/he-workers.json --into docs/he-bench.json
 	$(BIN)/python -m bench.infer accept --prompts $(ACCEPT_PROMPTS) --decode-prompts $(DECODE_PROMPTS) \
 		--bpb-windows $(BPB_WINDOWS) --out docs/he-accept.json
 	$(BIN)/python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json \

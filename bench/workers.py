@@ -112,9 +112,12 @@ def measure_costs(ring: int) -> dict:
     }
 
 
-def simulate(pipeline, plan_bound: float, mask_bits: int, workers: int, costs: dict) -> dict:
-    """Per stage: seconds of a prefill of the full context on `workers` workers, and the counts behind it.
-    `costs`: milliseconds per operation (`measure_costs`)."""
+def simulate(
+    pipeline, plan_bound: float, mask_bits: int, workers: int, costs: dict, decode: bool = False
+) -> dict:
+    """Per stage: seconds of a prefill of the full context on `workers` workers (or, with `decode`, of one
+    decode step against a cache of context - 1 tokens: decode parts stay in place), and the counts and
+    refresh bytes behind it. `costs`: milliseconds per operation (`measure_costs`)."""
     from he_aero.ckks.ciphertext import Evaluator
     from he_aero.ckks.refresh import Refresher
     from he_aero.plan import op_seconds
@@ -127,19 +130,30 @@ def simulate(pipeline, plan_bound: float, mask_bits: int, workers: int, costs: d
     ev.executor = rec
     ref = Refresher(ev, None, bound=plan_bound, mask_bits=mask_bits)
     names = pipeline.stage_names
-    own, refreshed = {}, {}
-    marks = {"stats": copy.deepcopy(ev.stats), "refreshed": 0}
+    own, refreshed, moved_bytes = {}, {}, {}
+    marks = {"stats": copy.deepcopy(ev.stats), "refreshed": 0, "bytes": 0}
     rec.stage = names[0]
 
     def progress(name):  # a stage ended: its counts, and the next stage's fan-outs start
         own[name] = _minus(ev.stats, marks["stats"])
         refreshed[name] = ref.log.ciphertexts - marks["refreshed"]
-        marks["stats"], marks["refreshed"] = copy.deepcopy(ev.stats), ref.log.ciphertexts
+        sent = ref.log.bytes_to_client + ref.log.bytes_to_server
+        moved_bytes[name] = sent - marks["bytes"]
+        marks["stats"], marks["refreshed"], marks["bytes"] = (
+            copy.deepcopy(ev.stats),
+            ref.log.ciphertexts,
+            sent,
+        )
         i = names.index(name)
         rec.stage = names[i + 1] if i + 1 < len(names) else None
 
     n = pipeline.context
-    pipeline.run(ev, ref, pipeline._symbolic_tokens(ev, False, n), 0, n, None, progress)
+    if decode:
+        _, _, caches, _ = pipeline.symbolic_prefill(n - 1, plan_bound, mask_bits)
+        tokens = pipeline._symbolic_tokens(ev, pipeline.rows, 1)
+        pipeline.run(ev, ref, tokens, n - 1, 1, caches, progress)
+    else:
+        pipeline.run(ev, ref, pipeline._symbolic_tokens(ev, False, n), 0, n, None, progress)
     stages = {}
     for name in names:
         fans = [f for f in rec.fanouts if f["stage"] == name]
@@ -158,6 +172,7 @@ def simulate(pipeline, plan_bound: float, mask_bits: int, workers: int, costs: d
             "refresh_seconds": round(refresh, 2),
             "parts_seconds": round(fan_seconds, 2),
             "refreshed_ciphertexts": refreshed[name],
+            "refresh_bytes": moved_bytes[name],
             "fan_outs": len(fans),
             "parts": sum(len(f["parts"]) for f in fans),
         }
@@ -165,21 +180,6 @@ def simulate(pipeline, plan_bound: float, mask_bits: int, workers: int, costs: d
         "workers": workers,
         "seconds": round(sum(s["seconds"] for s in stages.values()), 2),
         "stages": stages,
-    }
-
-
-def _decode(pipeline, bound, mask_bits, costs) -> dict:
-    """One decode step against a full-but-one cache, in one process (decode parts stay in place)."""
-    from he_aero.plan import op_seconds
-
-    _, _, caches, _ = pipeline.symbolic_prefill(pipeline.context - 1, bound, mask_bits)
-    ev, ref, records = pipeline.symbolic_decode(caches, bound, mask_bits)
-    refresh = ref.log.ciphertexts * costs["refresh_per_ciphertext"] / 1000
-    return {
-        "seconds": round(op_seconds(ev.stats, pipeline.params, costs) + refresh, 2),
-        "refresh_rounds": ref.log.rounds,
-        "refresh_bytes": ref.log.bytes_to_client + ref.log.bytes_to_server,
-        "ops": ev.stats.summary(),
     }
 
 
@@ -198,9 +198,12 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     ap.add_argument("--gpt2-ring", type=int, default=16384, help="ring degree of the GPT-2-size layer")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--into", type=Path, help="a bench.infer speed JSON to give the gpt2_layer figures")
     args = ap.parse_args(argv)
     if any(k < 1 for k in args.workers):
         ap.error(f"--workers: each must be >= 1, got {args.workers}")
+    if args.into is not None and not args.into.is_file():
+        ap.error(f"--into: {args.into} is not a file (run bench.infer speed first)")
     from he_aero.plan import load_plan
     from he_aero.server.server import Server
     from models.checkpoint import load_checkpoint
@@ -216,7 +219,7 @@ def main(argv=None) -> None:
         "ring": plan.params.poly_modulus_degree,
         "costs_ms": costs8,
         "prefill": [simulate(shipped, bound, mask, k, costs8) for k in (1, 2)],
-        "decode": _decode(shipped, bound, mask, costs8),
+        "decode": simulate(shipped, bound, mask, 1, costs8, decode=True),
     }
     print("shipped:", [r["seconds"] for r in out["shipped"]["prefill"]], flush=True)
     costs = measure_costs(args.gpt2_ring)
@@ -230,17 +233,37 @@ def main(argv=None) -> None:
             {**sim, "layer_seconds": layer, "gpt2_12_layers_seconds": round(ends + GPT2_LAYERS * layer, 1)}
         )
         print(f"GPT-2 layer, {k} workers: {layer:.1f} s per layer", flush=True)
-    dec = _decode(gpt2, bound, mask, costs)
+    dec = simulate(gpt2, bound, mask, 1, costs, decode=True)
+    layer_dec = dec["stages"]["layer 0"]
     out["gpt2_layer"] = {
+        # the figures docs/he-bench.json carries (issue 13), per layer; SIMULATED, not measured
+        "simulated": True,
+        "prefill_seconds": {str(r["workers"]): r["layer_seconds"] for r in rows},
+        "decode_seconds_per_token": layer_dec["seconds"],
+        "bytes_per_token": layer_dec["refresh_bytes"],
         "shape": GPT2,
         "ring": args.gpt2_ring,
         "costs_ms": costs,
         "prefill": rows,
         "decode": dec,
+        "decode_12_layers_seconds": round(dec["seconds"] + (GPT2_LAYERS - 1) * layer_dec["seconds"], 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
+    if args.into is not None:  # docs/he-bench.json's top-level gpt2_layer (the issue's figures)
+        bench = json.loads(args.into.read_text())
+        keys = (
+            "simulated",
+            "prefill_seconds",
+            "decode_seconds_per_token",
+            "bytes_per_token",
+            "shape",
+            "ring",
+        )
+        bench["gpt2_layer"] = {k: out["gpt2_layer"][k] for k in keys}
+        args.into.write_text(json.dumps(bench, indent=1) + "\n")
+        print(f"updated {args.into}")
 
 
 if __name__ == "__main__":

@@ -34,3 +34,10 @@ def test_two_workers_are_faster_unless_moving_ciphertexts_costs_more_than_the_wo
     assert two["stages"]["layer 0"]["parts"] > one["stages"]["layer 0"]["parts"]  # products split two ways
     slow_wire = {**COSTS, "serialise_and_load": 1000.0}
     assert simulate(*args, 2, slow_wire)["seconds"] > one["seconds"]
+
+
+def test_a_decode_step_runs_in_place_and_counts_its_refresh_traffic(pipeline, tiny_plan):
+    dec = simulate(pipeline, tiny_plan.activation_bound, tiny_plan.mask_bits, 2, COSTS, decode=True)
+    layer = dec["stages"]["layer 0"]
+    assert layer["fan_outs"] == 0 and layer["parts_seconds"] == 0  # one token's parts stay in the process
+    assert layer["refreshed_ciphertexts"] > 0 and layer["refresh_bytes"] > 0
