@@ -445,16 +445,16 @@ def _workers_lines(w: dict) -> list[str]:
         f"GPT-2-size layer (d={shape['d_model']}, {shape['n_head']} heads, T={shape['t_max']}, "
         f"N={gpt['ring']}, the shipped layer-0 approximations), simulated:",
         "",
-        "| workers | prefill s per layer | refresh s | own ops s | parts s | 12 layers + embed + head, s |",
+        "| workers | prefill s, layer 1 of 2 | refresh s | own ops s | parts s | 12 layers + ends, s |",
         "|---|---|---|---|---|---|",
     ]
     for r in gpt["prefill"]:
-        st = r["stages"]["layer 0"]
+        st = r["stages"]["layer 1"]
         lines.append(
             f"| {r['workers']} | {r['layer_seconds']} | {st['refresh_seconds']} | {st['own_ops_seconds']} | "
             f"{st['parts_seconds']} | {r['gpt2_12_layers_seconds']} |"
         )
-    d = gpt["decode"]["stages"]["layer 0"]
+    d = gpt["decode"]["stages"]["layer 1"]
     lines += [
         "",
         f"One decode step, per GPT-2-size layer (one process, a cache of {shape['t_max'] - 1} tokens): "
