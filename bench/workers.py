@@ -22,7 +22,6 @@ import argparse
 import copy
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +36,9 @@ kernel (he_aero/ckks/layer.py), so layer 1 is what layers 1..11 cost."""
 
 
 def _minus(a, b):
-    """OpStats a - b (counters and counts)."""
+    """OpStats a - b (counts only)."""
     out = copy.deepcopy(a)
-    for name in ("rotations", "ctct_mults", "pt_mults", "refresh_cts"):
-        c = Counter(getattr(a, name))
-        c.subtract(getattr(b, name))
-        setattr(out, name, c)
-    for name in ("adds", "encodes", "refresh_rounds", "relins", "conjugations"):
-        setattr(out, name, getattr(a, name) - getattr(b, name))
+    out.add(b, sign=-1)
     return out
 
 

@@ -73,6 +73,20 @@ class OpStats:
     relins: int = 0
     conjugations: int = 0  # real projections of client ciphertexts (`Evaluator.load_client`)
 
+    BY_LEVEL = ("rotations", "ctct_mults", "pt_mults", "refresh_cts")
+    TOTALS = ("adds", "encodes", "refresh_rounds", "relins", "conjugations")
+    """The count fields (seconds and `steps_used` aside): what other processes' counts add to."""
+
+    def add(self, other: OpStats, sign: int = 1) -> None:
+        """Add (sign -1: subtract) another evaluator's counts, not its seconds (they overlap in time) nor its
+        rotation steps (`steps_used` is a union: callers that need it merge it)."""
+        for name in self.BY_LEVEL:
+            counter = getattr(self, name)
+            for level, n in getattr(other, name).items():
+                counter[level] += sign * n
+        for name in self.TOTALS:
+            setattr(self, name, getattr(self, name) + sign * getattr(other, name))
+
     @property
     def key_switches(self) -> int:
         """Rotations, relinearisations (`dot` relinearises a whole sum of products once), conjugations."""

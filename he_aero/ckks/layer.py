@@ -45,7 +45,7 @@ from he_aero.ckks.ffn import EncryptedFFN
 from he_aero.ckks.linalg import PlainLinear, SkewedLinear, mask_rows, skewable
 from he_aero.ckks.norm import NormPlan, check_inv_sqrt_plan, normalise
 from he_aero.ckks.packing import FeatureLayout, is_clean
-from he_aero.ckks.parallel import run_parts, split, workers
+from he_aero.ckks.parallel import product, run_parts
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
 
@@ -134,9 +134,7 @@ class EncryptedLayer:
         lin = self._linear(which, layout)
         if layout.n_tokens == 1:
             return lin(ev, xs, rescale=rescale)
-        chunks = split(lin.out_layout.n_ct, workers(ev))
-        parts = run_parts(ev, self, "linear", [(which, layout, xs, tuple(c), rescale) for c in chunks])
-        return [c for part in parts for c in part]
+        return product(ev, self, lin, (which, layout), xs, rescale)
 
     def run_part(self, ev: Evaluator, part: str, *args):
         """One independent part of the prefill (he_aero/ckks/parallel.py): "linear" with (which, layout, xs,

@@ -64,6 +64,15 @@ def split(n: int, parts: int) -> list[range]:
     return [range(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)]
 
 
+def product(ev: Evaluator, owner, lin, key: tuple, xs: list[Ct], rescale: bool) -> list[Ct]:
+    """`lin(ev, xs, rescale=rescale)` (a `linalg.PlainLinear`) with its output ciphertexts split over the
+    executor's workers: "linear" parts whose arguments are `(*key, xs, outputs, rescale)`, `key` being what
+    `owner.run_part` needs to find `lin` again."""
+    chunks = split(lin.out_layout.n_ct, workers(ev))
+    parts = run_parts(ev, owner, "linear", [(*key, xs, tuple(c), rescale) for c in chunks])
+    return [c for part in parts for c in part]
+
+
 def workers(ev: Evaluator) -> int:
     """How many processes `run_parts` may use (1 without an executor)."""
     return 1 if ev.executor is None else ev.executor.workers
@@ -80,12 +89,16 @@ class WireCt:
     pending: bool
 
 
-def to_wire(obj):
-    """`obj` with every `Ct` in it (nested lists and tuples) replaced by a `WireCt`."""
+def to_wire(obj, memo: dict | None = None):
+    """`obj` with every `Ct` in it (nested lists and tuples) replaced by a `WireCt`; `memo` (id -> WireCt)
+    serialises a ciphertext shared by several calls once."""
+    memo = {} if memo is None else memo
     if isinstance(obj, Ct):
-        return WireCt(to_bytes(obj.data), obj.level, obj.layout, obj.pending)
+        if id(obj) not in memo:
+            memo[id(obj)] = (obj, WireCt(to_bytes(obj.data), obj.level, obj.layout, obj.pending))
+        return memo[id(obj)][1]  # (the Ct is kept with its id: ids are unique only among live objects)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_wire(o) for o in obj)
+        return type(obj)(to_wire(o, memo) for o in obj)
     return obj
 
 
@@ -101,9 +114,7 @@ def from_wire(ev: Evaluator, obj):
 
 
 def add_counts(stats: OpStats, other: OpStats) -> None:
-    """Add another evaluator's operation counts to `stats` (not its seconds: they overlap in time)."""
-    for name in ("rotations", "ctct_mults", "pt_mults", "refresh_cts"):
-        getattr(stats, name).update(getattr(other, name))
-    for name in ("adds", "encodes", "refresh_rounds", "relins", "conjugations"):
-        setattr(stats, name, getattr(stats, name) + getattr(other, name))
+    """Add another evaluator's operation counts and rotation steps to `stats` (not its seconds: they overlap
+    in time)."""
+    stats.add(other)
     stats.steps_used |= other.steps_used

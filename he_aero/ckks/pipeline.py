@@ -39,7 +39,7 @@ from he_aero.ckks.layer import EncryptedLayer
 from he_aero.ckks.linalg import PlainLinear, SkewedLinear, block_spread, block_sum, mask_rows, skewable
 from he_aero.ckks.norm import NormPlan, check_inv_sqrt_plan, normalise
 from he_aero.ckks.packing import FeatureLayout, check_clean, pack, rows_count
-from he_aero.ckks.parallel import InPlace, run_parts, split, workers
+from he_aero.ckks.parallel import InPlace, product
 from he_aero.ckks.params import CkksParams
 from he_aero.ckks.refresh import Refresher
 from he_aero.errors import HeAeroError
@@ -216,9 +216,7 @@ class Pipeline:
         lin = self._linear(which, n)
         if n == 1:
             return lin(ev, xs, rescale=rescale)
-        chunks = split(lin.out_layout.n_ct, workers(ev))
-        parts = run_parts(ev, self, "linear", [(which, n, xs, tuple(c), rescale) for c in chunks])
-        return [c for part in parts for c in part]
+        return product(ev, self, lin, (which, n), xs, rescale)
 
     def run_part(self, ev: Evaluator, part: str, *args):
         """An independent part of the embedding or LM head: "linear" with (which, n_tokens, xs, outputs,

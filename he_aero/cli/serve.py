@@ -7,6 +7,8 @@ HOST:PORT`.
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from he_aero.cli.options import blame, checkpoint_option, plan_option
@@ -144,6 +146,12 @@ def serve(
         ray_workers = 2 if ray_address is not None else 0
     elif ray_workers == 0 and ray_address is not None:
         raise click.BadParameter("--ray-address needs --ray-workers >= 1", param_hint="'--ray-workers'")
+    if ray_workers and ray_address is None and ray_workers > (os.cpu_count() or 1):
+        raise click.BadParameter(
+            f"{ray_workers} workers on a private Ray of this machine's {os.cpu_count()} CPUs would only take "
+            "turns; use a cluster (--ray-address)",
+            param_hint="'--ray-workers'",
+        )
     if ray_workers:
         try:
             import ray  # noqa: F401

@@ -20,6 +20,7 @@ what the server gets (public, relinearisation and rotation keys).
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 from he_aero.ckks.backend import PublicKeys, public_context
@@ -27,6 +28,12 @@ from he_aero.ckks.ciphertext import Evaluator
 from he_aero.ckks.parallel import add_counts, from_wire, to_wire
 from he_aero.ckks.pipeline import Pipeline
 from he_aero.errors import HeAeroError
+
+
+class PoolFailure(RuntimeError):
+    """A Ray actor failed, died or timed out in the middle of a session: the server's fault, not the
+    client's, so deliberately not a HeAeroError (whose text a session sends the client as a refusal): the
+    session's worker logs it and tells the client "internal error" (he_aero/server/worker.py)."""
 
 
 def _ray():
@@ -79,21 +86,38 @@ class RayPool:
     address : a running Ray cluster ("auto", "ray://host:port", "host:port"); None starts a local Ray with
         `workers` CPUs inside this process's lifetime (or joins the one this process already started).
     start_timeout : seconds to wait for the actors to be placed and to load the model.
+    part_timeout : seconds a fan-out may take before the session is ended (a hung actor).
 
     Raises HeAeroError when Ray is missing, cannot start or connect, cannot place the actors in time (too
-    few free CPUs), or an actor fails."""
+    few free CPUs), or a private Ray would get more workers than this machine has CPUs. Joining a Ray this
+    process already runs ignores `address`. Later failures (an actor that dies, errs or hangs) raise
+    PoolFailure."""
 
     def __init__(
-        self, view, plan, workers: int = 2, address: str | None = None, start_timeout: float = 120.0
+        self,
+        view,
+        plan,
+        workers: int = 2,
+        address: str | None = None,
+        start_timeout: float = 120.0,
+        part_timeout: float = 1800.0,
     ):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise HeAeroError(f"Ray pool: workers must be a positive integer, got {workers!r}")
         ray = self._ray = _ray()
-        self.workers = workers
-        self._started = False
+        self.workers, self.part_timeout = workers, part_timeout
+        self._started, self._actors, self._attached = False, [], False
         if not ray.is_initialized():
+            if address is None and workers > (os.cpu_count() or 1):
+                raise HeAeroError(
+                    f"Ray pool: {workers} workers on a private Ray of this machine's {os.cpu_count()} CPUs "
+                    "would only take turns (use a cluster: --ray-address)"
+                )
             try:
                 if address is None:
+                    # Its ports listen on the machine's interfaces; Ray >= 2.60 (the [ray] extra's floor)
+                    # requires a token for a local cluster by default, so a process that reaches the ports
+                    # cannot join it and run code beside the weights (docs/deploy.md)
                     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
                 else:
                     ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -102,6 +126,16 @@ class RayPool:
                     f"Ray: cannot {'start' if address is None else 'reach ' + address}: {exc}"
                 ) from exc
             self._started = True
+        try:
+            self._start_actors(view, plan, start_timeout)
+        except BaseException:
+            self.close()
+            raise
+        self.parts_run = 0  # parts the actors have run (logs, tests)
+        self.fan_outs: list[dict] = []  # per `map`: wall seconds and each part's seconds inside SEAL
+
+    def _start_actors(self, view, plan, start_timeout: float) -> None:
+        ray, workers = self._ray, self.workers
         actor = ray.remote(num_cpus=1)(PartWorker)
         view_ref = ray.put(view)
         self._actors = [actor.remote(view_ref, plan.to_dict()) for _ in range(workers)]
@@ -110,28 +144,27 @@ class RayPool:
         )
         if len(ready) < workers:
             free = ray.available_resources().get("CPU", 0)
-            self.close()
             raise HeAeroError(
                 f"Ray: {len(ready)} of {workers} workers started within {start_timeout:g} s; each needs one "
                 f"CPU and the cluster has {free:g} free (ask for fewer with --ray-workers)"
             )
-        self._get(ready, "start")  # a worker that failed to load the model raises here
-        self._attached = False
-        self.parts_run = 0  # parts the actors have run (logs, tests)
-        self.fan_outs: list[dict] = []  # per `map`: wall seconds and each part's seconds inside SEAL
-
-    def _get(self, refs, what: str):
         try:
-            return self._ray.get(refs)
-        except HeAeroError:
-            raise
-        except Exception as exc:  # RayActorError, RayTaskError wrapping a worker's error, ...
-            raise HeAeroError(f"Ray worker failed to {what}: {exc}") from exc
+            self._get(ready, "start")
+        except PoolFailure as exc:  # a worker that failed to load the model: a set-up error
+            raise HeAeroError(str(exc).split("\n")[0]) from exc
+
+    def _get(self, refs, what: str, timeout: float | None = None):
+        """ray.get, every failure (an actor's exception, a dead actor, a timeout) as a PoolFailure with
+        Ray's full text (for the operator's log; the client is told only "internal error")."""
+        try:
+            return self._ray.get(refs, timeout=timeout)
+        except Exception as exc:  # RayActorError, RayTaskError (even one that wraps a HeAeroError), timeout
+            raise PoolFailure(f"Ray worker failed to {what}: {exc}") from exc
 
     def attach(self, keys: PublicKeys) -> None:
         """Give every actor the session's public keys (sent once through the object store)."""
         ref = self._ray.put(keys)
-        self._get([a.attach.remote(ref) for a in self._actors], "load the session's keys")
+        self._get([a.attach.remote(ref) for a in self._actors], "load the session's keys", self.part_timeout)
         self._attached = True
 
     def map(self, ev: Evaluator, owner, part: str, calls: list[tuple]) -> list:
@@ -140,10 +173,11 @@ class RayPool:
             raise HeAeroError("Ray pool: map before attach (the session's keys)")
         t0 = time.perf_counter()
         actors = itertools.cycle(self._actors)
-        refs = [next(actors).run.remote(owner.address, part, to_wire(args)) for args in calls]
+        memo: dict = {}  # a ciphertext several parts read is serialised once
+        refs = [next(actors).run.remote(owner.address, part, to_wire(args, memo)) for args in calls]
         self.parts_run += len(calls)
         out, seal = [], []
-        for wire, stats in self._get(refs, f"run part {part!r} of {owner.address!r}"):
+        for wire, stats in self._get(refs, f"run part {part!r} of {owner.address!r}", self.part_timeout):
             add_counts(ev.stats, stats)
             seal.append(round(stats.seal_seconds, 3))
             out.append(from_wire(ev, wire))

@@ -137,8 +137,11 @@ def default_max_message_bytes(plan) -> int:
 class Worker:
     """One worker process (he_aero/server/worker.py) and the front end's end of its pipes."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, on_exit: Callable[[Worker], None]):
+    def __init__(
+        self, proc: asyncio.subprocess.Process, on_exit: Callable[[Worker], None], exit_grace: float = 0.5
+    ):
         self.proc = proc
+        self.exit_grace = exit_grace  # seconds a worker told to stop may take to exit on its own
         self.label = f"worker {proc.pid}"
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()  # -> the OFFER frame
         self.frames: asyncio.Queue = asyncio.Queue()  # frames for the client; None at the worker's exit
@@ -155,7 +158,8 @@ class Worker:
             stdout=asyncio.subprocess.PIPE,
             stderr=None,  # tracebacks go to the service's own standard error
         )
-        return cls(proc, on_exit)
+        # a worker with Ray actors stops them and its private Ray on the way out (~1.5 s measured)
+        return cls(proc, on_exit, exit_grace=10.0 if config.ray_workers else 0.5)
 
     async def _read(self) -> None:
         out = self.proc.stdout
@@ -203,7 +207,7 @@ class Worker:
         if self.proc.returncode is None:
             try:
                 self.proc.stdin.close()
-                await asyncio.wait_for(self.proc.wait(), 0.5)
+                await asyncio.wait_for(self.proc.wait(), self.exit_grace)
             except (TimeoutError, ConnectionError):
                 pass
         if self.proc.returncode is None:

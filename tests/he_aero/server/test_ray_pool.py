@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from he_aero.errors import HeAeroError
-from he_aero.server.ray_pool import RayPool
+from he_aero.server.ray_pool import PoolFailure, RayPool
 from models.linear_view import view_forward
 from tests.he_aero.conftest import LOGIT_TOL, insecure_session
 
@@ -61,18 +61,52 @@ def test_parts_before_the_session_keys_are_refused(tiny, tiny_plan, pool):
         fresh.close()
 
 
-def test_a_dead_worker_is_reported_not_hung(tiny, tiny_plan, pool):
-    """An actor that dies mid-session (OOM killer, a lost node) gives a HeAeroError naming the part."""
+def test_a_dead_worker_is_the_servers_failure_not_a_refusal_and_not_a_hang(tiny, tiny_plan, pool):
+    """An actor that dies mid-session (OOM killer, a lost node) raises PoolFailure naming the part: not a
+    HeAeroError, whose text a served session would send the client as a refusal of its input."""
     import ray
 
     _, _, header, view, _ = tiny
     doomed = RayPool(view, tiny_plan, workers=1)
-    session = insecure_session(view, header, tiny_plan, pool=doomed)
-    session.forward(PROMPT[:2])
-    ray.kill(doomed._actors[0])
-    with pytest.raises(HeAeroError, match="Ray worker failed to run part"):
-        session.forward(PROMPT[:6])
-    doomed.close()
+    try:
+        session = insecure_session(view, header, tiny_plan, pool=doomed)
+        session.forward(PROMPT[:2])
+        ray.kill(doomed._actors[0])
+        with pytest.raises(PoolFailure, match="Ray worker failed to run part") as caught:
+            session.forward(PROMPT[:6])
+        assert not isinstance(caught.value, HeAeroError)
+    finally:
+        doomed.close()
+
+
+def test_an_error_inside_an_actor_and_a_hung_actor_are_pool_failures(tiny, tiny_plan, pool):
+    """Ray wraps an actor's HeAeroError in a RayTaskError that is also a HeAeroError; the pool must not let
+    it pass as one. A fan-out slower than part_timeout ends the same way instead of blocking the session."""
+    _, _, header, view, _ = tiny
+    session = insecure_session(view, header, tiny_plan, pool=pool)
+    session.forward(PROMPT[:2])  # attached
+    layer = session.server.pipeline.layers[0]
+    with pytest.raises(PoolFailure, match="no part 'bogus'") as caught:
+        pool.map(session.server.ev, layer, "bogus", [(), ()])
+    assert not isinstance(caught.value, HeAeroError)
+    from he_aero.client.keys import ClientKeys
+
+    keys = ClientKeys(tiny_plan.params, rotation_steps=tiny_plan.rotation_steps).public_keys()
+    slow = RayPool(view, tiny_plan, workers=1, part_timeout=1e-4)  # no actor answers within 0.1 ms
+    try:
+        with pytest.raises(PoolFailure, match="failed to load the session's keys"):
+            slow.attach(keys)
+    finally:
+        slow.close()
+
+
+def test_a_private_ray_with_more_workers_than_cpus_is_refused(tiny, tiny_plan, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with pytest.raises(HeAeroError, match="3 workers on a private Ray of this machine's 2 CPUs"):
+        RayPool(tiny[3], tiny_plan, workers=3)
 
 
 def test_more_workers_than_free_cpus_is_a_clear_error_not_a_hang(tiny, tiny_plan, pool):

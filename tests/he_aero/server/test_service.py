@@ -7,6 +7,7 @@ ERROR frame, close the session, end its worker and leave the server serving.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,22 +266,85 @@ def test_sigterm_with_a_session_open_stops_cleanly(files, keyed, tmp_path):
     assert list(srv.tmpdir.iterdir()) == []
 
 
-def test_a_service_with_ray_workers_serves_correct_logits(files, keyed, tmp_path, tiny, monkeypatch):
+@pytest.fixture
+def ray_tmp(monkeypatch):
+    """Ray's temp folder for a served test: its sockets' paths must stay below 108 bytes (AF_UNIX), so not
+    under pytest's tmp_path; removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_service_with_ray_workers_serves_correct_logits(files, keyed, tmp_path, tiny, ray_tmp):
     """`he-aero serve --ray-workers 2`: each session's worker process starts a private local Ray with two
     actors before its client arrives (and says so in the log); a client's prefill matches the plaintext
-    model."""
+    model, and the session's worker exits 0 (it stops its actors and its Ray within the grace period)."""
     from models.linear_view import view_forward
 
     client, setup = keyed  # keys for the same plan (a worker does not care whose keys it gets)
-    # Ray's sockets live under its temp folder, whose path must stay below 108 bytes (AF_UNIX)
-    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    srv = Served(tmp_path, *files, "--ray-workers", "2")
+    srv = Served(tmp_path, *files, "--ray-workers", "2", "--warm-workers", "0")
     try:
-        srv.wait_log(r"2 Ray workers ready", timeout=120)
         out = prefill(srv.url, client, setup, PROMPT)
         plain = view_forward(tiny[3], PROMPT)
         assert out.flag is None and np.abs(out.logits - plain).max() < 0.05
+        srv.wait_log(r"2 Ray workers ready")
+        srv.wait_log(r"session 1 closed: .*worker exit 0", timeout=30)
     finally:
         assert srv.stop() == 0
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parent = int((proc / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(parent, []).append(int(proc.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def test_an_actor_killed_mid_prefill_is_an_internal_error_not_the_clients_fault(
+    files, keyed, tmp_path, ray_tmp
+):
+    """Attack on the server's own side: a Ray actor dies (OOM killer, a lost node) during a prefill. The
+    client gets one line with code "internal" (not a "protocol" refusal, nor Ray's text with pids and
+    addresses), and the service goes on serving."""
+    from he_aero.protocol import peek_kind
+
+    client, setup = keyed
+    srv = Served(tmp_path, *files, "--ray-workers", "2", "--warm-workers", "0")
+    try:
+        with RawClient(srv.url) as raw:
+            raw.recv_kind(Kind.OFFER)
+            raw.send(setup)
+            raw.send(client.encrypt_tokens(PROMPT, 0))
+            worker, killed = srv.session_worker(1), False
+            while True:
+                data = raw.recv(timeout=120)
+                if peek_kind(data) == Kind.ERROR:
+                    meta = parse_frame(data, Kind.ERROR).meta
+                    break
+                if peek_kind(data) == Kind.REFRESH_REQUEST:
+                    if not killed:
+                        actor = next(
+                            p
+                            for p in _descendants(worker)
+                            if b"PartWorker" in Path(f"/proc/{p}/cmdline").read_bytes()
+                        )
+                        os.kill(actor, signal.SIGKILL)
+                        killed = True
+                    raw.send(client.handle_refresh(data))
+        assert meta["code"] == "internal" and "\n" not in meta["message"], meta
+        assert "Ray" not in meta["message"] and "pid" not in meta["message"], meta
+        srv.wait_log(r"Ray worker failed to run part")  # the operator gets Ray's text
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
