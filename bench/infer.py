@@ -2,7 +2,7 @@
 
     python -m bench.infer prompts [--n 20] [--length 24] --out bench/data/prompts.json
     python -m bench.infer accept [--prompts K] [--decode-prompts D] [--bpb-windows W] [--plan P] --out F.json
-    python -m bench.infer speed [--lengths 16 32 64] [--decode 3] [--plan P] --out docs/he-bench.json
+    python -m bench.infer speed [--lengths 16 32 64] [--decode 3] [--plan P] [--ray-workers K] --out F.json
     python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json --out F.md
 
 `prompts` picks the acceptance prompts from the TEST split (evenly spaced, each at the start of a code line).
@@ -15,7 +15,9 @@
   - bits per byte of encrypted prefills on W windows of the test split against plaintext.
 `speed` times prefills of the given lengths and decode steps, with operation counts per layer (checked
 against the pipeline's symbolic count, `Pipeline.symbolic_prefill` / `symbolic_decode`) and the share of
-server wall time spent inside SEAL calls. `report` renders both JSON files as docs/he-bench.md.
+server wall time spent inside SEAL calls (the server process's own: actors' time is not in it); with
+`--ray-workers K` the same prefills then run on K Ray actors in the same run (`ray_speedup`). `report`
+renders both JSON files as docs/he-bench.md.
 Both sides run in one process through `he_aero.session.Session` (`Session.forward`: one pass, no sampling).
 """
 
@@ -215,7 +217,8 @@ def _counted(session, n_tokens: int, decode: bool, workers: int = 1) -> list:
 
 def _ray_prefills(session, prompts: list[list[int]], workers: int) -> dict:
     """The same prefills with the server's parts on `workers` Ray actors (a local Ray of `workers` CPUs),
-    each cold like the single-process ones (actors encode their weight plaintexts on first use)."""
+    each cold like the single-process ones: the actors keep their plaintexts between lengths, but those are
+    keyed by the token count, so each length encodes its own on first use."""
     from he_aero.server.ray_pool import RayPool
     from he_aero.session import Session
 
