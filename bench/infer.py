@@ -279,7 +279,8 @@ def speed(
         stages = _stage_rows(srv.records, _counted(session, len(tokens) + i, decode=True))
         dec.append({"cache_length": len(tokens) + i + 1, **_phase_row(stages, wall, before, after)})
         print(f"decode {i + 1}: {wall:.1f} s", flush=True)
-    srv.ev.clear_cache()
+    after_decode_bytes = srv.ev.cache_bytes()
+    srv.ev.clear_cache()  # before the Ray run's session: one session's plaintexts at a time
     ray = (
         _ray_prefills(session, [list(text[start : start + n]) for n in lengths], ray_workers)
         if ray_workers
@@ -305,7 +306,7 @@ def speed(
         "prefill": runs,
         "decode": dec,
         "decode_plaintext_mb": round(decode_plaintext_bytes / 1e6, 1),
-        "plaintext_cache_mb_after_decode": round(srv.ev.cache_bytes() / 1e6, 1),
+        "plaintext_cache_mb_after_decode": round(after_decode_bytes / 1e6, 1),
         "machine": _machine(),
     }
 
@@ -523,8 +524,13 @@ def report(
         lines += [
             "",
             "Plaintext cache (measured, 8 bytes per RNS word): the decode step's "
-            f"{s['decode_plaintext_mb']} MB, {s['plaintext_cache_mb_after_decode']} MB with the first "
-            "prefill length's after the decode steps.",
+            f"{s['decode_plaintext_mb']} MB"
+            + (
+                "."
+                if s.get("plaintext_cache_mb_after_decode") is None
+                else f", {s['plaintext_cache_mb_after_decode']} MB with the first prefill length's after "
+                "the decode steps."
+            ),
         ]
     if s["decode"]:
         steady = [r["wall_seconds"] for r in s["decode"][1:]] or [s["decode"][0]["wall_seconds"]]
