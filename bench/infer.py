@@ -402,6 +402,18 @@ def _target_lines(s: dict) -> list[str]:
     for name, op, target, got in rows:
         met = "-" if got is None else ("yes" if (got <= target if op == "<=" else got >= target) else "no")
         lines.append(f"| {name} | {op} {target} | {'-' if got is None else got} | {met} |")
+    big = max(s["prefill"], key=lambda r: r["tokens"])
+    steps = s["decode"][1:] or s["decode"]
+    if steps:
+        refresh = statistics.mean(d["refresh_seconds"] for d in steps)
+        lines += [
+            "",
+            f"What bounds them: a decode step makes {steps[0]['refresh_rounds']} refresh rounds, which alone "
+            f"take {refresh:.1f} s (both parties, in this process); a prefill of {big['tokens']} makes "
+            f"{big['refresh_rounds']}, {big['refresh_seconds']} s. Refreshes wait for the client, so no "
+            "number of workers shortens them: they, the lockstep exp / 1/x stages and the client's own work "
+            "are the sequential share that keeps the Ray speed-up below 2.",
+        ]
     return lines + [""]
 
 
@@ -447,7 +459,10 @@ def _workers_lines(w: dict) -> list[str]:
         + f"; one decode step {ship['decode']['seconds']} s. (Measured in this run: the table above.)",
         "",
         f"GPT-2-size layer (d={shape['d_model']}, {shape['n_head']} heads, T={shape['t_max']}, "
-        f"N={gpt['ring']}, the shipped layer-0 approximations), simulated:",
+        f"N={gpt['ring']}, the shipped layer-0 approximations), simulated. The parts stop scaling at 12 "
+        "workers: attention has one part per head group (12), the products one per output ciphertext. The "
+        "cost model charges every plaintext product a rescale (the measured op includes one), which a "
+        "`dot_plain` term does not pay: product-heavy stages (the products, a decode step) come out high.",
         "",
         "| workers | prefill s, layer 1 of 2 | refresh s | own ops s | parts s | 12 layers + ends, s |",
         "|---|---|---|---|---|---|",
