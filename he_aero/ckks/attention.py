@@ -275,7 +275,7 @@ def _normalise(ev, ref, spec, nums, dens, layout, rows: bool = False) -> list[Ct
         dens = ref.ensure(dens, 1, f"{spec.name} 1/x map")
         ts = [  # the keys hold the constants: a key names its plaintext's content (specs may share a name)
             ev.add_plain(
-                ev.mul_plain(d, ("recip map", *rows_key, alpha), lambda: alpha * valid),
+                ev.mul_plain(d, ("recip map", *rows_key, alpha), lambda: alpha * valid, layout),  # clean
                 ("recip shift", *rows_key, beta),
                 lambda: beta * valid,
             )
@@ -324,9 +324,12 @@ def attention_decode(
     ws = run_plan_batch(ev, spec.exp_plan, None, zs, valids, ref, f"{spec.name} decode exp")
     ws = [block_spread(ev, w, dk, blk) for w in ws]  # exp weights broadcast over the head's features
     stage = ref.ensure(ws + list(cache.v), DECODE_VALUE_LEVELS, f"{spec.name} decode A.V")
+    # row 0 holds the row sums; rows >= 1 partial sums (garbage): marked, so no stage that needs clean
+    # rows can take them unawares (`_normalise` reads row 0 through a row-masked product)
+    dirty = layout.with_clean(False)
     nums = [
-        ev.rescale(block_sum(ev, ev.mul(w, va, rescale=False), blk, 1))
+        ev.rescale(block_sum(ev, ev.mul(w, va, dirty, rescale=False), blk, 1))
         for w, va in zip(stage[:n_ct], stage[n_ct:], strict=True)
     ]
-    dens = [ev.add_scalar(block_sum(ev, w, blk, 1), spec.sink_weight) for w in stage[:n_ct]]  # row 0: row sum
+    dens = [ev.add_scalar(block_sum(ev, w, blk, 1), spec.sink_weight, dirty) for w in stage[:n_ct]]
     return _normalise(ev, ref, spec, nums, dens, layout, rows=True)

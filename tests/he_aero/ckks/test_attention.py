@@ -391,3 +391,33 @@ def test_a_repeated_run_encodes_no_plaintext_vector_again(setup):
             assert sum(vectors) == 0
         else:  # the cold run encodes every mask and constant once
             assert sum(vectors) > 0
+
+
+def test_decode_row_sums_are_marked_dirty_and_the_output_clean(monkeypatch):
+    """The decode numerators and denominators hold partial sums in rows >= 1: their layouts say so (review
+    of issue 13), and `_normalise` still returns a clean output (its reciprocal map masks the rows)."""
+    import he_aero.ckks.attention as attention
+
+    seen = {}
+    real = attention._normalise
+
+    def spy(ev, ref, spec, nums, dens, layout, rows=False):
+        seen["nums"] = [c.layout.clean for c in nums]
+        seen["dens"] = [c.layout.clean for c in dens]
+        out = real(ev, ref, spec, nums, dens, layout, rows)
+        seen["out"] = [c.layout.clean for c in out]
+        return out
+
+    monkeypatch.setattr(attention, "_normalise", spy)
+    from he_aero.plan import load_plan
+    from he_aero.server.server import Server
+    from models.checkpoint import load_checkpoint
+    from models.linear_view import LinearView
+
+    plan = load_plan(None)
+    model, header = load_checkpoint()
+    pipe = Server(LinearView.from_model(model), header, plan).pipeline
+    _, _, caches, _ = pipe.symbolic_prefill(4, plan.activation_bound, plan.mask_bits)
+    pipe.symbolic_decode(caches, plan.activation_bound, plan.mask_bits)
+    assert seen["nums"] and not any(seen["nums"]) and not any(seen["dens"])
+    assert all(seen["out"])
