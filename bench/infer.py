@@ -215,6 +215,24 @@ def _counted(session, n_tokens: int, decode: bool, workers: int = 1) -> list:
     return records
 
 
+def _prefills(session, prompts: list[list[int]], workers: int = 1) -> list[dict]:
+    """One cold prefill per prompt (the evaluator's plaintext cache cleared first: diagonals are cached per
+    token count, so memory holds one length at a time), with its counts checked against the symbolic
+    prefill split as `workers` processes split it."""
+    runs = []
+    for tokens in prompts:
+        session.server.ev.clear_cache()
+        before = session.channel.traffic.summary()
+        _, wall = session.forward(tokens)
+        after = session.channel.traffic.summary()
+        counted = _counted(session, len(tokens), decode=False, workers=workers)
+        stages = _stage_rows(session.server.records, counted)
+        runs.append({"tokens": len(tokens), **_phase_row(stages, wall, before, after)})
+        where = f" on {workers} Ray workers" if workers > 1 else ""
+        print(f"prefill {len(tokens)}{where}: {wall:.1f} s", flush=True)
+    return runs
+
+
 def _ray_prefills(session, prompts: list[list[int]], workers: int) -> dict:
     """The same prefills with the server's parts on `workers` Ray actors (a local Ray of `workers` CPUs),
     each cold like the single-process ones: the actors keep their plaintexts between lengths, but those are
@@ -230,16 +248,7 @@ def _ray_prefills(session, prompts: list[list[int]], workers: int) -> dict:
         t0 = time.perf_counter()
         ray_session = Session(srv.view, srv.header, srv.plan, pool=pool)
         setup = time.perf_counter() - t0
-        runs = []
-        for tokens in prompts:
-            ray_session.server.ev.clear_cache()
-            before = ray_session.channel.traffic.summary()
-            _, wall = ray_session.forward(tokens)
-            after = ray_session.channel.traffic.summary()
-            counted = _counted(ray_session, len(tokens), decode=False, workers=workers)
-            stages = _stage_rows(ray_session.server.records, counted)
-            runs.append({"tokens": len(tokens), **_phase_row(stages, wall, before, after)})
-            print(f"prefill {len(tokens)} on {workers} Ray workers: {wall:.1f} s", flush=True)
+        runs = _prefills(ray_session, prompts, workers)
     finally:
         pool.close()
     return {"workers": workers, "pool_start_seconds": round(started, 1), "setup_seconds": round(setup, 1),
@@ -257,16 +266,8 @@ def speed(
     srv = session.server
     text = load_split("test")
     start = text.index(b"\ndef ") + 1
-    runs = []
-    for n in lengths:
-        srv.ev.clear_cache()  # diagonals are cached per token count: keep memory to one length at a time
-        tokens = list(text[start : start + n])
-        before = session.channel.traffic.summary()
-        _, wall = session.forward(tokens)
-        stages = _stage_rows(srv.records, _counted(session, n, decode=False))
-        after = session.channel.traffic.summary()
-        runs.append({"tokens": n, **_phase_row(stages, wall, before, after)})
-        print(f"prefill {n}: {wall:.1f} s", flush=True)
+    prompts = [list(text[start : start + n]) for n in lengths]
+    runs = _prefills(session, prompts)
     dec = []
     tokens = list(text[start : start + lengths[0]])
     srv.ev.clear_cache()
@@ -281,11 +282,7 @@ def speed(
         print(f"decode {i + 1}: {wall:.1f} s", flush=True)
     after_decode_bytes = srv.ev.cache_bytes()
     srv.ev.clear_cache()  # before the Ray run's session: one session's plaintexts at a time
-    ray = (
-        _ray_prefills(session, [list(text[start : start + n]) for n in lengths], ray_workers)
-        if ray_workers
-        else None
-    )
+    ray = _ray_prefills(session, prompts, ray_workers) if ray_workers else None
     p = srv.params
     steady = [d["wall_seconds"] for d in dec[1:]]
     return {

@@ -129,12 +129,9 @@ class EncryptedLayer:
         return self._linears[key]
 
     def _product(self, ev, which: str, layout: FeatureLayout, xs: list[Ct], rescale: bool = True) -> list[Ct]:
-        """A plaintext-weight product; at prefill its output ciphertexts are split over the executor's
-        workers ("linear" parts: he_aero/ckks/parallel.py). Decode products are small: they stay here."""
-        lin = self._linear(which, layout)
-        if layout.n_tokens == 1:
-            return lin(ev, xs, rescale=rescale)
-        return product(ev, self, lin, (which, layout), xs, rescale)
+        """A block-diagonal plaintext-weight product, split over the executor's workers at prefill
+        (`parallel.product`)."""
+        return product(ev, self, self._linear(which, layout), (which, layout), xs, rescale)
 
     def run_part(self, ev: Evaluator, part: str, *args):
         """One independent part of the prefill (he_aero/ckks/parallel.py): "linear" with (which, layout, xs,

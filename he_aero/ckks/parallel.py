@@ -65,9 +65,11 @@ def split(n: int, parts: int) -> list[range]:
 
 
 def product(ev: Evaluator, owner, lin, key: tuple, xs: list[Ct], rescale: bool) -> list[Ct]:
-    """`lin(ev, xs, rescale=rescale)` (a `linalg.PlainLinear`) with its output ciphertexts split over the
-    executor's workers: "linear" parts whose arguments are `(*key, xs, outputs, rescale)`, `key` being what
-    `owner.run_part` needs to find `lin` again."""
+    """`lin(ev, xs, rescale=rescale)` (a `linalg.PlainLinear`) with, at prefill, its output ciphertexts split
+    over the executor's workers: "linear" parts whose arguments are `(*key, xs, outputs, rescale)`, `key`
+    being what `owner.run_part` needs to find `lin` again. One token's product is small: it stays here."""
+    if lin.layout.n_tokens == 1:
+        return lin(ev, xs, rescale=rescale)
     chunks = split(lin.out_layout.n_ct, workers(ev))
     parts = run_parts(ev, owner, "linear", [(*key, xs, tuple(c), rescale) for c in chunks])
     return [c for part in parts for c in part]

@@ -175,6 +175,12 @@ class Pipeline:
         self._linears: dict = {}
         self.address = "pipeline"  # how worker processes find this object (he_aero/ckks/parallel.py)
 
+    @classmethod
+    def for_plan(cls, view, plan) -> Pipeline:
+        """The pipeline an `he_aero.plan.ExecutionPlan` runs on `view`: the one way the server and its Ray
+        actors build it (their parts must find the same layers and products)."""
+        return cls(view, plan.plans, plan.params, plan.block, plan.decode_rows, plan.final_norm_plan)
+
     @property
     def stage_names(self) -> list[str]:
         """The stages of `run` in order, as its StageRecords and `progress` calls name them."""
@@ -211,12 +217,9 @@ class Pipeline:
         return self._linears[key]
 
     def _product(self, ev: Evaluator, which: str, n: int, xs: list[Ct], rescale: bool) -> list[Ct]:
-        """The embedding or LM-head product of n tokens; at prefill its output ciphertexts are split over
-        the executor's workers (he_aero/ckks/parallel.py), as a layer's are."""
-        lin = self._linear(which, n)
-        if n == 1:
-            return lin(ev, xs, rescale=rescale)
-        return product(ev, self, lin, (which, n), xs, rescale)
+        """The embedding or LM-head product of n tokens, split over the executor's workers at prefill
+        (`parallel.product`), as a layer's are."""
+        return product(ev, self, self._linear(which, n), (which, n), xs, rescale)
 
     def run_part(self, ev: Evaluator, part: str, *args):
         """An independent part of the embedding or LM head: "linear" with (which, n_tokens, xs, outputs,

@@ -55,9 +55,7 @@ class PartWorker:
 
         plan = ExecutionPlan.from_dict(plan_dict)
         self.params = plan.params
-        self.pipeline = Pipeline(
-            view, plan.plans, plan.params, plan.block, plan.decode_rows, plan.final_norm_plan
-        )
+        self.pipeline = Pipeline.for_plan(view, plan)
         self.ev: Evaluator | None = None
 
     def attach(self, keys: PublicKeys) -> bool:

@@ -51,9 +51,7 @@ class Server:
         if not plan.params.is_secure and not allow_insecure_for_tests:
             plan.params.require_secure()
         self.view, self.header, self.plan, self.params = view, header, plan, plan.params
-        self.pipeline = Pipeline(
-            view, plan.plans, plan.params, plan.block, plan.decode_rows, plan.final_norm_plan
-        )
+        self.pipeline = Pipeline.for_plan(view, plan)
         self.context = self.pipeline.context
         self.pool = pool
         self.ev: Evaluator | None = None
