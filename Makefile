@@ -6,10 +6,10 @@ STAMP   := $(VENV)/.installed
 PROMPT  ?= examples/prompt.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint format train-default ablation bench-approx bench-kernels bench-he calibrate-default plan-default mutate
+.PHONY: help install demo test test-slow lint format train-default ablation bench-approx bench-kernels bench-he bench-gpt2 calibrate-default plan-default mutate
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -71,11 +71,30 @@ RAY_WORKERS ?= 2
 bench-he: $(STAMP) ## prefill 16/32/64 (one process, Ray), decode, accuracy, simulated workers -> docs/he-bench.md
 	$(BIN)/python -m bench.infer speed --lengths 16 32 64 --decode 3 --ray-workers $(RAY_WORKERS) --out docs/he-bench.json
 	$(BIN)/python -m bench.workers --out docs/he-workers.json --into docs/he-bench.json
+	test ! -f docs/he-gpt2-speed.json || $(BIN)/python -m bench.gpt2 --speed docs/he-gpt2-speed.json \
+		--simulated docs/he-workers.json --into docs/he-bench.json
 	$(BIN)/python -m bench.infer accept --prompts $(ACCEPT_PROMPTS) --decode-prompts $(DECODE_PROMPTS) \
 		--bpb-windows $(BPB_WINDOWS) --out docs/he-accept.json
 	$(BIN)/python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json \
 		--before docs/he-bench-before-flooding.json --workers docs/he-workers.json \
 		--out docs/he-bench.md
+
+GPT2_DIR ?= runs/gpt2-layer
+GPT2_STEPS ?= 1000
+GPT2_CACHE_MB ?= 5000
+bench-gpt2: $(STAMP) ## a GPT-2-size layer (d=768, 12 heads, T=128) trained here, run encrypted, 1 process and Ray (~1 h) -> docs/he-bench.json
+	test -f $(GPT2_DIR)/model.safetensors || $(BIN)/he-aero train --layers 1 --d-model 768 --heads 12 \
+		--context 128 --steps $(GPT2_STEPS) --batch-size 16 --warmup 100 --eval-every $(GPT2_STEPS) \
+		--test-bytes 8192 --threads 2 --seed 0 --out $(GPT2_DIR)
+	$(BIN)/he-aero calibrate --checkpoint $(GPT2_DIR) --samples 256 --out $(GPT2_DIR)/calibration.json --force
+	$(BIN)/he-aero plan --checkpoint $(GPT2_DIR) --calibration $(GPT2_DIR)/calibration.json --ring 16384 \
+		--out $(GPT2_DIR)/plan.json --force
+	$(BIN)/python -m bench.infer speed --checkpoint $(GPT2_DIR) --plan $(GPT2_DIR)/plan.json --lengths 126 \
+		--decode 2 --ray-workers $(RAY_WORKERS) --cache-mb $(GPT2_CACHE_MB) --out docs/he-gpt2-speed.json
+	$(BIN)/python -m bench.gpt2 --speed docs/he-gpt2-speed.json --simulated docs/he-workers.json \
+		--into docs/he-bench.json
+	$(BIN)/python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json \
+		--before docs/he-bench-before-flooding.json --workers docs/he-workers.json --out docs/he-bench.md
 
 mutate: $(STAMP) ## mutation testing of the critical modules -> docs/mutation.md (about 30 min; not in test/CI)
 	$(BIN)/python tools/mutate.py

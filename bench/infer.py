@@ -24,6 +24,7 @@ Both sides run in one process through `he_aero.session.Session` (`Session.forwar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -63,17 +64,19 @@ def load_prompts(path: Path = PROMPTS) -> list[bytes]:
     return [bytes(r["bytes"]) for r in rows]
 
 
-def _session(plan_path: Path | None = None):
-    """(Session on the shipped checkpoint with the shipped plan or `plan_path`, setup seconds)."""
+def _session(plan_path: Path | None = None, checkpoint: Path | None = None, cache_limit: int | None = None):
+    """(Session on `checkpoint` (default: the shipped one) with the plan `plan_path` (default: the shipped
+    plan; it must be compiled for that checkpoint), the server's plaintext cache capped at `cache_limit`
+    bytes (None: no cap), setup seconds)."""
     from he_aero.plan import load_plan
     from he_aero.session import Session
     from models.checkpoint import load_checkpoint
     from models.linear_view import LinearView
 
-    model, header = load_checkpoint()
+    model, header = load_checkpoint(checkpoint)
     plan = load_plan(plan_path)
     t0 = time.perf_counter()
-    session = Session(LinearView.from_model(model), header, plan)
+    session = Session(LinearView.from_model(model), header, plan, cache_limit=cache_limit)
     return session, time.perf_counter() - t0
 
 
@@ -215,25 +218,38 @@ def _counted(session, n_tokens: int, decode: bool, workers: int = 1) -> list:
     return records
 
 
+def _checked(view, tokens: list[int], logits: np.ndarray) -> dict:
+    """The decrypted logits of the last len(logits) positions of `tokens` against the plaintext model's:
+    max |delta logit| and top-1 agreement (every encrypted figure is checked, not only timed)."""
+    from models.linear_view import view_forward
+
+    plain = view_forward(view, tokens)[len(tokens) - len(logits) :]
+    return {
+        "max_abs_dlogit": float(np.abs(logits - plain).max()),
+        "top1_agreement": float(np.mean(np.argmax(logits, axis=1) == np.argmax(plain, axis=1))),
+    }
+
+
 def _prefills(session, prompts: list[list[int]], workers: int = 1) -> list[dict]:
     """One cold prefill per prompt (the evaluator's plaintext cache cleared first: diagonals are cached per
     token count, so memory holds one length at a time), with its counts checked against the symbolic
-    prefill split as `workers` processes split it."""
+    prefill split as `workers` processes split it, and its logits against the plaintext model."""
     runs = []
     for tokens in prompts:
         session.server.ev.clear_cache()
         before = session.channel.traffic.summary()
-        _, wall = session.forward(tokens)
+        out, wall = session.forward(tokens)
         after = session.channel.traffic.summary()
         counted = _counted(session, len(tokens), decode=False, workers=workers)
         stages = _stage_rows(session.server.records, counted)
-        runs.append({"tokens": len(tokens), **_phase_row(stages, wall, before, after)})
+        check = _checked(session.view, tokens, out.logits)
+        runs.append({"tokens": len(tokens), **_phase_row(stages, wall, before, after), **check})
         where = f" on {workers} Ray workers" if workers > 1 else ""
         print(f"prefill {len(tokens)}{where}: {wall:.1f} s", flush=True)
     return runs
 
 
-def _ray_prefills(session, prompts: list[list[int]], workers: int) -> dict:
+def _ray_prefills(session, prompts: list[list[int]], workers: int, cache_limit: int | None = None) -> dict:
     """The same prefills with the server's parts on `workers` Ray actors (a local Ray of `workers` CPUs),
     each cold like the single-process ones: the actors keep their plaintexts between lengths, but those are
     keyed by the token count, so each length encodes its own on first use."""
@@ -242,11 +258,11 @@ def _ray_prefills(session, prompts: list[list[int]], workers: int) -> dict:
 
     srv = session.server
     t0 = time.perf_counter()
-    pool = RayPool(srv.view, srv.plan, workers=workers)
+    pool = RayPool(srv.view, srv.plan, workers=workers, cache_limit=cache_limit)
     started = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
-        ray_session = Session(srv.view, srv.header, srv.plan, pool=pool)
+        ray_session = Session(srv.view, srv.header, srv.plan, pool=pool, cache_limit=cache_limit)
         setup = time.perf_counter() - t0
         runs = _prefills(ray_session, prompts, workers)
     finally:
@@ -256,13 +272,24 @@ def _ray_prefills(session, prompts: list[list[int]], workers: int) -> dict:
 
 
 def speed(
-    lengths: list[int], decode: int, session=None, plan_path: Path | None = None, ray_workers: int = 0
+    lengths: list[int],
+    decode: int,
+    session=None,
+    plan_path: Path | None = None,
+    ray_workers: int = 0,
+    checkpoint: Path | None = None,
+    cache_limit: int | None = None,
 ) -> dict:
     """Prefill timings per length, then `decode` decode steps after a prefill of lengths[0] tokens, then (with
-    `ray_workers`) the same prefills on Ray actors, in the same run, for the speed-up."""
+    `ray_workers`) the same prefills on Ray actors, in the same run, for the speed-up. Every pass's logits
+    are checked against the plaintext model. `checkpoint`, `plan_path`, `cache_limit`: as `_session`'s (the
+    Ray actors get the same cache limit, each)."""
     from models.data import load_split
 
-    session, setup_s = (session, 0.0) if session is not None else _session(plan_path)
+    if session is None:
+        session, setup_s = _session(plan_path, checkpoint, cache_limit)
+    else:
+        setup_s = 0.0
     srv = session.server
     text = load_split("test")
     start = text.index(b"\ndef ") + 1
@@ -275,14 +302,15 @@ def speed(
     session.forward(tokens)
     for i in range(decode):
         before = session.channel.traffic.summary()
-        _, wall = session.forward([tokens[-1]], len(tokens) + i)
+        out, wall = session.forward([tokens[-1]], len(tokens) + i)
         after = session.channel.traffic.summary()
         stages = _stage_rows(srv.records, _counted(session, len(tokens) + i, decode=True))
-        dec.append({"cache_length": len(tokens) + i + 1, **_phase_row(stages, wall, before, after)})
+        check = _checked(session.view, tokens + [tokens[-1]] * (i + 1), out.logits)
+        dec.append({"cache_length": len(tokens) + i + 1, **_phase_row(stages, wall, before, after), **check})
         print(f"decode {i + 1}: {wall:.1f} s", flush=True)
     after_decode_bytes = srv.ev.cache_bytes()
     srv.ev.clear_cache()  # before the Ray run's session: one session's plaintexts at a time
-    ray = _ray_prefills(session, prompts, ray_workers) if ray_workers else None
+    ray = _ray_prefills(session, prompts, ray_workers, srv.cache_limit) if ray_workers else None
     p = srv.params
     steady = [d["wall_seconds"] for d in dec[1:]]
     return {
@@ -293,6 +321,7 @@ def speed(
         "ray_speedup": None if ray is None else _speedups(runs, ray["prefill"])[str(lengths[-1])],
         "ray": None if ray is None else {**ray, "speedup": _speedups(runs, ray["prefill"])},
         "plan_sha256": srv.plan.sha256,
+        "shape": dataclasses.asdict(srv.plan.shape),
         "plan": srv.plan.explain().splitlines(),
         "ring_degree": p.poly_modulus_degree,
         "chain": list(p.coeff_mod_bit_sizes),
@@ -483,6 +512,48 @@ def _workers_lines(w: dict) -> list[str]:
     return lines
 
 
+def _gpt2_lines(g: dict | None) -> list[str]:
+    """The measured GPT-2-size layer (bench/gpt2.py), when this run's JSON carries it."""
+    if not g or g.get("simulated") is not False:
+        return []
+    shape, proj, check = g["shape"], g["projection_12_layers_seconds"], g["check"]
+    workers = ", ".join(f"{k} worker(s) {v} s" for k, v in g["prefill_seconds"].items())
+    lines = [
+        "",
+        "## Measured: a GPT-2-size layer (`make bench-gpt2`)",
+        "",
+        f"One Softmax-only layer at d={shape['d_model']}, {shape['n_head']} heads, T={shape['t_max']}, "
+        f"trained here (bench/gpt2.py says how), on N={g['ring']}; a prefill of {g['prefill_tokens']} "
+        "tokens, then "
+        f"decode steps at cache lengths {g['decode_cache_lengths']}. Client and server in one process; every "
+        f"pass checked against the plaintext model: top-1 {check['top1_agreement']:.1%}, max |delta logit| "
+        f"{check['max_abs_dlogit']:.2g}.",
+        "",
+        "| figure | measured |",
+        "|---|---|",
+        f"| prefill, s per layer | {workers} |",
+        f"| decode, s per layer per token (steady) | {g['decode_seconds_per_token']} "
+        f"(first step {g['first_decode_layer_seconds']}) |",
+        f"| bytes per decode step (both ways) | {g['bytes_per_token'] / 1e6:.1f} MB |",
+        f"| refresh rounds: prefill / decode step | {g['refresh']['prefill_rounds']} / "
+        f"{g['refresh']['decode_rounds']} |",
+        f"| plaintexts encoded per decode step (cache cap {g.get('plaintext_cache_mb')} MB) | "
+        f"{g['encodes_per_decode_step']} |",
+        "| projected 12 layers + ends: prefill | "
+        + ", ".join(f"{k} worker(s) {v} s" for k, v in proj["prefill"].items())
+        + " |",
+        f"| projected 12 layers + ends: decode, s per token (upper bound) | {proj['decode_per_token']} |",
+    ]
+    if "simulated_plan" in g:
+        sim = g["simulated_plan"]
+        lines += [
+            "",
+            f"The simulated plan (above) predicted {sim['prefill_seconds'].get('1')} s per layer for a "
+            f"prefill in one process and {sim['decode_seconds_per_token']} s per decode step.",
+        ]
+    return lines
+
+
 def report(
     speed_json: Path,
     accept_jsons: list[Path],
@@ -550,9 +621,18 @@ def report(
             "",
             f"Decode, steady state (after the first step): {statistics.mean(steady):.1f} s per token.",
         ]
+    passes = s["prefill"] + s["decode"]
+    if all("top1_agreement" in r for r in passes):
+        lines += [
+            "",
+            "Every pass above was checked against the plaintext model: top-1 agreement "
+            f"{min(r['top1_agreement'] for r in passes):.1%} (the worst pass), max |delta logit| "
+            f"{max(r['max_abs_dlogit'] for r in passes):.2g}.",
+        ]
     lines += _ray_lines(s)
     if workers_json is not None:
         lines += _workers_lines(json.loads(Path(workers_json).read_text()))
+    lines += _gpt2_lines(s.get("gpt2_layer"))
     if before_json is not None:
         lines += _before_after(json.loads(Path(before_json).read_text()), s)
     big = max(s["prefill"], key=lambda r: r["tokens"])
@@ -633,6 +713,13 @@ def main(argv=None) -> None:
     s.add_argument("--decode", type=int, default=3)
     s.add_argument("--plan", type=Path, default=None, help="plan file (default: the shipped plan)")
     s.add_argument("--ray-workers", type=int, default=0, help="also run the prefills on this many Ray actors")
+    s.add_argument("--checkpoint", type=Path, default=None, help="model folder (default: the shipped model)")
+    s.add_argument(
+        "--cache-mb",
+        type=float,
+        default=None,
+        help="cap on each process's plaintext cache, MB (default: none)",
+    )
     s.add_argument("--out", type=Path, required=True)
     r = sub.add_parser("report")
     r.add_argument("--speed", type=Path, required=True)
@@ -649,6 +736,10 @@ def main(argv=None) -> None:
             ap.error(f"--lengths: each must lie in [1, {context}] (the model's context), got {args.lengths}")
         if args.ray_workers < 0:
             ap.error(f"--ray-workers: expected >= 0, got {args.ray_workers}")
+        if args.cache_mb is not None and not args.cache_mb >= 0:
+            ap.error(f"--cache-mb: expected >= 0, got {args.cache_mb}")
+        if args.checkpoint is not None and not args.checkpoint.is_dir():
+            ap.error(f"--checkpoint: {args.checkpoint} is not a folder")
         if args.decode < 0 or args.lengths[0] + args.decode > context:
             ap.error(
                 f"--decode: {args.decode} steps after a prefill of {args.lengths[0]} tokens "
@@ -672,7 +763,11 @@ def main(argv=None) -> None:
                 plan_path=args.plan,
             )  # fmt: skip
         if args.cmd == "speed":
-            result = speed(args.lengths, args.decode, plan_path=args.plan, ray_workers=args.ray_workers)
+            limit = None if args.cache_mb is None else int(args.cache_mb * 1e6)
+            result = speed(
+                args.lengths, args.decode, plan_path=args.plan, ray_workers=args.ray_workers,
+                checkpoint=args.checkpoint, cache_limit=limit,
+            )  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

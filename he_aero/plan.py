@@ -555,9 +555,13 @@ def evaluate_ring(
     if decode_rows is None:
         decode_rows = decode_rows_for(params, report.block, shape.d_model, shape.vocab)
     report.decode_rows = decode_rows
-    pipe = Pipeline(shape.view(), plans, params, report.block, report.decode_rows, final)
     bound = ranges.activation_bound
-    ev, ref, caches, _ = pipe.symbolic_prefill(shape.t_max, bound, mask_bits)
+    try:  # a layout this ring cannot hold (a head wider than a ciphertext's feature blocks) rules it out
+        pipe = Pipeline(shape.view(), plans, params, report.block, report.decode_rows, final)
+        ev, ref, caches, _ = pipe.symbolic_prefill(shape.t_max, bound, mask_bits)
+    except HeAeroError as exc:
+        report.reason = str(exc)
+        return report
     report.prefill = _phase_summary(ev, ref, params)
     report.stages = ref.trace
     for c in caches:  # the costliest decode step: the last position

@@ -39,6 +39,7 @@ class Session:
     allow_insecure_for_tests : let the server run a test-only insecure ring (the client's policy must allow
         it too).
     pool : the server's worker processes (`Server`'s `pool`, e.g. he_aero/server/ray_pool.py `RayPool`).
+    cache_limit : the server's plaintext cache limit in bytes (`Server`'s `cache_limit`).
     """
 
     def __init__(
@@ -50,13 +51,21 @@ class Session:
         policy: ClientPolicy | None = None,
         allow_insecure_for_tests: bool = False,
         pool=None,
+        cache_limit: int | None = None,
     ):
         self.view = view
         self.channel = channel or Channel()
         self.seconds: Counter = Counter()
         self._phase = "setup"
         t0 = time.perf_counter()
-        self.server = Server(view, header, plan, allow_insecure_for_tests=allow_insecure_for_tests, pool=pool)
+        self.server = Server(
+            view,
+            header,
+            plan,
+            allow_insecure_for_tests=allow_insecure_for_tests,
+            pool=pool,
+            cache_limit=cache_limit,
+        )
         self.seconds["server_setup"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         self.client = Client(self.channel.send_to_client(self.server.offer(), "setup"), policy)

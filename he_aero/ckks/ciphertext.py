@@ -123,10 +123,18 @@ class Evaluator:
     ----------
     params : the CKKS parameters (their chain fixes the levels and exact scales).
     server : the public context; None runs symbolically (levels and counts only, no SEAL objects).
+    cache_limit : bytes the cache of encoded plaintexts may hold (None: no limit). Past it, a plaintext is
+        encoded at each use instead (`stats.encodes` counts them): a model whose weight plaintexts do not
+        fit in memory (a GPT-2-size layer on N=16384 asks for ~75 GB) runs slower instead of not at all.
     """
 
-    def __init__(self, params: CkksParams, server: PublicContext | None = None):
+    def __init__(
+        self, params: CkksParams, server: PublicContext | None = None, cache_limit: int | None = None
+    ):
+        if cache_limit is not None and cache_limit < 0:
+            raise HeAeroError(f"evaluator: the plaintext cache limit must be >= 0 bytes, got {cache_limit}")
         self.params = params
+        self.cache_limit = cache_limit
         self.server = server
         self.symbolic = server is None
         self.top = params.levels
@@ -148,6 +156,7 @@ class Evaluator:
             )
         self.stats = OpStats()
         self._cache: dict = {}
+        self._cache_bytes = 0
         self.requests: dict = {}  # symbolic runs: (key, level, for_mul) -> make, every plaintext asked for
         self.executor = None  # runs independent parts on other processes (he_aero/ckks/parallel.py)
         if not self.symbolic:
@@ -179,8 +188,18 @@ class Evaluator:
             scale = self._mul_scale(level) if for_mul else self.scales[level]
             pt = self._encode(make(), level, scale)
             if key is not None:
-                self._cache[ck] = pt
+                self._keep(ck, pt)
         return pt
+
+    def _keep(self, ck, pt) -> None:
+        """Cache `pt` under `ck` unless that takes the cache past `cache_limit`. Why the first ones stay
+        (no eviction): the layers read their weights in the same order on every pass, and a cyclic scan over
+        more plaintexts than fit would evict each one before its next use (LRU would cache nothing useful)."""
+        size = pt.coeff_count() * 8
+        if self.cache_limit is not None and self._cache_bytes + size > self.cache_limit:
+            return
+        self._cache[ck] = pt
+        self._cache_bytes += size
 
     def reset_stats(self) -> OpStats:
         """Start counting afresh; returns the previous counts."""
@@ -189,18 +208,21 @@ class Evaluator:
 
     def clear_cache(self):
         self._cache.clear()
+        self._cache_bytes = 0
 
     def prepare(self, requests: dict) -> int:
         """Encode ahead of use every plaintext a symbolic run asked for (its `requests`), so the real run
         finds them cached; returns how many were encoded now."""
         before = len(self._cache)
         for (key, level, for_mul), make in requests.items():
+            if self.cache_limit is not None and self._cache_bytes >= self.cache_limit:
+                break  # the rest are encoded at use
             self.plaintext(key, make, level, for_mul)
         return len(self._cache) - before
 
     def cache_bytes(self) -> int:
         """Bytes held by the cached plaintexts (8 per RNS word: primes at their level x N)."""
-        return sum(pt.coeff_count() * 8 for pt in self._cache.values())
+        return self._cache_bytes
 
     # --- level management ----------------------------------------------------------------------------------
     def rescale(self, a: Ct) -> Ct:
@@ -397,7 +419,7 @@ class Evaluator:
                 if pt is None:
                     pt = self._encode(make(), a.level, scale)
                     if key is not None:
-                        self._cache[ck] = pt
+                        self._keep(ck, pt)
             out = self._add_pt(a, pt, layout)
             out.pending = True
             return out

@@ -13,15 +13,21 @@ lacks levels; Q, K and V come from one fused plaintext product (the baby-step ro
 
 Decode products (one token; docs/kernels.md "Decode products"): the skewed kernel (`linalg.SkewedLinear`:
 n_in * n_out products instead of n_in * n_out * F, one level) needs rows >= 1 of its input exactly 0 and
-leaves garbage there. It runs where that adds no level and no refresh round:
-- QKV, on a clean input, when a row-0 mask after it (`linalg.mask_rows`: the K/V cache and q's spread need
-  clean rows) takes a level that is lost anyway: no round more for the input (`Refresher.affords`), and q, k
-  and v one level lower change nothing because attention refreshes them before use either way
-  (`attention.decode_refreshes_inputs`). On the shipped ring (2 levels between refreshes) that holds for
-  every layer but the first, whose input (the embedding, one level below the top) it would cost a round.
-- w_o when w_mix follows: attention's decode output is clean (it masks the reciprocal), and w_mix's
-  block-diagonal kernel reads X_SA's garbage rows as 0 and gives a clean layer output. Not before an FFN
-  (its LayerNorm needs clean rows) nor in a pruned layer (X_SA is then the layer's output).
+leaves garbage there, which a row-0 mask (`linalg.mask_rows`, one level) clears.
+- QKV, on a clean input, followed by the mask (the K/V cache and q's spread need clean rows), where that
+  costs no round more for the input (`Refresher.affords`) and either q, k and v one level lower change
+  nothing because attention refreshes them before use anyway (`attention.decode_refreshes_inputs`), or the
+  products it saves outweigh the refresh round the level might cost (`REFRESH_IN_PRODUCTS`). On the shipped
+  ring (2 levels between refreshes) the first holds for every layer but the first, whose input (the
+  embedding, one level below the top) it would cost a round, and the second does not; at GPT-2's width on
+  N=16384 the second holds for every layer.
+- w_o: skewed, with w_mix's block-diagonal kernel after it, which reads X_SA's garbage rows as 0 and gives
+  a clean layer output (attention's decode output is clean: it masks the reciprocal). Where the products
+  w_mix's kernel costs outweigh a round (`skew_outweighs_a_round`; GPT-2's width, not the shipped model),
+  w_o and w_mix are fused instead: X_out = X w_mix + heads (w_o w_mix) + (b_o w_mix + b_mix), one skewed
+  product on [X | heads] (both clean, so a refresh before it sees no garbage rows) and the mask: 2 levels
+  from min(X, heads), one more than X alone paid. Not before an FFN (its LayerNorm needs clean rows) nor in
+  a pruned layer (X_SA is then the layer's output).
 """
 
 from __future__ import annotations
@@ -171,7 +177,10 @@ class EncryptedLayer:
             cache is not None
             and skewable(h, layout)
             and ref.affords(h, 2)
-            and decode_refreshes_inputs(ref, ref.headroom(h, 2) - 1, cache)  # what the old kernel leaves
+            and (
+                decode_refreshes_inputs(ref, ref.headroom(h, 2) - 1, cache)  # what the old kernel leaves
+                or skew_outweighs_a_round(layout, layout.n_ct, 3 * layout.n_ct, 3 * layout.n_ct)
+            )
         )
         h = ref.ensure(h, 2 if skewed else 1, f"{self.name} qkv")
         if self.norm_attn is None:
@@ -186,7 +195,34 @@ class EncryptedLayer:
         n = layout.n_ct
         return xs, qkv[:n], qkv[n : 2 * n], qkv[2 * n :]
 
+    def _output_linear(self, layout: FeatureLayout) -> SkewedLinear:
+        """The decode step's fused output map: X_out = X_SA w_mix + b_mix = X w_mix + heads (w_o w_mix) +
+        (b_o w_mix + b_mix), one skewed product on the stacked input [X | heads] (each padded to whole
+        ciphertexts: n_ct + n_ct ciphertexts in, n_ct out)."""
+        key = ("out", layout)
+        if key not in self._linears:
+            v, n, d = self.view, layout.n_ct, self.d
+            width = n * layout.per_ct
+            w = np.zeros((2 * width, d))
+            w[:d] = v.w_mix
+            w[width : width + d] = np.asarray(v.w_o) @ np.asarray(v.w_mix)
+            b = np.asarray(v.b_o) @ np.asarray(v.w_mix) + np.asarray(v.b_mix)
+            self._linears[key] = SkewedLinear(f"{self.name}.out", w, b, layout.with_features(2 * width))
+        return self._linears[key]
+
     def _finish(self, ev, ref, xs, heads, layout, decode: bool = False):
+        if (
+            decode
+            and self.ffn is None
+            and not self.pruned
+            and skewable(list(xs) + list(heads), layout)
+            and ref.affords(list(xs) + list(heads), 2)
+            and skew_outweighs_a_round(layout, layout.n_ct, layout.n_ct, layout.n_ct)
+        ):
+            # w_o fused into w_mix: one skewed product of both inputs (clean, so a refresh sees no garbage
+            # rows) and a row mask: n_in x n_out x 2 products instead of a block-diagonal w_mix's x F
+            both = ref.ensure(list(xs) + list(heads), 2, f"{self.name} w_o.w_mix")
+            return mask_rows(ev, self._output_linear(layout)(ev, both), layout)
         heads = ref.ensure(heads, 1, f"{self.name} w_o")
         skewed = decode and self.ffn is None and not self.pruned and skewable(heads, layout)
         o = self._linear("o", layout, True)(ev, heads) if skewed else self._product(ev, "o", layout, heads)
@@ -221,6 +257,23 @@ class EncryptedLayer:
         cache.append(ev, k, v)
         heads = attention_decode(ev, ref, self.spec, q, cache, layout)
         return self._finish(ev, ref, xs, heads, layout, decode=True)
+
+
+REFRESH_IN_PRODUCTS = 150
+"""Plaintext products that cost about as much as refreshing one ciphertext: ~54 ms per refreshed ciphertext
+(both parties, in one process) against ~0.37 ms per product term of a `dot_plain`, measured on the shipped
+ring (a decode step's profile, 2026-11-30); the two scale alike with the ring."""
+
+
+def skew_outweighs_a_round(layout: FeatureLayout, n_in: int, n_out: int, round_cts: int) -> bool:
+    """Whether a skewed decode product of n_in x n_out ciphertexts (G products per pair instead of the
+    block-diagonal kernel's F) saves more than a refresh round of `round_cts` ciphertexts would cost, should
+    its extra level cause one (`REFRESH_IN_PRODUCTS`). QKV (n_ct in, 3 n_ct out, q k v refreshed) and the
+    fused output (the w_mix it replaces: n_ct x n_ct, the residual refreshed): no on the shipped model (756
+    products against ~900, 252 against ~300), yes at GPT-2's width on N=16384 (27,216 against ~5,400, 9,072
+    against ~1,800)."""
+    f = layout.per_ct
+    return n_in * n_out * (f - f // min(f, layout.block)) > REFRESH_IN_PRODUCTS * round_cts
 
 
 def _is_identity(w, b) -> bool:

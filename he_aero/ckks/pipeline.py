@@ -72,6 +72,7 @@ def _counts(ev: Evaluator) -> dict:
         "ctct_mults": s.n_ctct,
         "pt_mults": s.n_pt,
         "key_switches": s.key_switches,
+        "encodes": s.encodes,  # plaintexts encoded in the stage: those the cache had not (or could not) hold
         "refresh_rounds": s.refresh_rounds,
         "seal_seconds": s.seal_seconds,
         "refresh_seconds": s.refresh_seconds,

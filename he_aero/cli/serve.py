@@ -88,6 +88,14 @@ from he_aero.cli.options import blame, checkpoint_option, plan_option
     help="Ray cluster for --ray-workers: 'auto' (started with `ray start --head`), HOST:PORT or ray://HOST:PORT",
 )
 @click.option(
+    "--plaintext-cache-mb",
+    type=click.FloatRange(0),
+    default=None,
+    show_default="no cap",
+    help="MB of encoded weight plaintexts each session's worker and Ray actor keeps; the rest are encoded at "
+    "each use (a cap for models whose plaintexts do not fit in memory)",
+)
+@click.option(
     "--allow-insecure-for-tests",
     "insecure",
     is_flag=True,
@@ -108,6 +116,7 @@ def serve(
     tls_key,
     ray_workers,
     ray_address,
+    plaintext_cache_mb,
     insecure,
 ) -> None:
     """Serve encrypted inference: hold the weights and the plan, run each client's session on its
@@ -174,6 +183,7 @@ def serve(
         allow_insecure_for_tests=insecure,
         ray_workers=ray_workers,
         ray_address=ray_address,
+        plaintext_cache_mb=plaintext_cache_mb,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=None)
     logging.getLogger("websockets").setLevel(logging.WARNING)

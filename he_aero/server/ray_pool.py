@@ -50,16 +50,17 @@ class PartWorker:
     """One actor's state: the model's Pipeline (weights as the server prepares them) and, after `attach`,
     an Evaluator over the session's public keys with its own cache of encoded plaintexts."""
 
-    def __init__(self, view, plan_dict: dict):
+    def __init__(self, view, plan_dict: dict, cache_limit: int | None = None):
         from he_aero.plan import ExecutionPlan
 
         plan = ExecutionPlan.from_dict(plan_dict)
         self.params = plan.params
         self.pipeline = Pipeline.for_plan(view, plan)
         self.ev: Evaluator | None = None
+        self.cache_limit = cache_limit
 
     def attach(self, keys: PublicKeys) -> bool:
-        self.ev = Evaluator(self.params, public_context(keys))
+        self.ev = Evaluator(self.params, public_context(keys), cache_limit=self.cache_limit)
         return True
 
     def run(self, address: int | str, part: str, args: tuple):
@@ -85,6 +86,7 @@ class RayPool:
         `workers` CPUs inside this process's lifetime (or joins the one this process already started).
     start_timeout : seconds to wait for the actors to be placed and to load the model.
     part_timeout : seconds a fan-out may take before the session is ended (a hung actor).
+    cache_limit : bytes of encoded plaintexts each actor keeps (`Evaluator`'s `cache_limit`; None: all).
 
     Raises HeAeroError when Ray is missing, cannot start or connect, cannot place the actors in time (too
     few free CPUs), or a private Ray would get more workers than this machine has CPUs. Joining a Ray this
@@ -99,6 +101,7 @@ class RayPool:
         address: str | None = None,
         start_timeout: float = 120.0,
         part_timeout: float = 1800.0,
+        cache_limit: int | None = None,
     ):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise HeAeroError(f"Ray pool: workers must be a positive integer, got {workers!r}")
@@ -125,18 +128,18 @@ class RayPool:
                 ) from exc
             self._started = True
         try:
-            self._start_actors(view, plan, start_timeout)
+            self._start_actors(view, plan, start_timeout, cache_limit)
         except BaseException:
             self.close()
             raise
         self.parts_run = 0  # parts the actors have run (logs, tests)
         self.fan_outs: list[dict] = []  # per `map`: wall seconds and each part's seconds inside SEAL
 
-    def _start_actors(self, view, plan, start_timeout: float) -> None:
+    def _start_actors(self, view, plan, start_timeout: float, cache_limit: int | None) -> None:
         ray, workers = self._ray, self.workers
         actor = ray.remote(num_cpus=1)(PartWorker)
         view_ref = ray.put(view)
-        self._actors = [actor.remote(view_ref, plan.to_dict()) for _ in range(workers)]
+        self._actors = [actor.remote(view_ref, plan.to_dict(), cache_limit) for _ in range(workers)]
         ready, _ = ray.wait(
             [a.__ray_ready__.remote() for a in self._actors], num_returns=workers, timeout=start_timeout
         )

@@ -34,11 +34,21 @@ class Server:
         flag or peer message sets it).
     pool : worker processes for the prefill's independent parts (an Executor with `attach(PublicKeys)`,
         he_aero/server/ray_pool.py `RayPool`); None runs everything in this process.
+    cache_limit : bytes of encoded weight plaintexts this process keeps (`Evaluator`'s `cache_limit`; None:
+        all of them).
 
     Raises HeAeroError when the plan does not fit the weights or its ring is insecure.
     """
 
-    def __init__(self, view, header: dict, plan, allow_insecure_for_tests: bool = False, pool=None):
+    def __init__(
+        self,
+        view,
+        header: dict,
+        plan,
+        allow_insecure_for_tests: bool = False,
+        pool=None,
+        cache_limit: int | None = None,
+    ):
         plan.check_checkpoint(header)
         vocab, d = view.tok_emb.shape
         got = (d, len(view.layers), view.pos_emb.shape[0], vocab)
@@ -53,7 +63,7 @@ class Server:
         self.view, self.header, self.plan, self.params = view, header, plan, plan.params
         self.pipeline = Pipeline.for_plan(view, plan)
         self.context = self.pipeline.context
-        self.pool = pool
+        self.pool, self.cache_limit = pool, cache_limit
         self.ev: Evaluator | None = None
         self.session: bytes | None = None
         self.caches: list | None = None
@@ -108,7 +118,7 @@ class Server:
         if not ctx.has_conjugation():
             raise HeAeroError("server: the client's keys lack the conjugation key (real projection)")
         self.session = msg.session
-        self.ev = Evaluator(self.params, ctx)
+        self.ev = Evaluator(self.params, ctx, cache_limit=self.cache_limit)
         if self.pool is not None:
             self.pool.attach(keys)
             self.ev.executor = self.pool

@@ -75,6 +75,9 @@ class ServiceConfig:
         worker process; he_aero/server/ray_pool.py).
     ray_address : the Ray cluster they run on ("auto", "host:port", "ray://host:port"); None starts a private
         local Ray (ray_workers CPUs) in each session's worker process.
+    plaintext_cache_mb : MB of encoded weight plaintexts each session's worker (and each of its Ray actors)
+        keeps; past it they are encoded at each use (None: all of them; a model whose plaintexts do not fit
+        in memory needs a cap, docs/deploy.md).
     """
 
     host: str = "127.0.0.1"
@@ -93,6 +96,7 @@ class ServiceConfig:
     allow_insecure_for_tests: bool = False
     ray_workers: int = 0
     ray_address: str | None = None
+    plaintext_cache_mb: float | None = None
 
     def __post_init__(self):
         if not (0 <= self.port <= 65535):
@@ -110,6 +114,11 @@ class ServiceConfig:
             raise HeAeroError(f"ray_workers: expected an integer >= 0, got {self.ray_workers!r}")
         if self.ray_address is not None and not self.ray_workers:
             raise HeAeroError("ray_address: give ray_workers >= 1 too (the actors to start there)")
+        cache = self.plaintext_cache_mb
+        if cache is not None and not (
+            isinstance(cache, (int, float)) and math.isfinite(cache) and cache >= 0
+        ):
+            raise HeAeroError(f"plaintext_cache_mb: expected a number of MB >= 0, got {cache!r}")
         if self.max_message_bytes is not None and self.max_message_bytes < 1024:
             raise HeAeroError(f"max_message_bytes: expected >= 1024, got {self.max_message_bytes}")
 
@@ -126,6 +135,8 @@ class ServiceConfig:
             cmd += ["--ray-workers", str(self.ray_workers)]
         if self.ray_address is not None:
             cmd += ["--ray-address", self.ray_address]
+        if self.plaintext_cache_mb is not None:
+            cmd += ["--plaintext-cache-mb", repr(float(self.plaintext_cache_mb))]
         return cmd
 
 

@@ -206,10 +206,11 @@ def load_server(
     allow_insecure_for_tests: bool,
     ray_workers: int = 0,
     ray_address: str | None = None,
+    plaintext_cache_mb: float | None = None,
 ):
     """The `Server` for a checkpoint (default: the shipped one) and its plan (default: the shipped one),
     with `ray_workers` Ray actors for the prefill's parts (0: none) on `ray_address` (None: a private local
-    Ray)."""
+    Ray), each process keeping at most `plaintext_cache_mb` MB of encoded plaintexts (None: all)."""
     from he_aero.plan import load_plan
     from he_aero.server.server import Server
     from models.checkpoint import load_checkpoint
@@ -218,12 +219,15 @@ def load_server(
     plan = load_plan(plan_file)
     model, header = load_checkpoint(checkpoint)
     view = LinearView.from_model(model)
+    limit = None if plaintext_cache_mb is None else int(plaintext_cache_mb * 1e6)
     pool = None
     if ray_workers:
         from he_aero.server.ray_pool import RayPool
 
-        pool = RayPool(view, plan, workers=ray_workers, address=ray_address)
-    return Server(view, header, plan, allow_insecure_for_tests=allow_insecure_for_tests, pool=pool)
+        pool = RayPool(view, plan, workers=ray_workers, address=ray_address, cache_limit=limit)
+    return Server(
+        view, header, plan, allow_insecure_for_tests=allow_insecure_for_tests, pool=pool, cache_limit=limit
+    )
 
 
 def main(argv: list[str] | None = None, make_server: Callable | None = None) -> int:
@@ -237,6 +241,7 @@ def main(argv: list[str] | None = None, make_server: Callable | None = None) -> 
     parser.add_argument("--allow-insecure-for-tests", action="store_true")
     parser.add_argument("--ray-workers", type=int, default=0)
     parser.add_argument("--ray-address", default=None)
+    parser.add_argument("--plaintext-cache-mb", type=float, default=None)
     args = parser.parse_args(argv)
     # The frames own the original standard output; anything a library prints goes to standard error.
     pipe = Pipe(0, os.dup(1))
@@ -252,8 +257,9 @@ def main(argv: list[str] | None = None, make_server: Callable | None = None) -> 
             server = make_server(args.checkpoint, args.plan, args.allow_insecure_for_tests)
         else:
             server = load_server(
-                args.checkpoint, args.plan, args.allow_insecure_for_tests, args.ray_workers, args.ray_address
-            )
+                args.checkpoint, args.plan, args.allow_insecure_for_tests, args.ray_workers, args.ray_address,
+                args.plaintext_cache_mb,
+            )  # fmt: skip
     except (HeAeroError, ModelError) as exc:
         pipe.log(f"cannot load the model: {exc}")
         return EXIT_LOAD

@@ -19,6 +19,8 @@ def test_bench_pipeline_runs_on_the_tiny_model(tiny_session, tmp_path):
     assert [r["tokens"] for r in sp["prefill"]] == [4] and 0 < sp["prefill"][0]["seal_share"] <= 1
     assert [r["cache_length"] for r in sp["decode"]] == [5]
     assert all(st["counted_match"] for r in sp["prefill"] + sp["decode"] for st in r["stages"])
+    for r in sp["prefill"] + sp["decode"]:  # every timed pass is checked against the plaintext model
+        assert r["top1_agreement"] == 1.0 and 0 < r["max_abs_dlogit"] < 0.1
     ac = infer.accept(1, 1, 1, new_tokens=2, start=3, session=tiny_session)
     assert ac["prompt_range"] == [3, 4] and ac["teacher_forced"]["top1_agreement"] == 1.0
     (tmp_path / "s.json").write_text(json.dumps(sp))
@@ -38,6 +40,8 @@ def test_bench_pipeline_runs_on_the_tiny_model(tiny_session, tmp_path):
         (["--lengths", "64", "--decode", "3"], "--decode"),
         (["--lengths", "0"], "--lengths"),
         (["--lengths", "65"], "--lengths"),
+        (["--cache-mb", "-1"], "--cache-mb"),
+        (["--checkpoint", "no/such/folder"], "--checkpoint"),
     ],
 )
 def test_speed_past_the_context_is_a_usage_error_before_any_work(args, option, capsys, tmp_path):

@@ -22,14 +22,14 @@ BPB_GAP_TOL = 1e-5
 """Relative bits/byte gap of the tiny model, encrypted vs plaintext: measured 5.6e-7 to 5.8e-7; 10x margin."""
 
 
-def make_tiny_checkpoint(out_dir, seed: int = 0, variant: str = "softmax-only"):
+def make_tiny_checkpoint(out_dir, seed: int = 0, variant: str = "softmax-only", **shape):
     """Write a tiny random checkpoint with non-trivial attention; returns (model, header). Baseline variants
-    (LayerNorm, unfused FFN) keep the FFN's initialisation."""
+    (LayerNorm, unfused FFN) keep the FFN's initialisation; `shape` overrides TINY's fields."""
     from models.checkpoint import load_checkpoint, save_checkpoint
     from models.decoder import Decoder, DecoderConfig
 
     torch.manual_seed(seed)
-    model = Decoder(DecoderConfig(variant=variant, **TINY))
+    model = Decoder(DecoderConfig(variant=variant, **{**TINY, **shape}))
     with torch.no_grad():
         model.tok_emb.weight.normal_(0.0, 1.0)
         model.pos_emb.weight.normal_(0.0, 0.5)

@@ -54,6 +54,15 @@ def test_given_deep_plans_make_the_small_ring_infeasible_with_a_reason(deep_plan
     assert big.feasible
 
 
+def test_a_ring_whose_ciphertexts_cannot_hold_a_head_is_ruled_out_not_fatal():
+    """GPT-2's 64-wide heads at T=128 need 64 features per ciphertext: N=8192 holds 32, N=16384 64."""
+    wide = ModelShape(d_model=128, n_head=2, n_layer=1, t_max=128)
+    result = choose_ring(wide, Ranges(((-6.0, 3.0),), activation_bound=16.0), rings=(8192, 16384))
+    small = next(c for c in result.candidates if c.params.poly_modulus_degree == 8192)
+    assert not small.feasible and "head size 64" in small.reason
+    assert result.chosen.params.poly_modulus_degree == 16384 and "N=8192 is out: " in result.why
+
+
 def test_depth_budget_error_names_each_layer_before_encryption(deep_plans):
     depths = layer_depths(SHAPE, deep_plans)
     assert len(depths) == 2 and all(d > 8 for d in depths)

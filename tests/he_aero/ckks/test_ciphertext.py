@@ -156,3 +156,21 @@ def test_a_result_whose_c1_cancels_keeps_its_value(kit, what, want):
     assert np.abs(kit.dec(z)[:16] - want).max() < 2.0**-BITS
     y = ev.add(z, ev.align(a, z.level))  # usable: z + x
     assert_close_bits(kit.dec(y)[:16], x + want, BITS, what)
+
+
+def test_a_cache_limit_keeps_the_first_plaintexts_and_encodes_the_rest_at_use(kit):
+    ev = Evaluator(SMALL, kit.server, cache_limit=0)
+    a = kit.enc(X)
+    ev.mul_plain(a, "w", lambda: Y)
+    assert ev.cache_bytes() == 0  # nothing fits a zero limit
+    one = SMALL.poly_modulus_degree * (SMALL.levels + 1) * 8  # a top-level factor: N words per prime 0..top
+    ev = Evaluator(SMALL, kit.server, cache_limit=one)
+    products = [ev.mul_plain(a, key, lambda: Y) for key in ("w1", "w2", "w1", "w2")]
+    assert ev.cache_bytes() == one and ev.stats.encodes == 3  # w1 cached; w2 encoded at each of its uses
+    for out in products:
+        assert_close_bits(kit.dec(out), X * Y, BITS, "product past the cache limit")
+    assert ev.prepare({("w3", SMALL.levels, True): lambda: X}) == 0  # full: prepare leaves the rest for later
+    ev.clear_cache()
+    assert ev.cache_bytes() == 0
+    with pytest.raises(HeAeroError, match="cache limit"):
+        Evaluator(SMALL, kit.server, cache_limit=-1)

@@ -6,7 +6,7 @@ import pytest
 
 from he_aero.ckks.attention import KVCache
 from he_aero.ckks.ciphertext import Ct, Evaluator
-from he_aero.ckks.layer import EncryptedLayer
+from he_aero.ckks.layer import EncryptedLayer, skew_outweighs_a_round
 from he_aero.ckks.packing import feature_layout, pack, unpack
 from he_aero.ckks.refresh import Refresher
 from he_aero.plan import Ranges, fit_plans
@@ -83,6 +83,44 @@ def test_decode_with_the_skewed_qkv_matches_numpy(setup):
     assert all(c.layout.clean for c in y)
     rows = np.concatenate([kit.dec(c).reshape(-1, BLOCK)[:, 1:] for c in y])
     assert np.abs(rows).max() < 2**-9  # the layer's output is clean for the next layer's skewed QKV
+
+
+def test_decode_with_the_fused_output_and_a_top_level_skewed_qkv_matches_numpy(setup, monkeypatch):
+    """Where the skewed kernels' savings outweigh a round (GPT-2's width; forced here by pricing a round at
+    0 products): QKV skewed from a top-level input, w_o fused into w_mix. The token matches numpy, the output
+    is clean, and a symbolic decode makes the same counts, rounds and levels."""
+    from he_aero.ckks import layer as layer_module
+
+    monkeypatch.setattr(layer_module, "REFRESH_IN_PRODUCTS", 0)
+    lay, x, layer, layout, kit = setup
+    ref = Refresher(kit.ev, kit.refresh_client, BOUND, TEST_MASK_BITS)
+    _, cache = layer.prefill(kit.ev, ref, [kit.enc(v, layout) for v in pack(x[:T], layout)], layout)
+    one = layout.with_tokens(1)
+    blank = KVCache([Ct(None, c.level) for c in cache.k], [Ct(None, c.level) for c in cache.v], T)
+    real, sym = Evaluator(SMALL, kit.server), Evaluator(SMALL)
+    rref = Refresher(real, kit.refresh_client, BOUND, TEST_MASK_BITS)
+    sref = Refresher(sym, None, BOUND, TEST_MASK_BITS)
+    y = layer.decode(real, rref, [kit.enc(v, one) for v in pack(x[T : T + 1], one)], cache, one)
+    s_out = layer.decode(sym, sref, [Ct(None, SMALL.levels, one)] * one.n_ct, blank, one)
+    stages = {t["stage"]: t for t in rref.trace}
+    assert stages["l0 qkv"]["need"] == 2 and "l0 w_o.w_mix" in stages and "l0 w_mix" not in stages
+    got = unpack([kit.dec(c) for c in y], one)[0]
+    assert_close_bits(got, _reference(lay, x[: T + 1])[-1], 9, "decode step, fused output")
+    rows = np.concatenate([kit.dec(c).reshape(-1, BLOCK)[:, 1:] for c in y])
+    assert all(c.layout.clean for c in y) and np.abs(rows).max() < 2**-9
+    assert [c.level for c in y] == [c.level for c in s_out]
+    assert (rref.log.rounds, rref.log.ciphertexts) == (sref.log.rounds, sref.log.ciphertexts)
+    for field in ("rotations", "pt_mults", "ctct_mults", "steps_used"):
+        assert getattr(real.stats, field) == getattr(sym.stats, field), field
+
+
+def test_the_skewed_kernels_pay_for_a_round_at_gpt2_width_not_on_the_shipped_model():
+    shipped = feature_layout(4096, 1, 128, block=64)  # N=8192
+    gpt2 = feature_layout(8192, 1, 768, block=128)  # N=16384, T=128
+    for lay, pays in ((shipped, False), (gpt2, True)):
+        n = lay.n_ct
+        assert skew_outweighs_a_round(lay, n, 3 * n, 3 * n) is pays  # QKV: a round of q, k, v
+        assert skew_outweighs_a_round(lay, n, n, n) is pays  # the fused output: a round of the residual
 
 
 def test_symbolic_run_predicts_levels_and_rounds(setup):
