@@ -81,7 +81,9 @@ bench-he: $(STAMP) ## prefill 16/32/64 (one process, Ray), decode, accuracy, sim
 
 GPT2_DIR ?= runs/gpt2-layer
 GPT2_STEPS ?= 1000
-GPT2_CACHE_MB ?= 5000
+GPT2_CACHE_MB ?= 4000
+# The Ray run keeps no plaintexts (--ray-cache-mb 0): a prefill uses each once, and three processes each
+# holding 4 GB of them next to the one-process run's memory (SEAL keeps what it freed) ran out of 24 GB.
 bench-gpt2: $(STAMP) ## a GPT-2-size layer (d=768, 12 heads, T=128) trained here, run encrypted, 1 process and Ray (~1 h) -> docs/he-bench.json
 	test -f $(GPT2_DIR)/model.safetensors || $(BIN)/he-aero train --layers 1 --d-model 768 --heads 12 \
 		--context 128 --steps $(GPT2_STEPS) --batch-size 16 --warmup 100 --eval-every $(GPT2_STEPS) \
@@ -90,7 +92,8 @@ bench-gpt2: $(STAMP) ## a GPT-2-size layer (d=768, 12 heads, T=128) trained here
 	$(BIN)/he-aero plan --checkpoint $(GPT2_DIR) --calibration $(GPT2_DIR)/calibration.json --ring 16384 \
 		--out $(GPT2_DIR)/plan.json --force
 	$(BIN)/python -m bench.infer speed --checkpoint $(GPT2_DIR) --plan $(GPT2_DIR)/plan.json --lengths 126 \
-		--decode 2 --ray-workers $(RAY_WORKERS) --cache-mb $(GPT2_CACHE_MB) --out docs/he-gpt2-speed.json
+		--decode 2 --ray-workers $(RAY_WORKERS) --cache-mb $(GPT2_CACHE_MB) --ray-cache-mb 0 \
+		--out docs/he-gpt2-speed.json
 	$(BIN)/python -m bench.gpt2 --speed docs/he-gpt2-speed.json --simulated docs/he-workers.json \
 		--into docs/he-bench.json
 	$(BIN)/python -m bench.infer report --speed docs/he-bench.json --accept docs/he-accept.json \

@@ -55,7 +55,7 @@ def summarise(speed: dict, simulated: dict | None = None) -> dict:
         raise ValueError(f"bench.gpt2: expected a one-layer model's stages, got {names}")
     one = speed["prefill"][0]
     ray = speed.get("ray")
-    par = ray["prefill"][0] if ray else None
+    par = ray["prefill"][0] if ray and "error" not in ray else None
     steady = speed["decode"][1:]
     layer_decode = statistics.mean(_stage(d, LAYER)["seconds"] for d in steady)
     bytes_per_token = statistics.mean(d["bytes_to_server"] + d["bytes_to_client"] for d in steady)
@@ -98,6 +98,7 @@ def summarise(speed: dict, simulated: dict | None = None) -> dict:
             "max_abs_dlogit": max(r["max_abs_dlogit"] for r in passes),
         },
         "counts_equal_symbolic": all(s["counted_match"] for r in passes for s in r["stages"]),
+        "ray_error": ray.get("error") if ray else None,
         "machine": speed.get("machine"),
     }
     if simulated is not None:

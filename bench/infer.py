@@ -279,11 +279,13 @@ def speed(
     ray_workers: int = 0,
     checkpoint: Path | None = None,
     cache_limit: int | None = None,
+    ray_cache_limit: int | None = None,
 ) -> dict:
     """Prefill timings per length, then `decode` decode steps after a prefill of lengths[0] tokens, then (with
     `ray_workers`) the same prefills on Ray actors, in the same run, for the speed-up. Every pass's logits
-    are checked against the plaintext model. `checkpoint`, `plan_path`, `cache_limit`: as `_session`'s (the
-    Ray actors get the same cache limit, each)."""
+    are checked against the plaintext model. `checkpoint`, `plan_path`, `cache_limit`: as `_session`'s;
+    `ray_cache_limit`: the Ray run's, per process (its session's server and each actor). A failed Ray run is
+    recorded as such ("ray": {"error": ...}), the single-process figures kept."""
     from models.data import load_split
 
     if session is None:
@@ -299,7 +301,8 @@ def speed(
     tokens = list(text[start : start + lengths[0]])
     srv.ev.clear_cache()
     decode_plaintext_bytes = srv.prepare_decode()  # as at SETUP: the decode step's plaintexts alone
-    session.forward(tokens)
+    if prompts[-1] != tokens:  # else the server's K/V cache already holds this prompt (the last prefill's)
+        session.forward(tokens)
     for i in range(decode):
         before = session.channel.traffic.summary()
         out, wall = session.forward([tokens[-1]], len(tokens) + i)
@@ -310,7 +313,14 @@ def speed(
         print(f"decode {i + 1}: {wall:.1f} s", flush=True)
     after_decode_bytes = srv.ev.cache_bytes()
     srv.ev.clear_cache()  # before the Ray run's session: one session's plaintexts at a time
-    ray = _ray_prefills(session, prompts, ray_workers, srv.cache_limit) if ray_workers else None
+    ray = None
+    if ray_workers:
+        try:
+            ray = _ray_prefills(session, prompts, ray_workers, ray_cache_limit)
+        except Exception as exc:  # a Ray failure (e.g. its OOM killer) must not lose the measurements above
+            print(f"Ray run failed: {str(exc).splitlines()[0]}", flush=True)
+            ray = {"workers": ray_workers, "error": str(exc).splitlines()[0][:500]}
+    ray_ok = ray is not None and "error" not in ray
     p = srv.params
     steady = [d["wall_seconds"] for d in dec[1:]]
     return {
@@ -318,8 +328,8 @@ def speed(
         "prefill_seconds": {str(r["tokens"]): r["wall_seconds"] for r in runs},
         "decode_seconds_per_token": round(statistics.mean(steady), 2) if steady else None,
         "first_decode_seconds": dec[0]["wall_seconds"] if dec else None,
-        "ray_speedup": None if ray is None else _speedups(runs, ray["prefill"])[str(lengths[-1])],
-        "ray": None if ray is None else {**ray, "speedup": _speedups(runs, ray["prefill"])},
+        "ray_speedup": _speedups(runs, ray["prefill"])[str(lengths[-1])] if ray_ok else None,
+        "ray": {**ray, "speedup": _speedups(runs, ray["prefill"])} if ray_ok else ray,
         "plan_sha256": srv.plan.sha256,
         "shape": dataclasses.asdict(srv.plan.shape),
         "plan": srv.plan.explain().splitlines(),
@@ -447,6 +457,8 @@ def _ray_lines(s: dict) -> list[str]:
     ray = s.get("ray")
     if not ray:
         return []
+    if "error" in ray:
+        return ["", f"## The prefill on {ray['workers']} Ray workers: FAILED", "", f"`{ray['error']}`"]
     lines = [
         "",
         f"## The prefill on {ray['workers']} Ray workers (same run)",
@@ -720,6 +732,9 @@ def main(argv=None) -> None:
         default=None,
         help="cap on each process's plaintext cache, MB (default: none)",
     )
+    s.add_argument(
+        "--ray-cache-mb", type=float, default=None, help="the same cap in the Ray run (default: --cache-mb's)"
+    )
     s.add_argument("--out", type=Path, required=True)
     r = sub.add_parser("report")
     r.add_argument("--speed", type=Path, required=True)
@@ -736,8 +751,9 @@ def main(argv=None) -> None:
             ap.error(f"--lengths: each must lie in [1, {context}] (the model's context), got {args.lengths}")
         if args.ray_workers < 0:
             ap.error(f"--ray-workers: expected >= 0, got {args.ray_workers}")
-        if args.cache_mb is not None and not args.cache_mb >= 0:
-            ap.error(f"--cache-mb: expected >= 0, got {args.cache_mb}")
+        for opt, mb in (("--cache-mb", args.cache_mb), ("--ray-cache-mb", args.ray_cache_mb)):
+            if mb is not None and not mb >= 0:
+                ap.error(f"{opt}: expected >= 0, got {mb}")
         if args.checkpoint is not None and not args.checkpoint.is_dir():
             ap.error(f"--checkpoint: {args.checkpoint} is not a folder")
         if args.decode < 0 or args.lengths[0] + args.decode > context:
@@ -764,9 +780,11 @@ def main(argv=None) -> None:
             )  # fmt: skip
         if args.cmd == "speed":
             limit = None if args.cache_mb is None else int(args.cache_mb * 1e6)
+            ray_mb = args.cache_mb if args.ray_cache_mb is None else args.ray_cache_mb
             result = speed(
                 args.lengths, args.decode, plan_path=args.plan, ray_workers=args.ray_workers,
                 checkpoint=args.checkpoint, cache_limit=limit,
+                ray_cache_limit=None if ray_mb is None else int(ray_mb * 1e6),
             )  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -34,6 +34,22 @@ def test_bench_pipeline_runs_on_the_tiny_model(tiny_session, tmp_path):
         assert part in md
 
 
+def test_a_failed_ray_run_keeps_the_single_process_figures(tiny_session, monkeypatch):
+    """Ray's OOM killer ended a GPT-2-size run after 25 minutes of single-process measurements: the result
+    now records the failure and keeps them."""
+
+    def dies(*args):
+        raise RuntimeError("1 worker(s) were killed due to the node running low on memory.\nmore text")
+
+    monkeypatch.setattr(infer, "_ray_prefills", dies)
+    sp = infer.speed([4], 0, session=tiny_session, ray_workers=2)
+    assert sp["prefill"][0]["wall_seconds"] > 0 and sp["ray_speedup"] is None
+    assert sp["ray"] == {
+        "workers": 2,
+        "error": "1 worker(s) were killed due to the node running low on memory.",
+    }
+
+
 @pytest.mark.parametrize(
     "args, option",
     [
@@ -41,6 +57,7 @@ def test_bench_pipeline_runs_on_the_tiny_model(tiny_session, tmp_path):
         (["--lengths", "0"], "--lengths"),
         (["--lengths", "65"], "--lengths"),
         (["--cache-mb", "-1"], "--cache-mb"),
+        (["--ray-cache-mb", "-1"], "--ray-cache-mb"),
         (["--checkpoint", "no/such/folder"], "--checkpoint"),
     ],
 )
