@@ -13,10 +13,11 @@ prefill's parts): every figure below is a measured pass whose logits were checke
 model.
 
 Per layer: the pass's "layer 0" stage (the embedding and the LM head are the pass's ends). Projection to L
-layers: ends + L x layer. A one-layer model's layer is a first layer: at decode its QKV reads the embedding
-one level down and keeps the block-diagonal kernel, where layers 1..L-1 use the cheaper skewed kernel
-(he_aero/ckks/layer.py), so the decode projection is an upper bound. Bytes per token: a decode step's
-traffic both ways (the token's upload, the refresh rounds, the logits), measured on the channel.
+layers: ends + L x layer. At this width every layer's decode step runs the same kernels (the skewed QKV and
+w_o fused into w_mix, he_aero/ckks/layer.py); layers 1..L-1 read a refreshed layer output where layer 0
+reads the embedding, so the projection assumes each costs what the measured layer did. Bytes per token: a
+decode step's traffic both ways (the token's upload, the refresh rounds, the logits), measured on the
+channel.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _projection(run: dict, layers: int = GPT2_LAYERS) -> float:
 
 def summarise(speed: dict, simulated: dict | None = None) -> dict:
     """The `gpt2_layer` object of docs/he-bench.json from a `bench.infer speed` result on the one-layer model
-    (`simulated`: bench/workers.py's JSON, whose GPT-2 figures are kept beside the measured ones).
+    (`simulated`: bench/workers.py's `gpt2_layer` object, whose figures are kept beside the measured ones).
 
     Raises ValueError unless the speed result is a one-layer model's with a prefill and two decode steps."""
     if not speed["prefill"] or len(speed["decode"]) < 2:
@@ -91,7 +92,6 @@ def summarise(speed: dict, simulated: dict | None = None) -> dict:
         "projection_12_layers_seconds": {
             "prefill": projected,
             "decode_per_token": round(_ends(steady[0]) + GPT2_LAYERS * layer_decode, 1),
-            "decode_is_upper_bound": True,
         },
         "check": {
             "top1_agreement": min(r["top1_agreement"] for r in passes),
@@ -102,9 +102,23 @@ def summarise(speed: dict, simulated: dict | None = None) -> dict:
         "machine": speed.get("machine"),
     }
     if simulated is not None:
-        sim = simulated["gpt2_layer"]
-        out["simulated_plan"] = {k: sim[k] for k in ("prefill_seconds", "decode_seconds_per_token", "ring")}
+        out["simulated_plan"] = {k: simulated[k] for k in SIMULATED}
     return out
+
+
+SIMULATED = ("prefill_seconds", "decode_seconds_per_token", "ring")
+"""What is kept of bench/workers.py's simulated GPT-2 figures."""
+
+
+def _json_object(ap, option: str, path: Path) -> dict:
+    """The JSON object in `path`, or a usage error naming `option`."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        ap.error(f"{option}: {path} is not a JSON file ({exc})")
+    if not isinstance(doc, dict):
+        ap.error(f"{option}: {path} holds a JSON {type(doc).__name__}, not an object")
+    return doc
 
 
 def main(argv=None) -> None:
@@ -118,13 +132,17 @@ def main(argv=None) -> None:
     for opt, path in (("--speed", args.speed), ("--simulated", args.simulated), ("--into", args.into)):
         if path is not None and not path.is_file():
             ap.error(f"{opt}: {path} is not a file")
+    speed = _json_object(ap, "--speed", args.speed)
+    bench = _json_object(ap, "--into", args.into)
+    simulated = None
+    if args.simulated is not None:
+        simulated = _json_object(ap, "--simulated", args.simulated).get("gpt2_layer")
+        if not isinstance(simulated, dict) or any(k not in simulated for k in SIMULATED):
+            ap.error(f"--simulated: {args.simulated} has no gpt2_layer with {SIMULATED} (bench/workers.py's)")
     try:
-        speed = json.loads(args.speed.read_text())
-        simulated = json.loads(args.simulated.read_text()) if args.simulated else None
         gpt2 = summarise(speed, simulated)
-    except (ValueError, KeyError, StopIteration) as exc:
+    except (ValueError, KeyError, TypeError, StopIteration) as exc:
         ap.error(f"--speed: {args.speed} is not a bench.infer speed run on a one-layer model ({exc!r})")
-    bench = json.loads(args.into.read_text())
     bench["gpt2_layer"] = gpt2
     args.into.write_text(json.dumps(bench, indent=1) + "\n")
     print(

@@ -549,7 +549,7 @@ def _gpt2_lines(g: dict | None) -> list[str]:
         f"| bytes per decode step (both ways) | {g['bytes_per_token'] / 1e6:.1f} MB |",
         f"| refresh rounds: prefill / decode step | {g['refresh']['prefill_rounds']} / "
         f"{g['refresh']['decode_rounds']} |",
-        f"| plaintexts encoded per decode step (cache cap {g.get('plaintext_cache_mb')} MB) | "
+        f"| plaintexts encoded per decode step ({g.get('plaintext_cache_mb')} MB cached) | "
         f"{g['encodes_per_decode_step']} |",
         "| projected 12 layers + ends: prefill | "
         + ", ".join(f"{k} worker(s) {v} s" for k, v in proj["prefill"].items())
@@ -752,8 +752,8 @@ def main(argv=None) -> None:
         if args.ray_workers < 0:
             ap.error(f"--ray-workers: expected >= 0, got {args.ray_workers}")
         for opt, mb in (("--cache-mb", args.cache_mb), ("--ray-cache-mb", args.ray_cache_mb)):
-            if mb is not None and not mb >= 0:
-                ap.error(f"{opt}: expected >= 0, got {mb}")
+            if mb is not None and not 0 <= mb <= 1e9:
+                ap.error(f"{opt}: expected a number of MB in [0, 1e9], got {mb}")
         if args.checkpoint is not None and not args.checkpoint.is_dir():
             ap.error(f"--checkpoint: {args.checkpoint} is not a folder")
         if args.decode < 0 or args.lengths[0] + args.decode > context:

@@ -31,6 +31,7 @@ from approx.sign import CompositeRelu, relu_composite
 from he_aero import __version__
 from he_aero.artifacts import MAX_PLAN_ERROR, interval, read_json
 from he_aero.calibrate import baseline_refreshed
+from he_aero.ckks.attention import head_size
 from he_aero.ckks.ciphertext import Ct, Evaluator
 from he_aero.ckks.hiding import MASK_BITS, SESSION_HIDING_BITS, RefreshHiding
 from he_aero.ckks.layer import BaselinePlans, EncryptedLayer
@@ -555,13 +556,14 @@ def evaluate_ring(
     if decode_rows is None:
         decode_rows = decode_rows_for(params, report.block, shape.d_model, shape.vocab)
     report.decode_rows = decode_rows
-    bound = ranges.activation_bound
-    try:  # a layout this ring cannot hold (a head wider than a ciphertext's feature blocks) rules it out
-        pipe = Pipeline(shape.view(), plans, params, report.block, report.decode_rows, final)
-        ev, ref, caches, _ = pipe.symbolic_prefill(shape.t_max, bound, mask_bits)
+    try:  # attention sums a head's d_k feature blocks inside one ciphertext
+        head_size(shape.d_model, shape.n_head, params.slots // report.block, "attention")
     except HeAeroError as exc:
         report.reason = str(exc)
         return report
+    pipe = Pipeline(shape.view(), plans, params, report.block, report.decode_rows, final)
+    bound = ranges.activation_bound
+    ev, ref, caches, _ = pipe.symbolic_prefill(shape.t_max, bound, mask_bits)
     report.prefill = _phase_summary(ev, ref, params)
     report.stages = ref.trace
     for c in caches:  # the costliest decode step: the last position

@@ -77,16 +77,20 @@ class AttentionSpec:
         return math.exp(-self.shift)
 
     def head_dim(self, layout: FeatureLayout) -> int:
-        d = layout.n_features
-        if d % self.n_head:
-            raise HeAeroError(f"{self.name}: d={d} is not a multiple of {self.n_head} heads")
-        dk = d // self.n_head
-        if dk & (dk - 1) or layout.per_ct % dk:
-            raise HeAeroError(
-                f"{self.name}: head size {dk} must be a power of two dividing the {layout.per_ct} blocks "
-                "per ciphertext"
-            )
-        return dk
+        return head_size(layout.n_features, self.n_head, layout.per_ct, self.name)
+
+
+def head_size(d: int, n_head: int, per_ct: int, name: str) -> int:
+    """d_k = d / n_head. HeAeroError naming `name` unless it is a whole power of two dividing the per_ct
+    feature blocks of a ciphertext (a head's blocks are summed by rotations inside one ciphertext)."""
+    if d % n_head:
+        raise HeAeroError(f"{name}: d={d} is not a multiple of {n_head} heads")
+    dk = d // n_head
+    if dk & (dk - 1) or per_ct % dk:
+        raise HeAeroError(
+            f"{name}: head size {dk} must be a power of two dividing the {per_ct} blocks per ciphertext"
+        )
+    return dk
 
 
 DECODE_SCORE_LEVELS = 2

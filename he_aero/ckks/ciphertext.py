@@ -191,6 +191,11 @@ class Evaluator:
                 self._keep(ck, pt)
         return pt
 
+    def _fits(self, level: int) -> bool:
+        """Whether a plaintext at `level` (N words per prime q_0..q_level, 8 bytes each) fits the cache."""
+        size = 8 * self.params.poly_modulus_degree * (level + 1)
+        return self.cache_limit is None or self._cache_bytes + size <= self.cache_limit
+
     def _keep(self, ck, pt) -> None:
         """Cache `pt` under `ck` unless that takes the cache past `cache_limit`. Why the first ones stay
         (no eviction): the layers read their weights in the same order on every pass, and a cyclic scan over
@@ -211,13 +216,12 @@ class Evaluator:
         self._cache_bytes = 0
 
     def prepare(self, requests: dict) -> int:
-        """Encode ahead of use every plaintext a symbolic run asked for (its `requests`), so the real run
-        finds them cached; returns how many were encoded now."""
+        """Encode ahead of use every plaintext a symbolic run asked for (its `requests`) that fits the cache,
+        so the real run finds them cached; returns how many were encoded now."""
         before = len(self._cache)
         for (key, level, for_mul), make in requests.items():
-            if self.cache_limit is not None and self._cache_bytes >= self.cache_limit:
-                break  # the rest are encoded at use
-            self.plaintext(key, make, level, for_mul)
+            if self._fits(level):  # else it is encoded at use: encoding it now would be thrown away
+                self.plaintext(key, make, level, for_mul)
         return len(self._cache) - before
 
     def cache_bytes(self) -> int:

@@ -12,6 +12,14 @@ import os
 import click
 
 from he_aero.cli.options import blame, checkpoint_option, plan_option
+from he_aero.server.service import MAX_CACHE_MB
+
+
+def _not_nan(value, param):
+    """A float option's value; a usage error naming it when NaN (which a FloatRange lets through)."""
+    if value is not None and value != value:
+        raise click.BadParameter("expected a number, got nan", param=param)
+    return value
 
 
 @click.command("serve")
@@ -89,7 +97,8 @@ from he_aero.cli.options import blame, checkpoint_option, plan_option
 )
 @click.option(
     "--plaintext-cache-mb",
-    type=click.FloatRange(0),
+    type=click.FloatRange(0, MAX_CACHE_MB),
+    callback=lambda ctx, param, mb: _not_nan(mb, param),
     default=None,
     show_default="no cap",
     help="MB of encoded weight plaintexts each session's worker and Ray actor keeps; the rest are encoded at "

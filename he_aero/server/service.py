@@ -116,9 +116,11 @@ class ServiceConfig:
             raise HeAeroError("ray_address: give ray_workers >= 1 too (the actors to start there)")
         cache = self.plaintext_cache_mb
         if cache is not None and not (
-            isinstance(cache, (int, float)) and math.isfinite(cache) and cache >= 0
+            isinstance(cache, (int, float)) and not isinstance(cache, bool) and 0 <= cache <= MAX_CACHE_MB
         ):
-            raise HeAeroError(f"plaintext_cache_mb: expected a number of MB >= 0, got {cache!r}")
+            raise HeAeroError(
+                f"plaintext_cache_mb: expected a number of MB in [0, {MAX_CACHE_MB:g}], got {cache!r}"
+            )
         if self.max_message_bytes is not None and self.max_message_bytes < 1024:
             raise HeAeroError(f"max_message_bytes: expected >= 1024, got {self.max_message_bytes}")
 
@@ -138,6 +140,10 @@ class ServiceConfig:
         if self.plaintext_cache_mb is not None:
             cmd += ["--plaintext-cache-mb", repr(float(self.plaintext_cache_mb))]
         return cmd
+
+
+MAX_CACHE_MB = 1e9
+"""The largest plaintext cache cap accepted, in MB (a petabyte: beyond any machine, short of overflow)."""
 
 
 def default_max_message_bytes(plan) -> int:

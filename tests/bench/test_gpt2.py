@@ -53,3 +53,28 @@ def test_a_run_that_is_not_a_one_layer_model_is_a_usage_error(one_layer_speed, t
         gpt2.main(["--speed", str(tmp_path / "s.json"), "--into", str(tmp_path / "b.json")])
     assert exc.value.code == 2 and "one-layer" in capsys.readouterr().err
     assert json.loads((tmp_path / "b.json").read_text()) == {}  # nothing written
+
+
+@pytest.mark.parametrize(
+    "files, option",
+    [
+        ({"into": "not json"}, "--into"),
+        ({"into": "[1, 2]"}, "--into"),
+        ({"speed": "[1, 2]"}, "--speed"),
+        ({"simulated": "{}"}, "--simulated"),
+        ({"simulated": "garbage"}, "--simulated"),
+    ],
+)
+def test_bad_files_are_usage_errors_naming_their_option(one_layer_speed, tmp_path, capsys, files, option):
+    paths = {}
+    for name, default in (("speed", json.dumps(one_layer_speed)), ("into", "{}"), ("simulated", None)):
+        text = files.get(name, default)
+        if text is not None:
+            paths[name] = tmp_path / f"{name}.json"
+            paths[name].write_text(text)
+    args = [arg for name, path in paths.items() for arg in (f"--{name}", str(path))]
+    before = paths["into"].read_text()
+    with pytest.raises(SystemExit) as exc:
+        gpt2.main(args)
+    assert exc.value.code == 2 and option in capsys.readouterr().err
+    assert paths["into"].read_text() == before  # nothing written

@@ -58,6 +58,8 @@ def test_a_failed_ray_run_keeps_the_single_process_figures(tiny_session, monkeyp
         (["--lengths", "65"], "--lengths"),
         (["--cache-mb", "-1"], "--cache-mb"),
         (["--ray-cache-mb", "-1"], "--ray-cache-mb"),
+        (["--cache-mb", "inf"], "--cache-mb"),
+        (["--cache-mb", "nan"], "--cache-mb"),
         (["--checkpoint", "no/such/folder"], "--checkpoint"),
     ],
 )

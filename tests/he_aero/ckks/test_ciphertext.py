@@ -169,7 +169,11 @@ def test_a_cache_limit_keeps_the_first_plaintexts_and_encodes_the_rest_at_use(ki
     assert ev.cache_bytes() == one and ev.stats.encodes == 3  # w1 cached; w2 encoded at each of its uses
     for out in products:
         assert_close_bits(kit.dec(out), X * Y, BITS, "product past the cache limit")
-    assert ev.prepare({("w3", SMALL.levels, True): lambda: X}) == 0  # full: prepare leaves the rest for later
+    before = ev.stats.encodes
+    many = {(f"w{i}", SMALL.levels, True): (lambda: X) for i in range(3, 9)}
+    assert ev.prepare(many) == 0 and ev.stats.encodes == before  # full: nothing encoded to be thrown away
+    ev = Evaluator(SMALL, kit.server, cache_limit=one + 8)  # room for one, and 8 bytes
+    assert ev.prepare(many) == 1 and ev.stats.encodes == 1
     ev.clear_cache()
     assert ev.cache_bytes() == 0
     with pytest.raises(HeAeroError, match="cache limit"):

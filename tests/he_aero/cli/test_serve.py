@@ -13,6 +13,9 @@ from he_aero.server.service import ServiceConfig
     "args, option",
     [
         (["--plaintext-cache-mb", "-1"], "--plaintext-cache-mb"),
+        (["--plaintext-cache-mb", "nan"], "--plaintext-cache-mb"),
+        (["--plaintext-cache-mb", "inf"], "--plaintext-cache-mb"),
+        (["--plaintext-cache-mb", "1e303"], "--plaintext-cache-mb"),
         (["--ray-workers", "0", "--ray-address", "auto"], "--ray-workers"),
         (["--ray-workers", "64"], "--ray-workers"),
     ],
@@ -29,6 +32,6 @@ def test_the_plaintext_cache_cap_reaches_the_worker_and_its_server():
     assert cmd[cmd.index("--plaintext-cache-mb") + 1] == "1.5"
     assert "--plaintext-cache-mb" not in ServiceConfig().worker_command()
     assert load_server(None, None, False, plaintext_cache_mb=1.5).cache_limit == 1_500_000
-    for bad in (-1, float("nan"), "2"):
+    for bad in (-1, float("nan"), float("inf"), 1e303, "2", True):
         with pytest.raises(HeAeroError, match="plaintext_cache_mb"):
             ServiceConfig(plaintext_cache_mb=bad)
