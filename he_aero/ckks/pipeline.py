@@ -368,17 +368,18 @@ class Pipeline:
         _, caches, records = self.run(ev, ref, self._symbolic_tokens(ev, False, n_tokens), 0, n_tokens, None)
         return ev, ref, caches, records
 
-    def symbolic_decode(self, caches: list[KVCache], bound: float, mask_bits: int):
-        """(Evaluator, Refresher, records) of one counted decode step against `caches` (not grown)."""
+    def symbolic_decode(self, caches: list[KVCache], bound: float, mask_bits: int, grow: bool = False):
+        """(Evaluator, Refresher, records) of one counted decode step against `caches`; `grow` keeps the
+        step's token in them (the next step then sees the levels a real cache has after it), else they stay
+        as given."""
         ev = Evaluator(self.params, None)
         ref = Refresher(ev, None, bound=bound, mask_bits=mask_bits)
         length = caches[0].length
         saved = [(c.k, c.v) for c in caches]
         _, _, records = self.run(ev, ref, self._symbolic_tokens(ev, self.rows, 1), length, 1, caches)
-        for c, (k, v) in zip(
-            caches, saved, strict=True
-        ):  # undo the append: the caller's caches stay as given
-            c.k, c.v, c.length = k, v, length
+        if not grow:
+            for c, (k, v) in zip(caches, saved, strict=True):  # undo the append
+                c.k, c.v, c.length = k, v, length
         return ev, ref, records
 
     def decode_plaintexts(self, bound: float, mask_bits: int) -> dict:
