@@ -752,6 +752,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.cmd == "speed":  # refuse before any key is made: decode steps follow a prefill of lengths[0]
         from he_aero.plan import load_plan
+        from he_aero.server.service import MAX_CACHE_MB
 
         context = load_plan(args.plan).shape.t_max
         if not all(1 <= n <= context for n in args.lengths):
@@ -759,8 +760,8 @@ def main(argv=None) -> None:
         if args.ray_workers < 0:
             ap.error(f"--ray-workers: expected >= 0, got {args.ray_workers}")
         for opt, mb in (("--cache-mb", args.cache_mb), ("--ray-cache-mb", args.ray_cache_mb)):
-            if mb is not None and not 0 <= mb <= 1e9:
-                ap.error(f"{opt}: expected a number of MB in [0, 1e9], got {mb}")
+            if mb is not None and not 0 <= mb <= MAX_CACHE_MB:
+                ap.error(f"{opt}: expected a number of MB in [0, {MAX_CACHE_MB:g}], got {mb}")
         if args.checkpoint is not None and not args.checkpoint.is_dir():
             ap.error(f"--checkpoint: {args.checkpoint} is not a folder")
         if args.decode < 0 or args.lengths[0] + args.decode > context:

@@ -191,9 +191,8 @@ class Evaluator:
                 self._keep(ck, pt)
         return pt
 
-    def _fits(self, level: int) -> bool:
-        """Whether a plaintext at `level` (N words per prime q_0..q_level, 8 bytes each) fits the cache."""
-        size = 8 * self.params.poly_modulus_degree * (level + 1)
+    def _room_for(self, size: int) -> bool:
+        """Whether `size` more bytes of plaintexts stay within `cache_limit`."""
         return self.cache_limit is None or self._cache_bytes + size <= self.cache_limit
 
     def _keep(self, ck, pt) -> None:
@@ -201,10 +200,9 @@ class Evaluator:
         (no eviction): the layers read their weights in the same order on every pass, and a cyclic scan over
         more plaintexts than fit would evict each one before its next use (LRU would cache nothing useful)."""
         size = pt.coeff_count() * 8
-        if self.cache_limit is not None and self._cache_bytes + size > self.cache_limit:
-            return
-        self._cache[ck] = pt
-        self._cache_bytes += size
+        if self._room_for(size):
+            self._cache[ck] = pt
+            self._cache_bytes += size
 
     def reset_stats(self) -> OpStats:
         """Start counting afresh; returns the previous counts."""
@@ -220,7 +218,9 @@ class Evaluator:
         so the real run finds them cached; returns how many were encoded now."""
         before = len(self._cache)
         for (key, level, for_mul), make in requests.items():
-            if self._fits(level):  # else it is encoded at use: encoding it now would be thrown away
+            # a plaintext at `level` holds N words per prime q_0..q_level; one that cannot be kept is
+            # encoded at use instead (encoding it now would be thrown away)
+            if self._room_for(8 * self.params.poly_modulus_degree * (level + 1)):
                 self.plaintext(key, make, level, for_mul)
         return len(self._cache) - before
 

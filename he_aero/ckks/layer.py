@@ -211,20 +211,20 @@ class EncryptedLayer:
         return self._linears[key]
 
     def _finish(self, ev, ref, xs, heads, layout, decode: bool = False):
+        mixes = decode and self.ffn is None and not self.pruned  # a decode step's w_mix follows w_o
+        both = list(xs) + list(heads)
         if (
-            decode
-            and self.ffn is None
-            and not self.pruned
-            and skewable(list(xs) + list(heads), layout)
-            and ref.affords(list(xs) + list(heads), 2)
+            mixes
+            and skewable(both, layout)
+            and ref.affords(both, 2)
             and skew_outweighs_a_round(layout, layout.n_ct, layout.n_ct, layout.n_ct)
         ):
             # w_o fused into w_mix: one skewed product of both inputs (clean, so a refresh sees no garbage
             # rows) and a row mask: n_in x n_out x 2 products instead of a block-diagonal w_mix's x F
-            both = ref.ensure(list(xs) + list(heads), 2, f"{self.name} w_o.w_mix")
+            both = ref.ensure(both, 2, f"{self.name} w_o.w_mix")
             return mask_rows(ev, self._output_linear(layout)(ev, both), layout)
         heads = ref.ensure(heads, 1, f"{self.name} w_o")
-        skewed = decode and self.ffn is None and not self.pruned and skewable(heads, layout)
+        skewed = mixes and skewable(heads, layout)
         o = self._linear("o", layout, True)(ev, heads) if skewed else self._product(ev, "o", layout, heads)
         sa = layout.with_clean(is_clean(xs) and is_clean(o))  # a skewed w_o leaves garbage in rows >= 1
         x_sa = [ev.add(x, y, sa) for x, y in zip(xs, o, strict=True)]

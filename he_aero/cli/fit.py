@@ -9,7 +9,7 @@ import math
 
 import click
 
-from he_aero.cli.options import Outputs, force_option, output_option
+from he_aero.cli.options import Outputs, finite, force_option, output_option
 
 # The names of `approx.functions.FUNCTIONS`, spelled out so that `--help` needs no scipy;
 # tests/he_aero/cli/test_fit.py checks they stay equal.
@@ -23,16 +23,6 @@ _FIELD_OPTIONS = {
     "error_kind": "--relative",
     "function": "FUNCTION",
 }
-
-
-def _finite(ctx, param, value):
-    """Reject nan/inf early: click's FLOAT accepts them."""
-    if value is None:
-        return value
-    values = value if isinstance(value, tuple) else (value,)
-    if not all(math.isfinite(v) for v in values):
-        raise click.BadParameter(f"must be finite, got {' '.join(str(v) for v in values)}")
-    return value
 
 
 def _plot(plan, path) -> None:
@@ -82,7 +72,7 @@ def _blame(exc) -> click.UsageError:
     "--domain",
     nargs=2,
     type=float,
-    callback=_finite,
+    callback=finite,
     default=None,
     show_default="required",
     help="the interval A B of x (A < B)",
@@ -97,7 +87,7 @@ def _blame(exc) -> click.UsageError:
 @click.option(
     "--max-error",
     type=float,
-    callback=_finite,
+    callback=finite,
     default=None,
     show_default="none",
     help="find the least-depth plan whose certified error is at most this (exclusive with --degree)",

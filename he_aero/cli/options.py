@@ -286,6 +286,17 @@ class Temperature(click.ParamType):
         return t
 
 
+def finite(ctx, param, value):
+    """click callback: a usage error naming the option when a float (or each of a tuple's) is NaN or
+    infinite, which click's FLOAT and FloatRange let through."""
+    if value is None:
+        return value
+    values = value if isinstance(value, tuple) else (value,)
+    if not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"must be finite, got {' '.join(str(v) for v in values)}")
+    return value
+
+
 def sampling_options(f):
     """--temperature, --top-k, --seed: the same meaning for plaintext and encrypted generation."""
     for decorator in reversed(

@@ -11,15 +11,8 @@ import os
 
 import click
 
-from he_aero.cli.options import blame, checkpoint_option, plan_option
+from he_aero.cli.options import blame, checkpoint_option, finite, plan_option
 from he_aero.server.service import MAX_CACHE_MB
-
-
-def _not_nan(value, param):
-    """A float option's value; a usage error naming it when NaN (which a FloatRange lets through)."""
-    if value is not None and value != value:
-        raise click.BadParameter("expected a number, got nan", param=param)
-    return value
 
 
 @click.command("serve")
@@ -98,7 +91,7 @@ def _not_nan(value, param):
 @click.option(
     "--plaintext-cache-mb",
     type=click.FloatRange(0, MAX_CACHE_MB),
-    callback=lambda ctx, param, mb: _not_nan(mb, param),
+    callback=finite,
     default=None,
     show_default="no cap",
     help="MB of encoded weight plaintexts each session's worker and Ray actor keeps; the rest are encoded at "
